@@ -1,0 +1,5 @@
+//! Implementations of the storage and messaging traits: the embedded default (SQLite and an
+//! in-process bus) and Google Cloud (BigQuery and Pub/Sub).
+
+pub mod in_process;
+pub mod sqlite;

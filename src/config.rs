@@ -1,0 +1,774 @@
+//! The pipeline declaration (`pipeline.toml`) and the deployment settings, in one place.
+//!
+//! [`Config::load`] reads the file, applies environment overrides and validates everything
+//! a worker relies on before it takes a single message. Every error names the file, the key
+//! and what is wrong, so a bad deploy fails at start-up instead of at 3 a.m.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use serde::Deserialize;
+
+/// A configuration problem, with the file and key it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// The whole configuration: the pipeline plus where it runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub pipeline: PipelineMeta,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub bus: BusConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Named reference tables (e.g. the schedule) that say which dates and entities to expect.
+    #[serde(default)]
+    pub references: BTreeMap<String, Reference>,
+    /// DDL that creates the pipeline's own tables, per backend (`phasegate init` runs it).
+    #[serde(default)]
+    pub setup: SqlByBackend,
+    pub phases: Vec<Phase>,
+    /// Where the file was read from (not part of the TOML).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineMeta {
+    pub name: String,
+}
+
+/// Which warehouse + ledger backend to use.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    #[default]
+    Sqlite,
+    Bigquery,
+}
+
+impl BackendKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Bigquery => "bigquery",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    #[serde(default)]
+    pub kind: BackendKind,
+    /// SQLite file (relative paths are relative to the working directory).
+    #[serde(default = "default_sqlite_path")]
+    pub sqlite_path: PathBuf,
+    /// Google Cloud project of the BigQuery dataset.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// BigQuery dataset holding the pipeline tables and `processor_run_history`.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// BigQuery location for jobs and the dataset (e.g. `US`).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// `host:port` of a BigQuery emulator; unset in production.
+    #[serde(default)]
+    pub emulator_host: Option<String>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Sqlite,
+            sqlite_path: default_sqlite_path(),
+            project: None,
+            dataset: None,
+            location: None,
+            emulator_host: None,
+        }
+    }
+}
+
+fn default_sqlite_path() -> PathBuf {
+    PathBuf::from("phasegate.db")
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    #[default]
+    InProcess,
+    Pubsub,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    #[serde(default)]
+    pub kind: BusKind,
+    /// In-process bus: deliveries per message before it is dead-lettered (as Pub/Sub's
+    /// `max_delivery_attempts`).
+    #[serde(default = "default_max_delivery_attempts")]
+    pub max_delivery_attempts: u32,
+    /// In-process bus: pause before a nacked message is delivered again.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Pub/Sub project of the topics.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// `host:port` of the Pub/Sub emulator; unset in production.
+    #[serde(default)]
+    pub emulator_host: Option<String>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::InProcess,
+            max_delivery_attempts: default_max_delivery_attempts(),
+            retry_backoff_ms: default_retry_backoff_ms(),
+            project: None,
+            emulator_host: None,
+        }
+    }
+}
+
+fn default_max_delivery_attempts() -> u32 {
+    5
+}
+fn default_retry_backoff_ms() -> u64 {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen port; `$PORT` (Cloud Run's convention) overrides it.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// A `running` ledger row older than this is considered abandoned (a crashed worker).
+    #[serde(default = "default_stale_running_secs")]
+    pub stale_running_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            stale_running_secs: default_stale_running_secs(),
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    8080
+}
+fn default_stale_running_secs() -> u64 {
+    900
+}
+
+/// How pushes are authenticated.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// No authentication: only for the embedded default and local emulators.
+    #[default]
+    Disabled,
+    /// Verify the OIDC bearer token Pub/Sub attaches to every push.
+    Oidc,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Expected `aud` claim (the push subscription's audience).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Service-account emails allowed to push.
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+    /// JWKS URL; defaults to Google's OAuth2 certificates.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+}
+
+/// A reference table: which dates (and, with `entity_column`, which entities) to expect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    pub table: String,
+    pub date_column: String,
+    #[serde(default)]
+    pub entity_column: Option<String>,
+}
+
+/// SQL text per backend dialect.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SqlByBackend {
+    #[serde(default)]
+    pub sqlite: Vec<String>,
+    #[serde(default)]
+    pub bigquery: Vec<String>,
+}
+
+impl SqlByBackend {
+    pub fn for_backend(&self, kind: &BackendKind) -> &[String] {
+        match kind {
+            BackendKind::Sqlite => &self.sqlite,
+            BackendKind::Bigquery => &self.bigquery,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub name: String,
+    /// Topic this phase listens on. Required for the first phase (its trigger topic);
+    /// for later phases it defaults to (and must equal) the previous phase's completion topic.
+    #[serde(default)]
+    pub input_topic: Option<String>,
+    pub completion_topic: String,
+    pub processors: Vec<Processor>,
+}
+
+impl Phase {
+    /// The topic this phase listens on (validated to be set after [`Config::load`]).
+    pub fn input(&self) -> &str {
+        self.input_topic.as_deref().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessorKind {
+    Sql,
+    Command,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Processor {
+    pub name: String,
+    pub kind: ProcessorKind,
+    /// `sql` processors: statements per backend; `@data_date` is bound as a DATE parameter.
+    #[serde(default)]
+    pub sql: SqlByBackend,
+    /// `command` processors: program and arguments; `{data_date}` in an argument is replaced
+    /// by the date (no shell is involved).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `command` processors: seconds before the program is killed and the run fails.
+    #[serde(default = "default_command_timeout_secs")]
+    pub timeout_secs: u64,
+    /// The table this processor writes: rows for the date are counted after the run
+    /// (0 rows → `no_data`), and `verify` checks it for gaps.
+    #[serde(default)]
+    pub output: Option<Output>,
+    #[serde(default)]
+    pub checks: Checks,
+}
+
+fn default_command_timeout_secs() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub table: String,
+    pub date_column: String,
+    /// Reference whose dates are expected in this table (default: every calendar day).
+    #[serde(default)]
+    pub expected: Option<String>,
+}
+
+/// Soft records findings and goes on; strict blocks the run.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Soft,
+    Strict,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Checks {
+    #[serde(default)]
+    pub mode: Mode,
+    /// Processors whose latest run for the same date must have succeeded.
+    #[serde(default)]
+    pub upstream: Vec<String>,
+    #[serde(default)]
+    pub historical_gaps: Option<HistoricalGaps>,
+    #[serde(default)]
+    pub entity_completeness: Option<EntityCompleteness>,
+}
+
+impl Checks {
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_empty()
+            && self.historical_gaps.is_none()
+            && self.entity_completeness.is_none()
+    }
+
+    /// How many days before a date the checks look at (0 when none look back).
+    pub fn lookback_days(&self) -> u32 {
+        let gaps = self
+            .historical_gaps
+            .as_ref()
+            .map_or(0, |g| g.lookback_days);
+        let entity = self.entity_completeness.as_ref().map_or(0, |e| match e.window {
+            // A window of N games can reach back further than N days; bound it generously.
+            WindowKind::Games => e.lookback.saturating_mul(7),
+            WindowKind::Days => e.lookback,
+        });
+        gaps.max(entity)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoricalGaps {
+    pub table: String,
+    pub date_column: String,
+    /// Days before the processed date that must be present.
+    pub lookback_days: u32,
+    /// Reference whose dates are expected (default: every calendar day).
+    #[serde(default)]
+    pub expected: Option<String>,
+    /// No date before this one is expected (e.g. the season's first day).
+    #[serde(default)]
+    pub not_before: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Games,
+    Days,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityCompleteness {
+    /// Reference with an `entity_column`: the expected appearances of each entity.
+    pub reference: String,
+    pub upstream_table: String,
+    pub upstream_entity_column: String,
+    pub upstream_date_column: String,
+    pub window: WindowKind,
+    /// Window size: the last N games of each entity, or the last N days.
+    pub lookback: u32,
+    #[serde(default)]
+    pub season_start: Option<NaiveDate>,
+    /// An entity is production-ready at or above this completeness (percent).
+    #[serde(default = "default_threshold_pct")]
+    pub threshold_pct: f64,
+}
+
+fn default_threshold_pct() -> f64 {
+    90.0
+}
+
+impl Config {
+    /// Read, override from the environment, and validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse TOML text (no environment, no validation).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.source = path.to_path_buf();
+        Ok(config)
+    }
+
+    /// Environment overrides: deployment settings that differ per environment.
+    pub fn apply_env(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = get("PHASEGATE_BACKEND") {
+            self.backend.kind = match v.as_str() {
+                "sqlite" => BackendKind::Sqlite,
+                "bigquery" => BackendKind::Bigquery,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "PHASEGATE_BACKEND".into(),
+                        message: format!("`{other}` is not a backend; use sqlite or bigquery"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("PHASEGATE_SQLITE_PATH") {
+            self.backend.sqlite_path = PathBuf::from(v);
+        }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_PROJECT").or_else(|| get("GOOGLE_CLOUD_PROJECT"))
+        {
+            self.backend.project = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_DATASET") {
+            self.backend.dataset = Some(v);
+        }
+        if let Some(v) = get("BIGQUERY_EMULATOR_HOST") {
+            self.backend.emulator_host = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_BUS") {
+            self.bus.kind = match v.as_str() {
+                "in_process" => BusKind::InProcess,
+                "pubsub" => BusKind::Pubsub,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "PHASEGATE_BUS".into(),
+                        message: format!("`{other}` is not a bus; use in_process or pubsub"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("PHASEGATE_PUBSUB_PROJECT").or_else(|| get("GOOGLE_CLOUD_PROJECT")) {
+            self.bus.project = Some(v);
+        }
+        if let Some(v) = get("PUBSUB_EMULATOR_HOST") {
+            self.bus.emulator_host = Some(v);
+        }
+        if let Some(v) = get("PORT") {
+            self.server.port = v.parse().map_err(|_| ConfigError::Env {
+                var: "PORT".into(),
+                message: format!("`{v}` is not a port number"),
+            })?;
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_MODE") {
+            self.auth.mode = match v.as_str() {
+                "disabled" => AuthMode::Disabled,
+                "oidc" => AuthMode::Oidc,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "PHASEGATE_AUTH_MODE".into(),
+                        message: format!("`{other}` is not an auth mode; use oidc or disabled"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_AUDIENCE") {
+            self.auth.audience = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_ALLOWED_EMAILS") {
+            self.auth.allowed_emails = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_JWKS_URL") {
+            self.auth.jwks_url = Some(v);
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Check everything a worker relies on.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.phases.is_empty() {
+            return Err(self.invalid("phases", "a pipeline needs at least one phase"));
+        }
+        check_ident(self, "pipeline.name", &self.pipeline.name)?;
+        for (name, r) in &self.references {
+            let key = format!("references.{name}");
+            check_ident(self, &key, name)?;
+            check_table(self, &format!("{key}.table"), &r.table)?;
+            check_ident(self, &format!("{key}.date_column"), &r.date_column)?;
+            if let Some(e) = &r.entity_column {
+                check_ident(self, &format!("{key}.entity_column"), e)?;
+            }
+        }
+        if self.bus.max_delivery_attempts == 0 {
+            return Err(self.invalid("bus.max_delivery_attempts", "must be at least 1"));
+        }
+        let mut seen_phases = std::collections::HashSet::new();
+        let mut seen_processors = std::collections::HashMap::new();
+        let mut previous_completion: Option<String> = None;
+        for i in 0..self.phases.len() {
+            let phase = self.phases[i].clone();
+            let key = format!("phases[{i}]");
+            check_ident(self, &format!("{key}.name"), &phase.name)?;
+            if !seen_phases.insert(phase.name.clone()) {
+                return Err(self.invalid(
+                    format!("{key}.name"),
+                    format!("phase `{}` is declared twice", phase.name),
+                ));
+            }
+            check_topic(self, &format!("{key}.completion_topic"), &phase.completion_topic)?;
+            match (&phase.input_topic, &previous_completion) {
+                (None, None) => {
+                    return Err(self.invalid(
+                        format!("{key}.input_topic"),
+                        "the first phase needs an input_topic (its trigger topic)",
+                    ));
+                }
+                (Some(t), None) => check_topic(self, &format!("{key}.input_topic"), t)?,
+                (Some(t), Some(prev)) if t != prev => {
+                    return Err(self.invalid(
+                        format!("{key}.input_topic"),
+                        format!(
+                            "`{t}` is not the previous phase's completion topic `{prev}`; \
+                             a phase listens to the phase before it"
+                        ),
+                    ));
+                }
+                (_, Some(prev)) => self.phases[i].input_topic = Some(prev.clone()),
+            }
+            previous_completion = Some(phase.completion_topic.clone());
+            if phase.processors.is_empty() {
+                return Err(self.invalid(
+                    format!("{key}.processors"),
+                    "a phase needs at least one processor",
+                ));
+            }
+            for (j, p) in phase.processors.iter().enumerate() {
+                let pkey = format!("{key}.processors[{j}]");
+                self.validate_processor(&pkey, p, &seen_processors)?;
+                seen_processors.insert(p.name.clone(), phase.name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_processor(
+        &self,
+        key: &str,
+        p: &Processor,
+        earlier: &std::collections::HashMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        check_ident(self, &format!("{key}.name"), &p.name)?;
+        if let Some(phase) = earlier.get(&p.name) {
+            return Err(self.invalid(
+                format!("{key}.name"),
+                format!("processor `{}` is already declared in phase `{phase}`", p.name),
+            ));
+        }
+        match p.kind {
+            ProcessorKind::Sql => {
+                if p.sql.for_backend(&self.backend.kind).is_empty() {
+                    return Err(self.invalid(
+                        format!("{key}.sql.{}", self.backend.kind.as_str()),
+                        "a sql processor needs at least one statement for the configured backend",
+                    ));
+                }
+            }
+            ProcessorKind::Command => {
+                if p.command.is_empty() {
+                    return Err(self.invalid(
+                        format!("{key}.command"),
+                        "a command processor needs a program to run",
+                    ));
+                }
+            }
+        }
+        if let Some(o) = &p.output {
+            check_table(self, &format!("{key}.output.table"), &o.table)?;
+            check_ident(self, &format!("{key}.output.date_column"), &o.date_column)?;
+            self.check_reference(&format!("{key}.output.expected"), o.expected.as_deref(), false)?;
+        }
+        let c = &p.checks;
+        for (k, up) in c.upstream.iter().enumerate() {
+            if !earlier.contains_key(up) {
+                return Err(self.invalid(
+                    format!("{key}.checks.upstream[{k}]"),
+                    format!("`{up}` is not a processor of an earlier phase"),
+                ));
+            }
+        }
+        if let Some(g) = &c.historical_gaps {
+            let gkey = format!("{key}.checks.historical_gaps");
+            check_table(self, &format!("{gkey}.table"), &g.table)?;
+            check_ident(self, &format!("{gkey}.date_column"), &g.date_column)?;
+            if g.lookback_days == 0 {
+                return Err(self.invalid(format!("{gkey}.lookback_days"), "must be at least 1"));
+            }
+            self.check_reference(&format!("{gkey}.expected"), g.expected.as_deref(), false)?;
+        }
+        if let Some(e) = &c.entity_completeness {
+            let ekey = format!("{key}.checks.entity_completeness");
+            self.check_reference(&format!("{ekey}.reference"), Some(&e.reference), true)?;
+            check_table(self, &format!("{ekey}.upstream_table"), &e.upstream_table)?;
+            check_ident(
+                self,
+                &format!("{ekey}.upstream_entity_column"),
+                &e.upstream_entity_column,
+            )?;
+            check_ident(
+                self,
+                &format!("{ekey}.upstream_date_column"),
+                &e.upstream_date_column,
+            )?;
+            if e.lookback == 0 {
+                return Err(self.invalid(format!("{ekey}.lookback"), "must be at least 1"));
+            }
+            if !(0.0..=100.0).contains(&e.threshold_pct) {
+                return Err(self.invalid(
+                    format!("{ekey}.threshold_pct"),
+                    format!("{} is not a percentage between 0 and 100", e.threshold_pct),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_reference(
+        &self,
+        key: &str,
+        name: Option<&str>,
+        needs_entity: bool,
+    ) -> Result<(), ConfigError> {
+        let Some(name) = name else { return Ok(()) };
+        match self.references.get(name) {
+            None => Err(self.invalid(
+                key,
+                format!("no reference named `{name}` (declare it under [references.{name}])"),
+            )),
+            Some(r) if needs_entity && r.entity_column.is_none() => Err(self.invalid(
+                key,
+                format!("reference `{name}` needs an entity_column for entity completeness"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub fn phase(&self, name: &str) -> Option<&Phase> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+
+    /// The phase names in order, for error messages.
+    pub fn phase_names(&self) -> String {
+        self.phases
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The phase (if any) that listens to the given topic.
+    pub fn phase_for_topic(&self, topic: &str) -> Option<&Phase> {
+        self.phases.iter().find(|p| p.input() == topic)
+    }
+
+    /// The phase before this one, if any.
+    pub fn previous_phase(&self, name: &str) -> Option<&Phase> {
+        let i = self.phases.iter().position(|p| p.name == name)?;
+        i.checked_sub(1).map(|j| &self.phases[j])
+    }
+
+    pub fn reference(&self, name: &str) -> Option<&Reference> {
+        self.references.get(name)
+    }
+}
+
+/// Identifiers are spliced into SQL as names (values never are), so they must be plain.
+fn is_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_ident(config: &Config, key: &str, value: &str) -> Result<(), ConfigError> {
+    if is_ident(value) {
+        Ok(())
+    } else {
+        Err(config.invalid(
+            key,
+            format!("`{value}` is not a plain identifier (letters, digits, _; not starting with a digit)"),
+        ))
+    }
+}
+
+/// A table may be qualified (`dataset.table`, `project.dataset.table`).
+fn check_table(config: &Config, key: &str, value: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = value.split('.').collect();
+    let ok = parts.len() <= 3
+        && parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| is_ident(p) || (i == 0 && parts.len() == 3 && is_project_id(p)));
+    if ok {
+        Ok(())
+    } else {
+        Err(config.invalid(
+            key,
+            format!("`{value}` is not a table name ([[project.]dataset.]table of plain identifiers)"),
+        ))
+    }
+}
+
+fn is_project_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Pub/Sub topic ids: start with a letter, 3–255 of letters, digits, `-_.~+%`.
+fn check_topic(config: &Config, key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = value.len() >= 3
+        && value.len() <= 255
+        && value.starts_with(|c: char| c.is_ascii_alphabetic())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+        && !value.to_ascii_lowercase().starts_with("goog");
+    if ok {
+        Ok(())
+    } else {
+        Err(config.invalid(
+            key,
+            format!(
+                "`{value}` is not a valid Pub/Sub topic id (3-255 characters, starting with a \
+                 letter, of letters, digits and - _ . ~ + %)"
+            ),
+        ))
+    }
+}

@@ -1,0 +1,196 @@
+//! The Pub/Sub push envelope, and the trigger it carries once decoded and checked.
+//!
+//! Everything here is input from the network: every failure is a [`BadMessage`] with a
+//! reason a person can act on, never a panic.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::dates::parse_date;
+
+/// The attribute that stops the cascade: present (whatever its value) means "do not publish".
+pub const SKIP_DOWNSTREAM_TRIGGER: &str = "skip_downstream_trigger";
+/// Attribute that asks to re-run a date that already succeeded.
+pub const FORCE: &str = "force";
+
+/// The push request body Pub/Sub sends.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PushEnvelope {
+    pub message: PushMessage,
+    #[serde(default)]
+    pub subscription: String,
+    #[serde(default, rename = "deliveryAttempt", skip_serializing_if = "Option::is_none")]
+    pub delivery_attempt: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PushMessage {
+    /// Base64 of the payload.
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(rename = "messageId", alias = "message_id")]
+    pub message_id: String,
+    #[serde(
+        default,
+        rename = "publishTime",
+        alias = "publish_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub publish_time: Option<String>,
+}
+
+/// The JSON payload a phase accepts: a trigger or the previous phase's completion event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Payload {
+    pub data_date: Option<String>,
+    /// Set on completion events: the phase that completed.
+    #[serde(default)]
+    pub phase: Option<String>,
+}
+
+/// Why a push was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadMessage {
+    #[error("body is not a push envelope: {0}")]
+    Envelope(String),
+    #[error("message.messageId is empty")]
+    NoMessageId,
+    #[error("message.data is missing: the payload must carry a data_date")]
+    NoData,
+    #[error("message.data is not valid base64: {0}")]
+    Base64(String),
+    #[error("message.data is not a JSON object: {0}")]
+    Payload(String),
+    #[error("data_date is missing from the payload and the attributes")]
+    NoDate,
+    #[error("data_date: {0}")]
+    Date(#[from] crate::dates::BadDate),
+    #[error("payload data_date {payload} and attribute data_date {attribute} disagree")]
+    DateMismatch { payload: String, attribute: String },
+}
+
+/// A decoded, validated trigger for one phase and one date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub data_date: NaiveDate,
+    pub message_id: String,
+    pub attributes: BTreeMap<String, String>,
+    /// The phase named in the payload (a completion event), if any.
+    pub from_phase: Option<String>,
+    pub delivery_attempt: Option<u32>,
+}
+
+impl Trigger {
+    /// The cascade rule: presence of the attribute means skip, whatever its value.
+    pub fn skip_downstream(&self) -> bool {
+        self.attributes.contains_key(SKIP_DOWNSTREAM_TRIGGER)
+    }
+
+    pub fn force(&self) -> bool {
+        self.attributes
+            .get(FORCE)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+impl PushEnvelope {
+    /// Parse a request body.
+    pub fn from_json(body: &[u8]) -> Result<PushEnvelope, BadMessage> {
+        serde_json::from_slice(body).map_err(|e| BadMessage::Envelope(e.to_string()))
+    }
+
+    /// Build an envelope around a JSON payload (as the in-process bus and tests do).
+    pub fn wrap(
+        payload: &serde_json::Value,
+        attributes: BTreeMap<String, String>,
+        message_id: String,
+        subscription: String,
+    ) -> PushEnvelope {
+        let data = base64::engine::general_purpose::STANDARD.encode(payload.to_string());
+        PushEnvelope {
+            message: PushMessage {
+                data: Some(data),
+                attributes,
+                message_id,
+                publish_time: Some(chrono::Utc::now().to_rfc3339()),
+            },
+            subscription,
+            delivery_attempt: None,
+        }
+    }
+
+    /// Decode the payload and check it carries a valid date.
+    pub fn decode(self) -> Result<Trigger, BadMessage> {
+        let msg = self.message;
+        if msg.message_id.trim().is_empty() {
+            return Err(BadMessage::NoMessageId);
+        }
+        let data = msg.data.ok_or(BadMessage::NoData)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .map_err(|e| BadMessage::Base64(e.to_string()))?;
+        let payload: Payload =
+            serde_json::from_slice(&bytes).map_err(|e| BadMessage::Payload(e.to_string()))?;
+        let attr_date = msg.attributes.get("data_date").cloned();
+        let date_text = match (payload.data_date, attr_date) {
+            (Some(p), Some(a)) if p != a => {
+                return Err(BadMessage::DateMismatch {
+                    payload: p,
+                    attribute: a,
+                });
+            }
+            (Some(p), _) => p,
+            (None, Some(a)) => a,
+            (None, None) => return Err(BadMessage::NoDate),
+        };
+        let data_date = parse_date(&date_text)?;
+        Ok(Trigger {
+            data_date,
+            message_id: msg.message_id,
+            attributes: msg.attributes,
+            from_phase: payload.phase,
+            delivery_attempt: self.delivery_attempt,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope(payload: serde_json::Value, attrs: &[(&str, &str)]) -> PushEnvelope {
+        let attributes = attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        PushEnvelope::wrap(&payload, attributes, "m-1".into(), "sub".into())
+    }
+
+    #[test]
+    fn skip_attribute_presence_means_skip_whatever_its_value() {
+        for v in ["true", "false", ""] {
+            let t = envelope(json!({"data_date": "2024-01-02"}), &[(SKIP_DOWNSTREAM_TRIGGER, v)])
+                .decode()
+                .unwrap();
+            assert!(t.skip_downstream(), "value {v:?}");
+        }
+        let t = envelope(json!({"data_date": "2024-01-02"}), &[]).decode().unwrap();
+        assert!(!t.skip_downstream());
+    }
+
+    #[test]
+    fn date_may_come_from_attributes_but_must_agree() {
+        let t = envelope(json!({}), &[("data_date", "2024-01-02")]).decode().unwrap();
+        assert_eq!(t.data_date.to_string(), "2024-01-02");
+        let e = envelope(json!({"data_date": "2024-01-03"}), &[("data_date", "2024-01-02")])
+            .decode()
+            .unwrap_err();
+        assert!(matches!(e, BadMessage::DateMismatch { .. }));
+    }
+}

@@ -1,0 +1,147 @@
+//! The integrity gate: the checks a processor declares, run before it touches a date.
+//!
+//! [`evaluate`] runs each declared check (one query each) and gathers the findings in a
+//! [`GateReport`]. The report says whether the date is production-ready and, in strict mode,
+//! whether the run must be blocked. Checks never write anything.
+
+mod date_range;
+mod entity;
+mod upstream;
+
+pub use date_range::{DateRangeCompleteness, date_range_completeness};
+pub use entity::{EntityCompletenessReport, EntityResult, entity_completeness};
+pub use upstream::{UpstreamStatus, upstream_status};
+
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use crate::config::{Config, Mode, Processor};
+use crate::dates::minus_days;
+use crate::ledger::{Ledger, LedgerError};
+use crate::warehouse::{Warehouse, WarehouseError};
+
+/// A check could not be evaluated (the store failed), as opposed to a check that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error("reference `{0}` is not configured")]
+    UnknownReference(String),
+}
+
+/// Everything the gate found for one processor and one date.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GateReport {
+    pub processor: String,
+    pub data_date: NaiveDate,
+    pub mode: Mode,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstream: Vec<UpstreamStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub historical_gaps: Option<DateRangeCompleteness>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_completeness: Option<EntityCompletenessReport>,
+    /// One sentence per failed check; empty when everything passed.
+    pub problems: Vec<String>,
+}
+
+impl GateReport {
+    /// All checks passed (or there were none).
+    pub fn production_ready(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Strict mode and a failed check: nothing may be processed.
+    pub fn blocks(&self) -> bool {
+        self.mode == Mode::Strict && !self.production_ready()
+    }
+
+    pub fn summary(&self) -> String {
+        if self.problems.is_empty() {
+            "all checks passed".to_string()
+        } else {
+            self.problems.join("; ")
+        }
+    }
+}
+
+/// Run every check `processor` declares for `date`.
+pub async fn evaluate(
+    config: &Config,
+    processor: &Processor,
+    date: NaiveDate,
+    ledger: &dyn Ledger,
+    warehouse: &dyn Warehouse,
+) -> Result<GateReport, GateError> {
+    let checks = &processor.checks;
+    let mut report = GateReport {
+        processor: processor.name.clone(),
+        data_date: date,
+        mode: checks.mode,
+        upstream: Vec::new(),
+        historical_gaps: None,
+        entity_completeness: None,
+        problems: Vec::new(),
+    };
+
+    for name in &checks.upstream {
+        let status = upstream_status(ledger, name, date).await?;
+        if !status.safe_to_process {
+            report.problems.push(format!(
+                "upstream {name} for {date}: {}",
+                status.error_message.as_deref().unwrap_or(&status.status)
+            ));
+        }
+        report.upstream.push(status);
+    }
+
+    if let Some(gaps) = &checks.historical_gaps {
+        let expected = match &gaps.expected {
+            Some(name) => Some(
+                config
+                    .reference(name)
+                    .ok_or_else(|| GateError::UnknownReference(name.clone()))?,
+            ),
+            None => None,
+        };
+        let mut from = minus_days(date, gaps.lookback_days);
+        if let Some(floor) = gaps.not_before {
+            from = from.max(floor);
+        }
+        let to = date.pred_opt().unwrap_or(date);
+        let result =
+            date_range_completeness(warehouse, &gaps.table, &gaps.date_column, from, to, expected)
+                .await?;
+        if result.has_gaps {
+            report.problems.push(format!(
+                "{} has {} missing date(s) in the {} days before {date}: {}",
+                gaps.table,
+                result.gap_count,
+                gaps.lookback_days,
+                crate::dates::format_ranges(&result.missing_dates)
+            ));
+        }
+        report.historical_gaps = Some(result);
+    }
+
+    if let Some(spec) = &checks.entity_completeness {
+        let reference = config
+            .reference(&spec.reference)
+            .ok_or_else(|| GateError::UnknownReference(spec.reference.clone()))?;
+        let result = entity_completeness(warehouse, spec, reference, date).await?;
+        if result.not_ready_count > 0 {
+            report.problems.push(format!(
+                "{} of {} entities below {}% complete in {}",
+                result.not_ready_count,
+                result.entities.len(),
+                spec.threshold_pct,
+                spec.upstream_table
+            ));
+        }
+        report.entity_completeness = Some(result);
+    }
+
+    Ok(report)
+}

@@ -1,0 +1,21 @@
+//! phasegate: a pipeline-integrity layer for phase-based, event-driven data pipelines.
+//!
+//! A phase worker receives a Pub/Sub push for a date, checks that the data it depends on is
+//! complete (the [`gate`]), runs its [`processor`]s, records every attempt in the run
+//! [`ledger`] and publishes its completion event — unless the message says the cascade stops.
+
+pub mod auth;
+pub mod backends;
+pub mod bus;
+pub mod config;
+pub mod dates;
+pub mod envelope;
+pub mod event;
+pub mod gate;
+pub mod ledger;
+pub mod processor;
+pub mod server;
+pub mod startup;
+pub mod telemetry;
+pub mod warehouse;
+pub mod worker;
