@@ -309,6 +309,10 @@ pub struct Output {
     /// Reference whose dates are expected in this table (default: every calendar day).
     #[serde(default)]
     pub expected: Option<String>,
+    /// With `expected`: a run that writes 0 rows on a date the reference expects fails
+    /// instead of recording `no_data` (the feed is missing, not the games).
+    #[serde(default)]
+    pub require_rows: bool,
 }
 
 /// Soft records findings and goes on; strict blocks the run.
@@ -616,6 +620,12 @@ impl Config {
             check_table(self, &format!("{key}.output.table"), &o.table)?;
             check_ident(self, &format!("{key}.output.date_column"), &o.date_column)?;
             self.check_reference(&format!("{key}.output.expected"), o.expected.as_deref(), false)?;
+            if o.require_rows && o.expected.is_none() {
+                return Err(self.invalid(
+                    format!("{key}.output.require_rows"),
+                    "require_rows needs `expected` (the reference that says which dates need rows)",
+                ));
+            }
         }
         let c = &p.checks;
         for (k, up) in c.upstream.iter().enumerate() {

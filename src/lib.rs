@@ -19,3 +19,7 @@ pub mod startup;
 pub mod telemetry;
 pub mod warehouse;
 pub mod worker;
+pub mod cli;
+pub mod demo;
+pub mod report;
+pub mod sample;

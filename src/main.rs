@@ -1,1 +1,8 @@
-fn main(){}
+//! The `phasegate` binary: see `phasegate --help`.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    phasegate::cli::main().await
+}

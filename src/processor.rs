@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use tokio::io::AsyncReadExt;
 
-use crate::config::{BackendKind, Processor, ProcessorKind};
+use crate::config::{BackendKind, Processor, ProcessorKind, Reference};
 use crate::warehouse::Warehouse;
 
 /// How much of a failed command's stderr the ledger keeps (the end of it).
@@ -21,11 +21,15 @@ pub struct Produced {
 }
 
 /// Run `processor` for `date`. An `Err` is the reason the run failed, for the ledger.
+///
+/// `expected` is the output's reference when it `require_rows`: 0 rows on a date it lists
+/// is a failure, not a legitimate empty date.
 pub async fn run(
     processor: &Processor,
     date: NaiveDate,
     warehouse: &dyn Warehouse,
     backend: &BackendKind,
+    expected: Option<&Reference>,
 ) -> Result<Produced, String> {
     match processor.kind {
         ProcessorKind::Sql => warehouse
@@ -45,6 +49,19 @@ pub async fn run(
         ),
         None => None,
     };
+    if let (Some(0), Some(reference)) = (rows, expected) {
+        let scheduled = warehouse
+            .count_rows(&reference.table, &reference.date_column, date)
+            .await
+            .map_err(|e| format!("reading reference {}: {e}", reference.table))?;
+        if scheduled > 0 {
+            return Err(format!(
+                "{} expects {date} ({scheduled} reference rows) but the run produced 0 rows: \
+                 the input for this date is missing",
+                reference.table
+            ));
+        }
+    }
     Ok(Produced { rows })
 }
 

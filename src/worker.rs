@@ -362,8 +362,20 @@ impl Worker {
         }
 
         self.ledger.record(&run).await?;
-        let result = processor::run(p, req.data_date, self.warehouse.as_ref(), &self.config.backend.kind)
-            .await;
+        let expected = p
+            .output
+            .as_ref()
+            .filter(|o| o.require_rows)
+            .and_then(|o| o.expected.as_deref())
+            .and_then(|name| self.config.reference(name));
+        let result = processor::run(
+            p,
+            req.data_date,
+            self.warehouse.as_ref(),
+            &self.config.backend.kind,
+            expected,
+        )
+        .await;
         match result {
             Ok(produced) => {
                 let rows = produced.rows.map(|n| n as i64);

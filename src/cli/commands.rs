@@ -1,0 +1,226 @@
+//! What each subcommand does. Errors returned here are usage or configuration errors (exit 2);
+//! work that ran and failed returns exit code 1.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use chrono::NaiveDate;
+
+use super::{Cli, Command, Output};
+use crate::auth::PushAuth;
+use crate::config::{BackendKind, Config};
+use crate::gate;
+use crate::ledger::TriggerKind;
+use crate::report::{StatusGrid, render_gate};
+use crate::server::{ServerState, serve, shutdown_signal};
+use crate::startup::{self, App};
+use crate::worker::{PhaseOutcome, Publication, RunRequest};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo { db, days } => crate::demo::run(&db, days).await,
+        command => {
+            let config = Config::load(&cli.config)?;
+            run_with_config(config, command).await
+        }
+    }
+}
+
+async fn run_with_config(config: Config, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { phase } => serve_cmd(config, phase).await,
+        Command::Run {
+            phase,
+            date,
+            skip_downstream_trigger,
+            force,
+        } => {
+            let app = build(config).await?;
+            require_phase(&app.config, &phase)?;
+            let req = RunRequest {
+                phase,
+                data_date: date,
+                trigger: TriggerKind::Cli,
+                message_id: None,
+                skip_downstream: skip_downstream_trigger,
+                force,
+            };
+            run_cmd(&app, &req).await
+        }
+        Command::Check {
+            phase,
+            date,
+            output,
+        } => check_cmd(config, &phase, date, output).await,
+        Command::Status { from, to } => {
+            let app = build(config).await?;
+            let grid = StatusGrid::load(&app.config, app.ledger().as_ref(), from, to).await?;
+            print!("{}\n{}", grid.render(), grid.totals());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init => {
+            let app = build(config).await?;
+            app.init_schema().await?;
+            println!(
+                "ledger table processor_run_history and {} setup statement(s) applied ({})",
+                app.config.setup.for_backend(&app.config.backend.kind).len(),
+                app.config.backend.kind.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SampleData { from, days } => {
+            if config.backend.kind != BackendKind::Sqlite {
+                bail!("sample-data writes to the SQLite backend only");
+            }
+            let app = build(config).await?;
+            app.init_schema().await?;
+            let db = app.sqlite.as_ref().context("no SQLite backend")?;
+            let spec = crate::sample::SeasonSpec::new(from, days);
+            let summary = crate::sample::generate(db, &spec).await?;
+            println!(
+                "{} game days ({} games, {} box scores), {} off-days; feed missing on {:?}, corrupt on {:?}",
+                summary.game_days,
+                summary.games,
+                summary.box_scores,
+                summary.off_days,
+                spec.missing_feed,
+                spec.corrupt_feed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { .. } => unreachable!("handled before loading a configuration"),
+    }
+}
+
+async fn build(config: Config) -> anyhow::Result<App> {
+    Ok(startup::build(config).await?)
+}
+
+fn require_phase(config: &Config, phase: &str) -> anyhow::Result<()> {
+    if config.phase(phase).is_none() {
+        bail!(
+            "no phase `{phase}` in {} (phases: {})",
+            config.source.display(),
+            config.phase_names()
+        );
+    }
+    Ok(())
+}
+
+async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &phase {
+        require_phase(&config, p)?;
+    }
+    let auth = PushAuth::from_config(&config.auth)
+        .with_context(|| format!("{}: push authentication", config.source.display()))?;
+    let port = config.server.port;
+    let app = build(config).await?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("cannot listen on port {port}"))?;
+    tracing::info!(port, phase = phase.as_deref().unwrap_or("*"), "phasegate worker listening");
+    let state = Arc::new(ServerState {
+        worker: app.worker.clone(),
+        phase,
+        auth,
+    });
+    serve(listener, state, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run a phase from the CLI; on the in-process bus the cascade follows in this process.
+pub async fn run_cmd(app: &App, req: &RunRequest) -> anyhow::Result<ExitCode> {
+    let outcome = app.worker.run_phase(req).await?;
+    println!("{}", describe(&req.phase, req.data_date, &outcome));
+    let cascaded = matches!(
+        &outcome,
+        PhaseOutcome::Done {
+            publication: Publication::Published { .. },
+            ..
+        }
+    );
+    if let (true, Some(bus)) = (cascaded, &app.bus) {
+        bus.wait_idle().await;
+        let grid =
+            StatusGrid::load(&app.config, app.ledger().as_ref(), req.data_date, req.data_date)
+                .await?;
+        println!("cascade on the in-process bus:\n{}", grid.render());
+    }
+    Ok(match outcome {
+        PhaseOutcome::Done { .. } => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+/// One line saying what happened.
+pub fn describe(phase: &str, date: NaiveDate, outcome: &PhaseOutcome) -> String {
+    match outcome {
+        PhaseOutcome::Done {
+            runs, publication, ..
+        } => {
+            let runs = runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}={}{}",
+                        r.processor,
+                        r.status,
+                        r.rows_affected.map(|n| format!(" ({n} rows)")).unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let publ = match publication {
+                Publication::Published { .. } => "completion event published",
+                Publication::Skipped => "skip_downstream_trigger: completion event NOT published",
+                Publication::AlreadyPublished => "completion event already published",
+            };
+            format!("{phase} {date}: {} — {runs}; {publ}", outcome.label())
+        }
+        other => format!(
+            "{phase} {date}: {} — {}",
+            other.label(),
+            other.reason().unwrap_or_default()
+        ),
+    }
+}
+
+async fn check_cmd(
+    config: Config,
+    phase: &str,
+    date: NaiveDate,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let app = build(config).await?;
+    require_phase(&app.config, phase)?;
+    let Some(phase) = app.config.phase(phase) else {
+        return Ok(ExitCode::from(2));
+    };
+    let mut reports = Vec::new();
+    for p in &phase.processors {
+        reports.push(
+            gate::evaluate(
+                &app.config,
+                p,
+                date,
+                app.ledger().as_ref(),
+                app.warehouse().as_ref(),
+            )
+            .await?,
+        );
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Output::Table | Output::Csv => {
+            for r in &reports {
+                print!("{}", render_gate(r));
+            }
+        }
+    }
+    Ok(if reports.iter().any(|r| r.blocks()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
