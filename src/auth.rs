@@ -109,7 +109,9 @@ impl PushAuth {
             .and_then(|v| v.as_str())
             .ok_or_else(|| AuthError::Forbidden("token has no email claim".into()))?;
         if !self.allowed_emails.iter().any(|a| a == email) {
-            return Err(AuthError::Forbidden(format!("{email} is not an allowed pusher")));
+            return Err(AuthError::Forbidden(format!(
+                "{email} is not an allowed pusher"
+            )));
         }
         Ok(email.to_string())
     }

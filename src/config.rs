@@ -347,15 +347,15 @@ impl Checks {
 
     /// How many days before a date the checks look at (0 when none look back).
     pub fn lookback_days(&self) -> u32 {
-        let gaps = self
-            .historical_gaps
+        let gaps = self.historical_gaps.as_ref().map_or(0, |g| g.lookback_days);
+        let entity = self
+            .entity_completeness
             .as_ref()
-            .map_or(0, |g| g.lookback_days);
-        let entity = self.entity_completeness.as_ref().map_or(0, |e| match e.window {
-            // A window of N games can reach back further than N days; bound it generously.
-            WindowKind::Games => e.lookback.saturating_mul(7),
-            WindowKind::Days => e.lookback,
-        });
+            .map_or(0, |e| match e.window {
+                // A window of N games can reach back further than N days; bound it generously.
+                WindowKind::Games => e.lookback.saturating_mul(7),
+                WindowKind::Days => e.lookback,
+            });
         gaps.max(entity)
     }
 }
@@ -428,10 +428,7 @@ impl Config {
     }
 
     /// Environment overrides: deployment settings that differ per environment.
-    pub fn apply_env(
-        &mut self,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("PHASEGATE_BACKEND") {
             self.backend.kind = match v.as_str() {
                 "sqlite" => BackendKind::Sqlite,
@@ -447,8 +444,7 @@ impl Config {
         if let Some(v) = get("PHASEGATE_SQLITE_PATH") {
             self.backend.sqlite_path = PathBuf::from(v);
         }
-        if let Some(v) = get("PHASEGATE_BIGQUERY_PROJECT").or_else(|| get("GOOGLE_CLOUD_PROJECT"))
-        {
+        if let Some(v) = get("PHASEGATE_BIGQUERY_PROJECT").or_else(|| get("GOOGLE_CLOUD_PROJECT")) {
             self.backend.project = Some(v);
         }
         if let Some(v) = get("PHASEGATE_BIGQUERY_DATASET") {
@@ -549,7 +545,11 @@ impl Config {
                     format!("phase `{}` is declared twice", phase.name),
                 ));
             }
-            check_topic(self, &format!("{key}.completion_topic"), &phase.completion_topic)?;
+            check_topic(
+                self,
+                &format!("{key}.completion_topic"),
+                &phase.completion_topic,
+            )?;
             match (&phase.input_topic, &previous_completion) {
                 (None, None) => {
                     return Err(self.invalid(
@@ -595,7 +595,10 @@ impl Config {
         if let Some(phase) = earlier.get(&p.name) {
             return Err(self.invalid(
                 format!("{key}.name"),
-                format!("processor `{}` is already declared in phase `{phase}`", p.name),
+                format!(
+                    "processor `{}` is already declared in phase `{phase}`",
+                    p.name
+                ),
             ));
         }
         match p.kind {
@@ -619,7 +622,11 @@ impl Config {
         if let Some(o) = &p.output {
             check_table(self, &format!("{key}.output.table"), &o.table)?;
             check_ident(self, &format!("{key}.output.date_column"), &o.date_column)?;
-            self.check_reference(&format!("{key}.output.expected"), o.expected.as_deref(), false)?;
+            self.check_reference(
+                &format!("{key}.output.expected"),
+                o.expected.as_deref(),
+                false,
+            )?;
             if o.require_rows && o.expected.is_none() {
                 return Err(self.invalid(
                     format!("{key}.output.require_rows"),
@@ -752,7 +759,9 @@ fn check_table(config: &Config, key: &str, value: &str) -> Result<(), ConfigErro
     } else {
         Err(config.invalid(
             key,
-            format!("`{value}` is not a table name ([[project.]dataset.]table of plain identifiers)"),
+            format!(
+                "`{value}` is not a table name ([[project.]dataset.]table of plain identifiers)"
+            ),
         ))
     }
 }

@@ -48,7 +48,10 @@ fn remove_db(db: &Path) -> anyhow::Result<()> {
 
 /// Publish a trigger for `date` to the first phase and wait for the cascade to settle.
 pub async fn trigger(app: &App, date: NaiveDate, skip: bool) -> anyhow::Result<()> {
-    let bus = app.bus.as_ref().context("the demo needs the in-process bus")?;
+    let bus = app
+        .bus
+        .as_ref()
+        .context("the demo needs the in-process bus")?;
     let mut attributes = BTreeMap::from([("data_date".to_string(), date.to_string())]);
     if skip {
         attributes.insert(SKIP_DOWNSTREAM_TRIGGER.to_string(), "true".to_string());
@@ -76,7 +79,10 @@ pub async fn run(db: &Path, season_days: u32) -> anyhow::Result<ExitCode> {
     let last = spec.end();
     let missing = spec.missing_feed[0];
     let corrupt = spec.corrupt_feed[0];
-    println!("phasegate demo — NBA example pipeline on SQLite ({})\n", db.display());
+    println!(
+        "phasegate demo — NBA example pipeline on SQLite ({})\n",
+        db.display()
+    );
     println!(
         "Sample season {}..{}: {} game days, {} off-days (Thursdays: no games, not gaps).",
         spec.start, last, summary.game_days, summary.off_days
@@ -84,8 +90,15 @@ pub async fn run(db: &Path, season_days: u32) -> anyhow::Result<ExitCode> {
     println!("  {missing}: the box-score feed never arrived.");
     println!("  {corrupt}: the feed has a row without a player (the raw run fails).\n");
 
-    println!("1. The daily cascade, {}..{}:", spec.start, last.pred_opt().unwrap_or(last));
-    println!("   each day a trigger on `{}`; every phase triggers the next.\n", app.config.phases[0].input());
+    println!(
+        "1. The daily cascade, {}..{}:",
+        spec.start,
+        last.pred_opt().unwrap_or(last)
+    );
+    println!(
+        "   each day a trigger on `{}`; every phase triggers the next.\n",
+        app.config.phases[0].input()
+    );
     for d in days(spec.start, last.pred_opt().unwrap_or(last)) {
         trigger(&app, d, false).await?;
     }

@@ -22,7 +22,11 @@ pub struct PushEnvelope {
     pub message: PushMessage,
     #[serde(default)]
     pub subscription: String,
-    #[serde(default, rename = "deliveryAttempt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "deliveryAttempt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delivery_attempt: Option<u32>,
 }
 
@@ -175,22 +179,32 @@ mod tests {
     #[test]
     fn skip_attribute_presence_means_skip_whatever_its_value() {
         for v in ["true", "false", ""] {
-            let t = envelope(json!({"data_date": "2024-01-02"}), &[(SKIP_DOWNSTREAM_TRIGGER, v)])
-                .decode()
-                .unwrap();
+            let t = envelope(
+                json!({"data_date": "2024-01-02"}),
+                &[(SKIP_DOWNSTREAM_TRIGGER, v)],
+            )
+            .decode()
+            .unwrap();
             assert!(t.skip_downstream(), "value {v:?}");
         }
-        let t = envelope(json!({"data_date": "2024-01-02"}), &[]).decode().unwrap();
+        let t = envelope(json!({"data_date": "2024-01-02"}), &[])
+            .decode()
+            .unwrap();
         assert!(!t.skip_downstream());
     }
 
     #[test]
     fn date_may_come_from_attributes_but_must_agree() {
-        let t = envelope(json!({}), &[("data_date", "2024-01-02")]).decode().unwrap();
-        assert_eq!(t.data_date.to_string(), "2024-01-02");
-        let e = envelope(json!({"data_date": "2024-01-03"}), &[("data_date", "2024-01-02")])
+        let t = envelope(json!({}), &[("data_date", "2024-01-02")])
             .decode()
-            .unwrap_err();
+            .unwrap();
+        assert_eq!(t.data_date.to_string(), "2024-01-02");
+        let e = envelope(
+            json!({"data_date": "2024-01-03"}),
+            &[("data_date", "2024-01-02")],
+        )
+        .decode()
+        .unwrap_err();
         assert!(matches!(e, BadMessage::DateMismatch { .. }));
     }
 }

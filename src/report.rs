@@ -57,7 +57,13 @@ impl StatusGrid {
 
     /// A table: one row per date, one column per processor.
     pub fn render(&self) -> String {
-        let width = self.processors.iter().map(|p| p.len()).max().unwrap_or(8).max(8);
+        let width = self
+            .processors
+            .iter()
+            .map(|p| p.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
         let mut out = format!("{:<10}", "date");
         for p in &self.processors {
             let _ = write!(out, "  {p:<width$}");
@@ -86,7 +92,10 @@ impl StatusGrid {
                 count(RunStatus::NoData),
                 count(RunStatus::Failed),
                 count(RunStatus::Blocked),
-                self.dates.iter().filter(|d| self.status(p, **d).is_none()).count(),
+                self.dates
+                    .iter()
+                    .filter(|d| self.status(p, **d).is_none())
+                    .count(),
             );
         }
         out
@@ -162,7 +171,11 @@ pub fn render_gate(report: &GateReport) -> String {
                 r.actual_count,
                 r.expected_count,
                 r.completeness_pct,
-                if r.is_production_ready { "" } else { "  not production-ready" }
+                if r.is_production_ready {
+                    ""
+                } else {
+                    "  not production-ready"
+                }
             );
         }
     }

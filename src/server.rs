@@ -36,8 +36,10 @@ pub struct ServerState {
 fn respond(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -100,13 +102,27 @@ async fn route(state: Arc<ServerState>, req: Request<Incoming>) -> Response<Full
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return refuse(413, "too_large", format!("body over {MAX_BODY_BYTES} bytes"));
+        return refuse(
+            413,
+            "too_large",
+            format!("body over {MAX_BODY_BYTES} bytes"),
+        );
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                refuse(413, "too_large", format!("body over {MAX_BODY_BYTES} bytes"))
+            return if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                refuse(
+                    413,
+                    "too_large",
+                    format!("body over {MAX_BODY_BYTES} bytes"),
+                )
             } else {
                 refuse(400, "bad_message", format!("cannot read body: {e}"))
             };

@@ -43,7 +43,11 @@ impl App {
             .ensure_schema()
             .await
             .map_err(|e| StartupError::Backend(e.to_string()))?;
-        let setup = self.config.setup.for_backend(&self.config.backend.kind).to_vec();
+        let setup = self
+            .config
+            .setup
+            .for_backend(&self.config.backend.kind)
+            .to_vec();
         if let Some(db) = &self.sqlite {
             db.execute_batch(setup.join(";\n"))
                 .await
@@ -72,8 +76,7 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
                 ));
             }
         };
-    let (publisher, bus): (Arc<dyn Publisher>, Option<Arc<InProcessBus>>) = match config.bus.kind
-    {
+    let (publisher, bus): (Arc<dyn Publisher>, Option<Arc<InProcessBus>>) = match config.bus.kind {
         BusKind::InProcess => {
             let bus = InProcessBus::new(config.clone());
             (Arc::new(bus.clone()), Some(bus))

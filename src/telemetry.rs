@@ -9,7 +9,9 @@ use tracing_subscriber::{EnvFilter, Registry};
 pub fn init(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let json = std::env::var("PHASEGATE_LOG_FORMAT").map(|v| v == "json").unwrap_or(false)
+    let json = std::env::var("PHASEGATE_LOG_FORMAT")
+        .map(|v| v == "json")
+        .unwrap_or(false)
         || std::env::var_os("K_SERVICE").is_some();
     let result = if json {
         Registry::default()

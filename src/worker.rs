@@ -36,7 +36,9 @@ pub struct RunRequest {
 /// What happened to the completion event of a finished phase run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Publication {
-    Published { message_id: String },
+    Published {
+        message_id: String,
+    },
     /// The skip flag was set: nothing published.
     Skipped,
     /// Published by an earlier delivery.
@@ -54,11 +56,14 @@ pub enum PhaseOutcome {
         publication: Publication,
     },
     /// A strict gate refused to process the date.
-    Blocked { run: RunRecord, report: GateReport },
+    Blocked {
+        run: Box<RunRecord>,
+        report: Box<GateReport>,
+    },
     /// A processor failed.
-    Failed { run: RunRecord },
+    Failed { run: Box<RunRecord> },
     /// Another delivery is running this processor for this date right now.
-    InProgress { run: RunRecord },
+    InProgress { run: Box<RunRecord> },
     /// The processors are done but the completion event could not be published; a
     /// redelivery publishes it (the ledger is the outbox).
     PublishFailed { runs: Vec<RunRecord>, error: String },
@@ -69,7 +74,9 @@ impl PhaseOutcome {
     pub fn label(&self) -> &'static str {
         match self {
             PhaseOutcome::Done { runs, reused, .. } if *reused == runs.len() => "already_done",
-            PhaseOutcome::Done { runs, .. } if runs.iter().all(|r| r.status == RunStatus::NoData) => {
+            PhaseOutcome::Done { runs, .. }
+                if runs.iter().all(|r| r.status == RunStatus::NoData) =>
+            {
                 "no_data"
             }
             PhaseOutcome::Done { .. } => "success",
@@ -214,7 +221,12 @@ impl Worker {
         let status = outcome.http_status();
         let body = outcome.body();
         if status < 300 {
-            tracing::info!(phase = phase_name, status, outcome = outcome.label(), "push handled");
+            tracing::info!(
+                phase = phase_name,
+                status,
+                outcome = outcome.label(),
+                "push handled"
+            );
         } else {
             tracing::warn!(
                 phase = phase_name,
@@ -239,7 +251,10 @@ impl Worker {
             Err(e) => return PushOutcome::BadMessage(e),
         };
         if let Some(from) = &trigger.from_phase {
-            let expected = self.config.previous_phase(&phase.name).map(|p| p.name.as_str());
+            let expected = self
+                .config
+                .previous_phase(&phase.name)
+                .map(|p| p.name.as_str());
             if expected != Some(from.as_str()) {
                 return PushOutcome::WrongPhase(format!(
                     "message is a completion event of phase `{from}`, but phase `{}` listens to {}",
@@ -268,9 +283,9 @@ impl Worker {
             match self.run_processor(phase, p, req).await? {
                 Step::Reused(run) => {
                     reused += 1;
-                    runs.push(run);
+                    runs.push(*run);
                 }
-                Step::Ran(run) => runs.push(run),
+                Step::Ran(run) => runs.push(*run),
                 Step::Stop(outcome) => return Ok(outcome),
             }
         }
@@ -320,12 +335,12 @@ impl Worker {
         if let Some(run) = latest {
             let same_message = req.message_id.is_some() && run.message_id == req.message_id;
             if run.status.is_done() && (!req.force || same_message) {
-                return Ok(Step::Reused(run));
+                return Ok(Step::Reused(Box::new(run)));
             }
             let stale_after = Duration::from_secs(self.config.server.stale_running_secs);
             let age = (Utc::now() - run.started_at).to_std().unwrap_or_default();
             if run.status == RunStatus::Running && age < stale_after {
-                return Ok(Step::Stop(PhaseOutcome::InProgress { run }));
+                return Ok(Step::Stop(PhaseOutcome::InProgress { run: Box::new(run) }));
             }
         }
 
@@ -354,7 +369,10 @@ impl Worker {
             self.ledger.record(&run).await?;
             tracing::warn!(processor = %p.name, data_date = %req.data_date,
                 reason = %report.summary(), "blocked by strict gate");
-            return Ok(Step::Stop(PhaseOutcome::Blocked { run, report }));
+            return Ok(Step::Stop(PhaseOutcome::Blocked {
+                run: Box::new(run),
+                report: Box::new(report),
+            }));
         }
         if !report.production_ready() {
             tracing::warn!(processor = %p.name, data_date = %req.data_date,
@@ -388,14 +406,14 @@ impl Worker {
                 self.ledger.record(&run).await?;
                 tracing::info!(processor = %p.name, data_date = %req.data_date,
                     status = %status, rows = ?rows, "processor finished");
-                Ok(Step::Ran(run))
+                Ok(Step::Ran(Box::new(run)))
             }
             Err(error) => {
                 run.finish(RunStatus::Failed, None, Some(error.clone()));
                 self.ledger.record(&run).await?;
                 tracing::error!(processor = %p.name, data_date = %req.data_date,
                     error = %error, "processor failed");
-                Ok(Step::Stop(PhaseOutcome::Failed { run }))
+                Ok(Step::Stop(PhaseOutcome::Failed { run: Box::new(run) }))
             }
         }
     }
@@ -425,7 +443,11 @@ impl Worker {
         };
         let id = self
             .publisher
-            .publish(&phase.completion_topic, &event.to_json(), event.attributes())
+            .publish(
+                &phase.completion_topic,
+                &event.to_json(),
+                event.attributes(),
+            )
             .await?;
         tracing::info!(phase = %phase.name, data_date = %date, topic = %phase.completion_topic,
             message_id = %id, "completion event published");
@@ -439,8 +461,8 @@ impl Worker {
 }
 
 enum Step {
-    Reused(RunRecord),
-    Ran(RunRecord),
+    Reused(Box<RunRecord>),
+    Ran(Box<RunRecord>),
     Stop(PhaseOutcome),
 }
 

@@ -28,7 +28,11 @@ async fn a_trigger_runs_all_four_phases() {
     }
     for p in ALL {
         for day in &days {
-            assert_eq!(env.status(p, *day).await, Some(RunStatus::Success), "{p} {day}");
+            assert_eq!(
+                env.status(p, *day).await,
+                Some(RunStatus::Success),
+                "{p} {day}"
+            );
         }
     }
     assert_eq!(env.count("preds", "game_date", days[2]).await, 2);
@@ -60,7 +64,12 @@ async fn the_attribute_means_skip_whatever_its_value() {
     let day = d("2024-01-01");
     env.season(&[day]).await;
     let attrs = BTreeMap::from([("skip_downstream_trigger".to_string(), "false".to_string())]);
-    let envelope = PushEnvelope::wrap(&json!({ "data_date": day }), attrs, "m-1".into(), "s".into());
+    let envelope = PushEnvelope::wrap(
+        &json!({ "data_date": day }),
+        attrs,
+        "m-1".into(),
+        "s".into(),
+    );
     let body = serde_json::to_vec(&envelope).unwrap();
     let outcome = env.app.worker.handle_push("raw", &body).await;
     assert_eq!(outcome.http_status(), 200);
@@ -83,7 +92,11 @@ async fn a_cli_run_with_the_skip_flag_stops_the_cascade() {
             .expect("run phasegate")
     };
     let out = cli(&["--skip-downstream-trigger"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("NOT published"), "{stdout}");
     assert_eq!(env.status("ingest", day).await, Some(RunStatus::Success));
@@ -94,7 +107,11 @@ async fn a_cli_run_with_the_skip_flag_stops_the_cascade() {
 
     // Without the flag the same date publishes (it was never published) and cascades.
     let out = cli(&[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for p in ALL {
         assert_eq!(env.status(p, day).await, Some(RunStatus::Success), "{p}");
     }
@@ -112,17 +129,29 @@ async fn a_strict_historical_gap_check_blocks_the_day_after_a_failure() {
     }
     assert_eq!(env.status("ingest", days[2]).await, Some(RunStatus::Failed));
     assert_eq!(env.status("summary", days[2]).await, None);
-    assert_eq!(env.status("summary", days[3]).await, Some(RunStatus::Success));
+    assert_eq!(
+        env.status("summary", days[3]).await,
+        Some(RunStatus::Success)
+    );
     let blocked = env.latest("features", days[3]).await.unwrap();
     assert_eq!(blocked.status, RunStatus::Blocked);
     let why = blocked.errors.unwrap();
     assert!(why.contains("2024-01-03"), "{why}");
-    assert_eq!(env.count("features", "game_date", days[3]).await, 0, "nothing processed");
+    assert_eq!(
+        env.count("features", "game_date", days[3]).await,
+        0,
+        "nothing processed"
+    );
     let findings = blocked.findings.unwrap();
     assert_eq!(findings["historical_gaps"]["gap_count"], 1);
     assert_eq!(env.status("preds", days[3]).await, None);
     // Blocked means nacked: redelivered, then dead-lettered.
-    assert!(env.bus().dead_letters().iter().any(|m| m.phase == "precompute" && m.last_status == 424));
+    assert!(
+        env.bus()
+            .dead_letters()
+            .iter()
+            .any(|m| m.phase == "precompute" && m.last_status == 424)
+    );
 }
 
 /// (b) Monday's upstream run failed: Tuesday's run of a phase with a lookback is blocked
@@ -161,7 +190,12 @@ async fn the_same_message_id_twice_is_processed_once() {
     let day = d("2024-01-01");
     env.season(&[day]).await;
     let attrs = BTreeMap::from([("skip_downstream_trigger".to_string(), "true".to_string())]);
-    let envelope = PushEnvelope::wrap(&json!({ "data_date": day }), attrs, "msg-42".into(), "s".into());
+    let envelope = PushEnvelope::wrap(
+        &json!({ "data_date": day }),
+        attrs,
+        "msg-42".into(),
+        "s".into(),
+    );
     let body = serde_json::to_vec(&envelope).unwrap();
     let first = env.app.worker.handle_push("raw", &body).await;
     let first_run = env.latest("ingest", day).await.unwrap();
@@ -169,7 +203,10 @@ async fn the_same_message_id_twice_is_processed_once() {
     assert_eq!(first.http_status(), 200);
     assert_eq!(second.http_status(), 200);
     assert_eq!(second.label(), "already_done");
-    assert_eq!(env.latest("ingest", day).await.unwrap().run_id, first_run.run_id);
+    assert_eq!(
+        env.latest("ingest", day).await.unwrap().run_id,
+        first_run.run_id
+    );
     let history = env
         .app
         .ledger()
@@ -239,28 +276,54 @@ async fn a_crash_between_run_and_publish_is_repaired_by_redelivery_exactly_once(
         env.app.warehouse().clone(),
         flaky.clone(),
     );
-    let envelope =
-        PushEnvelope::wrap(&json!({ "data_date": day }), BTreeMap::new(), "m-7".into(), "s".into());
+    let envelope = PushEnvelope::wrap(
+        &json!({ "data_date": day }),
+        BTreeMap::new(),
+        "m-7".into(),
+        "s".into(),
+    );
     let body = serde_json::to_vec(&envelope).unwrap();
 
     let first = worker.handle_push("raw", &body).await;
-    assert_eq!(first.http_status(), 503, "publish failed: nack so Pub/Sub redelivers");
+    assert_eq!(
+        first.http_status(),
+        503,
+        "publish failed: nack so Pub/Sub redelivers"
+    );
     let run = env.latest("ingest", day).await.unwrap();
     assert_eq!(run.status, RunStatus::Success);
-    assert_eq!(run.published_at, None, "the outbox remembers the event is owed");
+    assert_eq!(
+        run.published_at, None,
+        "the outbox remembers the event is owed"
+    );
 
     let second = worker.handle_push("raw", &body).await;
     assert_eq!(second.http_status(), 200);
-    let PushOutcome::Ran(PhaseOutcome::Done { reused, publication, .. }) = second else {
+    let PushOutcome::Ran(PhaseOutcome::Done {
+        reused,
+        publication,
+        ..
+    }) = second
+    else {
         panic!("expected done");
     };
     assert_eq!(reused, 1, "the processor did not run again");
     assert!(matches!(publication, Publication::Published { .. }));
     let third = worker.handle_push("raw", &body).await;
     assert_eq!(third.http_status(), 200);
-    assert_eq!(flaky.published.load(Ordering::SeqCst), 1, "published exactly once");
+    assert_eq!(
+        flaky.published.load(Ordering::SeqCst),
+        1,
+        "published exactly once"
+    );
     assert_eq!(env.latest("ingest", day).await.unwrap().run_id, run.run_id);
-    assert!(env.latest("ingest", day).await.unwrap().published_at.is_some());
+    assert!(
+        env.latest("ingest", day)
+            .await
+            .unwrap()
+            .published_at
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -278,17 +341,34 @@ async fn force_runs_a_done_date_again_and_a_blocked_date_succeeds_once_fixed() {
         force,
     };
     let w = &env.app.worker;
-    assert!(matches!(w.run_phase(&req("raw", days[0], false)).await.unwrap(), PhaseOutcome::Failed { .. }));
     assert!(matches!(
-        w.run_phase(&req("analytics", days[0], false)).await.unwrap(),
+        w.run_phase(&req("raw", days[0], false)).await.unwrap(),
+        PhaseOutcome::Failed { .. }
+    ));
+    assert!(matches!(
+        w.run_phase(&req("analytics", days[0], false))
+            .await
+            .unwrap(),
         PhaseOutcome::Blocked { .. }
     ));
     env.restore_feed(days[0]).await;
-    assert!(matches!(w.run_phase(&req("raw", days[0], false)).await.unwrap(), PhaseOutcome::Done { .. }));
-    let done = w.run_phase(&req("analytics", days[0], false)).await.unwrap();
+    assert!(matches!(
+        w.run_phase(&req("raw", days[0], false)).await.unwrap(),
+        PhaseOutcome::Done { .. }
+    ));
+    let done = w
+        .run_phase(&req("analytics", days[0], false))
+        .await
+        .unwrap();
     assert_eq!(done.label(), "success");
     let first = env.latest("summary", days[0]).await.unwrap().run_id;
-    assert_eq!(w.run_phase(&req("analytics", days[0], false)).await.unwrap().label(), "already_done");
+    assert_eq!(
+        w.run_phase(&req("analytics", days[0], false))
+            .await
+            .unwrap()
+            .label(),
+        "already_done"
+    );
     w.run_phase(&req("analytics", days[0], true)).await.unwrap();
     assert_ne!(env.latest("summary", days[0]).await.unwrap().run_id, first);
 }

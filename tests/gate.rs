@@ -11,8 +11,11 @@ async fn gap_detection_finds_missing_dates() {
     let env = TestEnv::new("strict").await;
     let mut days = dates("2024-01-01", 20);
     days.retain(|x| *x != d("2024-01-05") && *x != d("2024-01-06") && *x != d("2024-01-12"));
-    env.exec_for("INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')", &days)
-        .await;
+    env.exec_for(
+        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')",
+        &days,
+    )
+    .await;
 
     let r = date_range_completeness(
         env.app.warehouse().as_ref(),
@@ -103,26 +106,37 @@ async fn off_days_of_the_reference_are_not_gaps() {
 async fn upstream_failure_success_and_not_found() {
     let env = TestEnv::new("strict").await;
     let ledger = env.app.ledger().as_ref();
-    env.record_run("ingest", "raw", d("2024-01-15"), RunStatus::Failed).await;
-    let failed = upstream_status(ledger, "ingest", d("2024-01-15")).await.unwrap();
+    env.record_run("ingest", "raw", d("2024-01-15"), RunStatus::Failed)
+        .await;
+    let failed = upstream_status(ledger, "ingest", d("2024-01-15"))
+        .await
+        .unwrap();
     assert!(!failed.processor_succeeded);
     assert_eq!(failed.status, "failed");
     assert!(!failed.safe_to_process);
     assert!(failed.error_message.unwrap().contains("boom"));
 
-    env.record_run("ingest", "raw", d("2024-01-16"), RunStatus::Success).await;
-    let ok = upstream_status(ledger, "ingest", d("2024-01-16")).await.unwrap();
+    env.record_run("ingest", "raw", d("2024-01-16"), RunStatus::Success)
+        .await;
+    let ok = upstream_status(ledger, "ingest", d("2024-01-16"))
+        .await
+        .unwrap();
     assert!(ok.processor_succeeded);
     assert_eq!(ok.status, "success");
     assert!(ok.safe_to_process);
     assert_eq!(ok.error_message, None);
 
-    let none = upstream_status(ledger, "ingest", d("2024-01-17")).await.unwrap();
+    let none = upstream_status(ledger, "ingest", d("2024-01-17"))
+        .await
+        .unwrap();
     assert_eq!(none.status, "not_found");
     assert!(!none.safe_to_process);
 
-    env.record_run("ingest", "raw", d("2024-01-18"), RunStatus::NoData).await;
-    let empty = upstream_status(ledger, "ingest", d("2024-01-18")).await.unwrap();
+    env.record_run("ingest", "raw", d("2024-01-18"), RunStatus::NoData)
+        .await;
+    let empty = upstream_status(ledger, "ingest", d("2024-01-18"))
+        .await
+        .unwrap();
     assert!(empty.safe_to_process, "no_data is a legitimate empty date");
     assert_eq!(empty.status, "no_data");
 }
@@ -130,8 +144,10 @@ async fn upstream_failure_success_and_not_found() {
 #[tokio::test]
 async fn the_latest_run_wins() {
     let env = TestEnv::new("strict").await;
-    env.record_run("ingest", "raw", d("2024-01-15"), RunStatus::Failed).await;
-    env.record_run("ingest", "raw", d("2024-01-15"), RunStatus::Success).await;
+    env.record_run("ingest", "raw", d("2024-01-15"), RunStatus::Failed)
+        .await;
+    env.record_run("ingest", "raw", d("2024-01-15"), RunStatus::Success)
+        .await;
     let s = upstream_status(env.app.ledger().as_ref(), "ingest", d("2024-01-15"))
         .await
         .unwrap();
@@ -144,11 +160,21 @@ async fn entity_completeness_counts_each_entitys_last_games() {
     let days = dates("2024-01-01", 6);
     env.season(&days).await;
     // Team A has every game in the summary; team B misses one of its last five.
-    env.exec_for("INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')", &days)
-        .await;
-    let b_days: Vec<_> = days.iter().copied().filter(|x| *x != d("2024-01-04")).collect();
-    env.exec_for("INSERT INTO summary (game_date, team) VALUES (@data_date, 'B')", &b_days)
-        .await;
+    env.exec_for(
+        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')",
+        &days,
+    )
+    .await;
+    let b_days: Vec<_> = days
+        .iter()
+        .copied()
+        .filter(|x| *x != d("2024-01-04"))
+        .collect();
+    env.exec_for(
+        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'B')",
+        &b_days,
+    )
+    .await;
     let config = env.app.config.clone();
     let spec = config.phases[2].processors[0]
         .checks
@@ -165,14 +191,23 @@ async fn entity_completeness_counts_each_entitys_last_games() {
     .unwrap();
     assert_eq!(r.entities.len(), 2);
     let a = &r.entities[0];
-    assert_eq!((a.entity.as_str(), a.expected_count, a.actual_count), ("A", 5, 5));
+    assert_eq!(
+        (a.entity.as_str(), a.expected_count, a.actual_count),
+        ("A", 5, 5)
+    );
     assert!(a.is_complete && a.is_production_ready);
     let b = &r.entities[1];
-    assert_eq!((b.entity.as_str(), b.expected_count, b.actual_count), ("B", 5, 4));
+    assert_eq!(
+        (b.entity.as_str(), b.expected_count, b.actual_count),
+        ("B", 5, 4)
+    );
     assert_eq!(b.missing_count, 1);
     assert_eq!(b.completeness_pct, 80.0);
     assert!(!b.is_complete);
-    assert!(!b.is_production_ready, "80% is under the default 90% threshold");
+    assert!(
+        !b.is_production_ready,
+        "80% is under the default 90% threshold"
+    );
     assert_eq!(r.not_ready_count, 1);
 }
 

@@ -53,12 +53,15 @@ fn ts(t: &DateTime<Utc>) -> String {
 fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })
 }
 
 fn parse_day(s: &str) -> rusqlite::Result<NaiveDate> {
-    crate::dates::parse_date(s)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    crate::dates::parse_date(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 fn bad_column(what: &str, value: &str) -> rusqlite::Error {
@@ -118,7 +121,9 @@ impl Sqlite {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| "sqlite connection poisoned".to_string())?;
+            let mut guard = conn
+                .lock()
+                .map_err(|_| "sqlite connection poisoned".to_string())?;
             f(&mut guard).map_err(|e| e.to_string())
         })
         .await

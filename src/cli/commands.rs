@@ -119,7 +119,11 @@ async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<Exit
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .with_context(|| format!("cannot listen on port {port}"))?;
-    tracing::info!(port, phase = phase.as_deref().unwrap_or("*"), "phasegate worker listening");
+    tracing::info!(
+        port,
+        phase = phase.as_deref().unwrap_or("*"),
+        "phasegate worker listening"
+    );
     let state = Arc::new(ServerState {
         worker: app.worker.clone(),
         phase,
@@ -142,9 +146,13 @@ pub async fn run_cmd(app: &App, req: &RunRequest) -> anyhow::Result<ExitCode> {
     );
     if let (true, Some(bus)) = (cascaded, &app.bus) {
         bus.wait_idle().await;
-        let grid =
-            StatusGrid::load(&app.config, app.ledger().as_ref(), req.data_date, req.data_date)
-                .await?;
+        let grid = StatusGrid::load(
+            &app.config,
+            app.ledger().as_ref(),
+            req.data_date,
+            req.data_date,
+        )
+        .await?;
         println!("cascade on the in-process bus:\n{}", grid.render());
     }
     Ok(match outcome {
@@ -166,7 +174,9 @@ pub fn describe(phase: &str, date: NaiveDate, outcome: &PhaseOutcome) -> String 
                         "{}={}{}",
                         r.processor,
                         r.status,
-                        r.rows_affected.map(|n| format!(" ({n} rows)")).unwrap_or_default()
+                        r.rows_affected
+                            .map(|n| format!(" ({n} rows)"))
+                            .unwrap_or_default()
                     )
                 })
                 .collect::<Vec<_>>()

@@ -17,7 +17,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "phasegate", version, propagate_version = true)]
 pub struct Cli {
     /// Pipeline configuration file.
-    #[arg(long, global = true, env = "PHASEGATE_CONFIG", default_value = "pipeline.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PHASEGATE_CONFIG",
+        default_value = "pipeline.toml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,

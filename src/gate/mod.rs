@@ -111,9 +111,15 @@ pub async fn evaluate(
             from = from.max(floor);
         }
         let to = date.pred_opt().unwrap_or(date);
-        let result =
-            date_range_completeness(warehouse, &gaps.table, &gaps.date_column, from, to, expected)
-                .await?;
+        let result = date_range_completeness(
+            warehouse,
+            &gaps.table,
+            &gaps.date_column,
+            from,
+            to,
+            expected,
+        )
+        .await?;
         if result.has_gaps {
             report.problems.push(format!(
                 "{} has {} missing date(s) in the {} days before {date}: {}",

@@ -122,7 +122,10 @@ impl TestEnv {
             "{}\n",
             text.replacen(
                 "[pipeline]",
-                &format!("[backend]\nsqlite_path = {:?}\n\n[pipeline]", db.display().to_string()),
+                &format!(
+                    "[backend]\nsqlite_path = {:?}\n\n[pipeline]",
+                    db.display().to_string()
+                ),
                 1
             )
         );
@@ -203,9 +206,19 @@ impl TestEnv {
     }
 
     /// Write a finished run straight into the ledger (as an upstream system would).
-    pub async fn record_run(&self, processor: &str, phase: &str, date: NaiveDate, status: RunStatus) {
+    pub async fn record_run(
+        &self,
+        processor: &str,
+        phase: &str,
+        date: NaiveDate,
+        status: RunStatus,
+    ) {
         let mut run = RunRecord::start(processor, phase, date, TriggerKind::Cli, None, false);
-        run.finish(status, Some(0), (status == RunStatus::Failed).then(|| "boom".into()));
+        run.finish(
+            status,
+            Some(0),
+            (status == RunStatus::Failed).then(|| "boom".into()),
+        );
         self.app.ledger().record(&run).await.expect("record");
     }
 
@@ -223,7 +236,10 @@ impl TestEnv {
     }
 
     pub fn published_to(&self, topic: &str) -> usize {
-        self.app.bus.as_ref().map_or(0, |b| b.published_to(topic).len())
+        self.app
+            .bus
+            .as_ref()
+            .map_or(0, |b| b.published_to(topic).len())
     }
 
     pub fn bus(&self) -> &Arc<phasegate::backends::in_process::InProcessBus> {

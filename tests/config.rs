@@ -1,0 +1,171 @@
+//! Configuration validation: a bad file is refused at start-up, naming the file, the key and
+//! what is wrong.
+
+use std::path::Path;
+
+use phasegate::config::Config;
+
+const GOOD: &str = include_str!("../examples/nba/pipeline.toml");
+
+fn error_of(text: &str) -> String {
+    let mut config = match Config::parse(text, Path::new("bad.toml")) {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    match config.validate() {
+        Ok(()) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_example_pipeline_is_valid() {
+    let mut c = Config::parse(GOOD, Path::new("examples/nba/pipeline.toml")).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.phases.len(), 4);
+    assert_eq!(
+        c.phases[1].input(),
+        "nba-raw-complete",
+        "derived from the previous phase"
+    );
+}
+
+#[test]
+fn every_error_names_the_file_and_the_key() {
+    let cases = [
+        (
+            GOOD.replace("name = \"analytics\"", "name = \"raw\""),
+            "phases[1].name",
+            "declared twice",
+        ),
+        (
+            GOOD.replace(
+                "upstream = [\"raw_player_boxscores\"]",
+                "upstream = [\"nope\"]",
+            ),
+            "phases[1].processors[0].checks.upstream[0]",
+            "not a processor of an earlier phase",
+        ),
+        (
+            GOOD.replace("lookback_days = 14", "lookback_days = 0"),
+            "historical_gaps.lookback_days",
+            "at least 1",
+        ),
+        (
+            GOOD.replace(
+                "expected = \"schedule\", require_rows = true }",
+                "expected = \"calendar\", require_rows = true }",
+            ),
+            "output.expected",
+            "no reference named `calendar`",
+        ),
+        (
+            GOOD.replace("threshold_pct = 90.0", "threshold_pct = 190.0"),
+            "threshold_pct",
+            "not a percentage",
+        ),
+        (
+            GOOD.replace(
+                "completion_topic = \"nba-raw-complete\"",
+                "completion_topic = \"x\"",
+            ),
+            "phases[0].completion_topic",
+            "not a valid Pub/Sub topic id",
+        ),
+        (
+            GOOD.replace(
+                "table = \"team_schedule\"",
+                "table = \"team_schedule; DROP TABLE x\"",
+            ),
+            "references.schedule.table",
+            "not a table name",
+        ),
+        (
+            GOOD.replace("input_topic = \"nba-trigger\"", ""),
+            "phases[0].input_topic",
+            "first phase needs an input_topic",
+        ),
+        (
+            GOOD.replace(
+                "name = \"analytics\"",
+                "name = \"analytics\"\ninput_topic = \"nba-trigger\"",
+            ),
+            "phases[1].input_topic",
+            "previous phase's completion topic",
+        ),
+        (
+            GOOD.replace("kind = \"in_process\"", "kind = \"kafka\""),
+            "bad.toml",
+            "unknown variant `kafka`",
+        ),
+        (
+            GOOD.replace("[pipeline]", "[pipeline]\ncolour = 1"),
+            "bad.toml",
+            "unknown field `colour`",
+        ),
+    ];
+    for (text, key, what) in cases {
+        let e = error_of(&text);
+        assert!(e.starts_with("bad.toml"), "{e}");
+        assert!(e.contains(key), "expected key {key} in: {e}");
+        assert!(e.contains(what), "expected {what:?} in: {e}");
+    }
+}
+
+#[test]
+fn environment_overrides_deployment_settings() {
+    let mut c = Config::parse(GOOD, Path::new("p.toml")).unwrap();
+    c.apply_env(|k| match k {
+        "PORT" => Some("9191".into()),
+        "PHASEGATE_SQLITE_PATH" => Some("/tmp/x.db".into()),
+        "PUBSUB_EMULATOR_HOST" => Some("127.0.0.1:8085".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(c.server.port, 9191);
+    assert_eq!(c.backend.sqlite_path, Path::new("/tmp/x.db"));
+    assert_eq!(c.bus.emulator_host.as_deref(), Some("127.0.0.1:8085"));
+    let e = c
+        .apply_env(|k| (k == "PORT").then(|| "eighty".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("PORT") && e.contains("eighty"), "{e}");
+}
+
+#[test]
+fn the_cli_refuses_a_bad_file_with_exit_2_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("lookback_days = 14", "lookback_days = 0"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .args(["--config"])
+        .arg(&path)
+        .args(["check", "--phase", "precompute", "--date", "2025-01-01"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pipeline.toml") && err.contains("lookback_days"),
+        "{err}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .args([
+            "--config",
+            "/nonexistent/pipeline.toml",
+            "status",
+            "--from",
+            "2025-01-01",
+            "--to",
+            "2025-01-02",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pipeline.toml"));
+}

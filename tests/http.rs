@@ -1,0 +1,381 @@
+//! The push endpoint over real HTTP: every row of README's outcome → status table, and every
+//! kind of bad input (refused with a clear 4xx, nothing written).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use common::{TestEnv, d};
+use phasegate::bus::{PublishError, Publisher};
+use phasegate::envelope::PushEnvelope;
+use phasegate::ledger::{RunRecord, RunStatus, TriggerKind};
+use phasegate::server::{ServerState, serve};
+use phasegate::worker::Worker;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+struct Server {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(worker: Arc<Worker>, phase: Option<&str>) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(ServerState {
+            worker,
+            phase: phase.map(String::from),
+            auth: None,
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            serve(listener, state, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            base,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.handle.await;
+    }
+}
+
+async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn envelope(payload: Value, attrs: &[(&str, &str)], id: &str) -> String {
+    let attributes = attrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    serde_json::to_string(&PushEnvelope::wrap(
+        &payload,
+        attributes,
+        id.into(),
+        "projects/p/subscriptions/s".into(),
+    ))
+    .unwrap()
+}
+
+fn ledger_rows(env: &TestEnv) -> i64 {
+    let c = rusqlite::Connection::open(env.db_path()).unwrap();
+    c.query_row("SELECT COUNT(*) FROM processor_run_history", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn healthz_answers() {
+    let env = TestEnv::new("strict").await;
+    let server = Server::start(env.app.worker.clone(), None).await;
+    let resp = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn success_rows_acknowledge() {
+    let env = TestEnv::new("strict").await;
+    let days = [d("2024-01-01"), d("2024-01-02")];
+    env.season(&days).await;
+    let server = Server::start(env.app.worker.clone(), Some("raw")).await;
+    let url = format!("{}/push", server.base);
+
+    // Processed and published.
+    let (s, b) = post(
+        &url,
+        envelope(json!({"data_date": "2024-01-01"}), &[], "m1"),
+    )
+    .await;
+    assert_eq!(
+        (s, b["outcome"].as_str(), b["published"].as_bool()),
+        (200, Some("success"), Some(true))
+    );
+    // Processed, skip flag: not published.
+    let (s, b) = post(
+        &url,
+        envelope(
+            json!({"data_date": "2024-01-02"}),
+            &[("skip_downstream_trigger", "true")],
+            "m2",
+        ),
+    )
+    .await;
+    assert_eq!((s, b["published"].as_bool()), (200, Some(false)));
+    // Already done: acknowledged without work.
+    let (s, b) = post(
+        &url,
+        envelope(
+            json!({"data_date": "2024-01-02"}),
+            &[("skip_downstream_trigger", "true")],
+            "m2",
+        ),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (200, Some("already_done")));
+    // A date without games: no_data, acknowledged.
+    let (s, b) = post(
+        &url,
+        envelope(json!({"data_date": "2024-01-03"}), &[], "m3"),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (200, Some("no_data")));
+    assert_eq!(
+        env.status("ingest", d("2024-01-03")).await,
+        Some(RunStatus::NoData)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failure_rows_nack_with_their_status() {
+    let env = TestEnv::new("strict").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let server = Server::start(env.app.worker.clone(), None).await;
+    let base = server.base.clone();
+
+    // Strict gate: upstream never ran → 424, recorded as blocked.
+    let (s, b) = post(
+        &format!("{base}/push/analytics"),
+        envelope(json!({"data_date": "2024-01-01"}), &[], "b1"),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (424, Some("blocked")));
+    assert_eq!(env.status("summary", day).await, Some(RunStatus::Blocked));
+
+    // Processor failed (feed missing on a scheduled date) → 500, recorded as failed.
+    env.lose_feed(day).await;
+    let (s, b) = post(
+        &format!("{base}/push/raw"),
+        envelope(json!({"data_date": "2024-01-01"}), &[], "f1"),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (500, Some("failed")));
+    assert!(b["reason"].as_str().unwrap().contains("missing"));
+    assert_eq!(env.status("ingest", day).await, Some(RunStatus::Failed));
+
+    // Another delivery is running the same processor and date → 409.
+    let running = RunRecord::start(
+        "ingest",
+        "raw",
+        d("2024-01-05"),
+        TriggerKind::Pubsub,
+        Some("x".into()),
+        false,
+    );
+    env.app.ledger().record(&running).await.unwrap();
+    let (s, b) = post(
+        &format!("{base}/push/raw"),
+        envelope(json!({"data_date": "2024-01-05"}), &[], "r1"),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (409, Some("in_progress")));
+    server.stop().await;
+}
+
+struct DownBus;
+
+#[async_trait]
+impl Publisher for DownBus {
+    async fn publish(
+        &self,
+        topic: &str,
+        _: &Value,
+        _: BTreeMap<String, String>,
+    ) -> Result<String, PublishError> {
+        Err(PublishError {
+            topic: topic.into(),
+            message: "unavailable".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn publish_failure_and_store_failure_are_503() {
+    let env = TestEnv::new("strict").await;
+    env.season(&[d("2024-01-01")]).await;
+    let worker = Arc::new(Worker::new(
+        env.app.config.clone(),
+        env.app.ledger().clone(),
+        env.app.warehouse().clone(),
+        Arc::new(DownBus),
+    ));
+    let server = Server::start(worker, Some("raw")).await;
+    let url = format!("{}/push", server.base);
+    let (s, b) = post(
+        &url,
+        envelope(json!({"data_date": "2024-01-01"}), &[], "p1"),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (503, Some("publish_failed")));
+
+    let c = rusqlite::Connection::open(env.db_path()).unwrap();
+    c.execute_batch("DROP TABLE processor_run_history").unwrap();
+    let (s, b) = post(
+        &url,
+        envelope(json!({"data_date": "2024-01-02"}), &[], "p2"),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (503, Some("store_unavailable")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
+    let env = TestEnv::new("strict").await;
+    env.season(&[d("2024-01-01")]).await;
+    let server = Server::start(env.app.worker.clone(), None).await;
+    let raw = format!("{}/push/raw", server.base);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let with_data = |data: String| {
+        json!({"message": {"data": data, "messageId": "x1", "attributes": {}}, "subscription": "s"})
+            .to_string()
+    };
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("not JSON", "{not json".into(), 400, "not a push envelope"),
+        (
+            "no message",
+            json!({"subscription": "s"}).to_string(),
+            400,
+            "message",
+        ),
+        (
+            "no messageId",
+            json!({"message": {"data": b64("{}")}}).to_string(),
+            400,
+            "messageId",
+        ),
+        (
+            "empty messageId",
+            json!({"message": {"data": b64("{}"), "messageId": " "}}).to_string(),
+            400,
+            "messageId",
+        ),
+        (
+            "no data",
+            json!({"message": {"messageId": "x"}}).to_string(),
+            400,
+            "data is missing",
+        ),
+        (
+            "bad base64",
+            with_data("%%%not-base64".into()),
+            400,
+            "base64",
+        ),
+        (
+            "payload not JSON",
+            with_data(b64("hello")),
+            400,
+            "not a JSON object",
+        ),
+        ("no date", with_data(b64("{}")), 400, "data_date is missing"),
+        (
+            "invalid date",
+            with_data(b64(r#"{"data_date": "2024-02-30"}"#)),
+            400,
+            "YYYY-MM-DD",
+        ),
+        (
+            "date in wrong form",
+            with_data(b64(r#"{"data_date": "01/02/2024"}"#)),
+            400,
+            "YYYY-MM-DD",
+        ),
+        (
+            "dates disagree",
+            envelope(
+                json!({"data_date": "2024-01-01"}),
+                &[("data_date", "2024-01-02")],
+                "x",
+            ),
+            400,
+            "disagree",
+        ),
+        (
+            "completion event of the wrong phase",
+            envelope(
+                json!({"data_date": "2024-01-01", "phase": "analytics"}),
+                &[],
+                "x",
+            ),
+            400,
+            "listens to",
+        ),
+    ];
+    for (name, body, status, needle) in cases {
+        let (s, b) = post(&raw, body).await;
+        assert_eq!(s, status, "{name}: {b}");
+        let reason = b["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(needle), "{name}: {reason}");
+    }
+    let (s, b) = post(
+        &format!("{}/push/nosuch", server.base),
+        envelope(json!({"data_date": "2024-01-01"}), &[], "x"),
+    )
+    .await;
+    assert_eq!((s, b["outcome"].as_str()), (404, Some("unknown_phase")));
+    let (s, _) = post(
+        &format!("{}/push", server.base),
+        envelope(json!({"data_date": "2024-01-01"}), &[], "x"),
+    )
+    .await;
+    assert_eq!(s, 404, "an all-phase worker needs /push/{{phase}}");
+    let (s, _) = post(&format!("{}/elsewhere", server.base), "{}").await;
+    assert_eq!(s, 404);
+    let resp = reqwest::get(&raw).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+
+    let huge = format!(
+        "{{\"pad\":\"{}\"}}",
+        "x".repeat(phasegate::server::MAX_BODY_BYTES + 1)
+    );
+    let (s, b) = post(&raw, huge).await;
+    assert_eq!((s, b["outcome"].as_str()), (413, Some("too_large")));
+
+    assert_eq!(ledger_rows(&env), 0, "bad input must not write anything");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_phase_worker_refuses_pushes_for_other_phases() {
+    let env = TestEnv::new("strict").await;
+    let server = Server::start(env.app.worker.clone(), Some("raw")).await;
+    let (s, _) = post(
+        &format!("{}/push/analytics", server.base),
+        envelope(json!({"data_date": "2024-01-01"}), &[], "x"),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(ledger_rows(&env), 0);
+    server.stop().await;
+}

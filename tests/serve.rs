@@ -1,0 +1,87 @@
+//! The real binary: `phasegate serve` listens on $PORT, handles a push, and exits cleanly on
+//! SIGTERM (Cloud Run's shutdown signal).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestEnv, d};
+use phasegate::envelope::PushEnvelope;
+use phasegate::ledger::RunStatus;
+use serde_json::json;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn serve_handles_a_push_and_shuts_down_gracefully_on_sigterm() {
+    let env = TestEnv::new("strict").await;
+    env.season(&[d("2024-01-01")]).await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args(["serve", "--phase", "raw"])
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = PushEnvelope::wrap(
+        &json!({"data_date": "2024-01-01"}),
+        [("skip_downstream_trigger".to_string(), "true".to_string())].into(),
+        "serve-1".into(),
+        "s".into(),
+    );
+    let resp = client
+        .post(format!("{base}/push"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        env.status("ingest", d("2024-01-01")).await,
+        Some(RunStatus::Success)
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("shutdown complete"), "{stderr}");
+    assert!(
+        stderr.contains("authentication is DISABLED"),
+        "the start-up warning is logged: {stderr}"
+    );
+}
