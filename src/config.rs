@@ -393,6 +393,10 @@ pub struct EntityCompleteness {
     pub window: WindowKind,
     /// Window size: the last N games of each entity, or the last N days.
     pub lookback: u32,
+    /// How many days an N-game window reaches back at most (default 2N); backfill uses it to
+    /// order and skip dates that look back over others.
+    #[serde(default)]
+    pub window_days: Option<u32>,
     #[serde(default)]
     pub season_start: Option<NaiveDate>,
     /// An entity is production-ready at or above this completeness (percent).

@@ -6,6 +6,8 @@
 
 pub mod auth;
 pub mod backends;
+pub mod backfill;
+pub mod backfill_pubsub;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -21,5 +23,6 @@ pub mod sample;
 pub mod server;
 pub mod startup;
 pub mod telemetry;
+pub mod verify;
 pub mod warehouse;
 pub mod worker;

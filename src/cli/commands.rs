@@ -59,6 +59,41 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             print!("{}\n{}", grid.render(), grid.totals());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify {
+            phase,
+            from,
+            to,
+            output,
+        } => {
+            if from > to {
+                bail!("--from {from} is after --to {to}");
+            }
+            let app = build(config).await?;
+            require_phase(&app.config, &phase)?;
+            let v = crate::verify::verify(
+                &app.config,
+                app.ledger().as_ref(),
+                app.warehouse().as_ref(),
+                &phase,
+                from,
+                to,
+            )
+            .await?;
+            match output {
+                Output::Table => print!("{}", v.render_table()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Csv => print!("{}", v.render_csv()),
+            }
+            Ok(if v.is_continuous {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Backfill(args) => {
+            let app = build(config).await?;
+            super::backfill::run(&app, args).await
+        }
         Command::Init => {
             let app = build(config).await?;
             app.init_schema().await?;
@@ -93,11 +128,11 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
     }
 }
 
-async fn build(config: Config) -> anyhow::Result<App> {
+pub(super) async fn build(config: Config) -> anyhow::Result<App> {
     Ok(startup::build(config).await?)
 }
 
-fn require_phase(config: &Config, phase: &str) -> anyhow::Result<()> {
+pub(super) fn require_phase(config: &Config, phase: &str) -> anyhow::Result<()> {
     if config.phase(phase).is_none() {
         bail!(
             "no phase `{phase}` in {} (phases: {})",

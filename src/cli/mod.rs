@@ -3,6 +3,7 @@
 //! Exit codes: 0 done, 1 the work failed (a failed or blocked run, gaps found), 2 bad usage or
 //! configuration.
 
+mod backfill;
 mod commands;
 
 use std::path::PathBuf;
@@ -69,6 +70,29 @@ pub enum Command {
         #[arg(long, value_parser = parse_date_arg)]
         to: NaiveDate,
     },
+    /// Gap detection on a phase's output: exit 0 when continuous, 1 with the missing dates.
+    ///
+    /// Calendar-aware: expected dates are the output's reference (e.g. the schedule) or every
+    /// day. Dates whose latest run is `no_data` are legitimately empty, not gaps.
+    Verify {
+        #[arg(long)]
+        phase: String,
+        #[arg(long, value_parser = parse_date_arg)]
+        from: NaiveDate,
+        #[arg(long, value_parser = parse_date_arg)]
+        to: NaiveDate,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run a phase (or, with --all, every phase in order) over a date range without
+    /// triggering later phases.
+    ///
+    /// Each date runs with skip_downstream_trigger through the same gate and ledger as a
+    /// push. Dates already success/no_data are skipped unless --force. Ends with a summary
+    /// and, for every date not done, the exact command that retries it.
+    /// Exit codes: 0 every date done, 1 some failed or were skipped, 2 bad usage or
+    /// configuration.
+    Backfill(BackfillArgs),
     /// Create the ledger table and the pipeline's tables (`setup`) if they are missing.
     Init,
     /// Generate the NBA example's sample season (schedule and feed) into the SQLite backend.
@@ -92,6 +116,49 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// The phase to backfill.
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub phase: Option<String>,
+    /// Every phase in order, verifying each is gap-free before the next starts.
+    #[arg(long)]
+    pub all: bool,
+    /// First date, YYYY-MM-DD.
+    #[arg(long, value_parser = parse_date_arg)]
+    pub from: NaiveDate,
+    /// Last date (included), YYYY-MM-DD.
+    #[arg(long, value_parser = parse_date_arg)]
+    pub to: NaiveDate,
+    /// stop: halt at the first failure. continue: run every date. skip-dependents: skip
+    /// only later dates whose checks look back over a failed date.
+    #[arg(long, value_enum, default_value_t = crate::backfill::ErrorPolicy::Stop)]
+    pub error_policy: crate::backfill::ErrorPolicy,
+    /// Dates run at once. A date still waits for earlier dates within its phase's
+    /// look-back window.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// Run dates again even if they already succeeded.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan (each date, what is skipped and why) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --all: do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Publish skip-flagged triggers to the phase's input topic and follow the ledger
+    /// (the production path; needs the Pub/Sub bus).
+    #[arg(long)]
+    pub via_pubsub: bool,
+    /// With --via-pubsub: seconds to wait for every date to finish.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_secs: u64,
+    /// table: readable text; json: the plan or the summary as JSON.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -109,9 +176,8 @@ pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init(match cli.command {
         Command::Serve { .. } => "info",
-        // The demo tells its own story; RUST_LOG=warn shows the worker's log lines too.
-        Command::Demo { .. } => "off",
-        _ => "warn",
+        // Commands print their own outcome; RUST_LOG=warn shows the worker's log lines too.
+        _ => "off",
     });
     match commands::dispatch(cli).await {
         Ok(code) => code,

@@ -1,0 +1,487 @@
+//! Backfill: run one phase over a date range with the cascade switched off, under an error
+//! policy, and end with a summary an operator cannot misread.
+//!
+//! Every date goes through the same gate and ledger as a push, with `skip_downstream_trigger`
+//! set, so a backfill never triggers later phases. Dates already `success`/`no_data` are
+//! skipped unless forced (resume).
+//!
+//! Parallelism: a date may start only when every earlier date of the backfill within its
+//! phase's lookback (the longest look-back of its checks) has finished, so no date is checked
+//! against history that the same backfill is still writing. A phase without look-back checks
+//! runs its dates fully in parallel; a phase that looks back runs them in order.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fmt::Write;
+use std::io::IsTerminal;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Phase};
+use crate::dates::{days, minus_days};
+use crate::ledger::{RunStatus, TriggerKind};
+use crate::worker::{PhaseOutcome, RunRequest, Worker, WorkerError};
+
+/// What to do when a date fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Halt at the first failure; later dates are not run.
+    Stop,
+    /// Run every date whatever fails.
+    Continue,
+    /// Run every date except those whose checks look back over a failed date.
+    SkipDependents,
+}
+
+impl ErrorPolicy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorPolicy::Stop => "stop",
+            ErrorPolicy::Continue => "continue",
+            ErrorPolicy::SkipDependents => "skip-dependents",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    pub phase: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub policy: ErrorPolicy,
+    pub parallel: usize,
+    pub force: bool,
+}
+
+/// Why a date is in the plan as it is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Planned {
+    Run,
+    /// Every processor's latest run for the date is done.
+    Skip {
+        status: RunStatus,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanEntry {
+    pub date: NaiveDate,
+    #[serde(flatten)]
+    pub planned: Planned,
+}
+
+/// What a backfill will do, date by date.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub phase: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub policy: ErrorPolicy,
+    pub parallel: usize,
+    pub lookback_days: u32,
+    pub dates: Vec<PlanEntry>,
+}
+
+/// The result of one date.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum DateResult {
+    Succeeded {
+        status: RunStatus,
+    },
+    Failed {
+        status: String,
+        reason: String,
+    },
+    /// Already done before this backfill.
+    AlreadyDone {
+        status: RunStatus,
+    },
+    /// Not run: it looks back over a failed date (skip-dependents).
+    SkippedDependent {
+        reason: String,
+    },
+    /// Not run: the backfill stopped before it (stop policy).
+    NotRun {
+        reason: String,
+    },
+}
+
+impl DateResult {
+    fn needs_retry(&self) -> bool {
+        matches!(
+            self,
+            DateResult::Failed { .. }
+                | DateResult::SkippedDependent { .. }
+                | DateResult::NotRun { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DateReport {
+    pub date: NaiveDate,
+    #[serde(flatten)]
+    pub result: DateResult,
+    /// The command that retries this date, for dates that are not done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillReport {
+    pub phase: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub policy: ErrorPolicy,
+    pub succeeded: usize,
+    pub no_data: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub already_done: usize,
+    pub dates: Vec<DateReport>,
+}
+
+impl BackfillReport {
+    pub fn all_done(&self) -> bool {
+        self.failed == 0 && self.skipped == 0
+    }
+}
+
+fn phase<'a>(config: &'a Config, name: &str) -> Result<&'a Phase, WorkerError> {
+    config.phase(name).ok_or_else(|| WorkerError::UnknownPhase {
+        phase: name.to_string(),
+        known: config.phase_names(),
+    })
+}
+
+/// The longest look-back of a phase's checks.
+pub fn lookback_days(phase: &Phase) -> u32 {
+    phase
+        .processors
+        .iter()
+        .map(|p| p.checks.lookback_days())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Decide, from the ledger, which dates run and which are already done.
+pub async fn plan(worker: &Worker, opts: &BackfillOptions) -> Result<Plan, WorkerError> {
+    let config = worker.config();
+    let phase = phase(config, &opts.phase)?;
+    // Latest status of every processor for every date: one ledger query per processor.
+    let mut latest: BTreeMap<(String, NaiveDate), RunStatus> = BTreeMap::new();
+    for p in &phase.processors {
+        for run in worker
+            .ledger()
+            .latest_in_range(&p.name, opts.from, opts.to)
+            .await?
+        {
+            latest.insert((p.name.clone(), run.data_date), run.status);
+        }
+    }
+    let dates = days(opts.from, opts.to)
+        .map(|date| {
+            let statuses: Vec<Option<RunStatus>> = phase
+                .processors
+                .iter()
+                .map(|p| latest.get(&(p.name.clone(), date)).copied())
+                .collect();
+            let done = statuses.iter().all(|s| s.is_some_and(|s| s.is_done()));
+            let planned = if done && !opts.force {
+                let status = if statuses.iter().all(|s| *s == Some(RunStatus::NoData)) {
+                    RunStatus::NoData
+                } else {
+                    RunStatus::Success
+                };
+                Planned::Skip {
+                    status,
+                    reason: format!("already {status} (use --force to run again)"),
+                }
+            } else {
+                Planned::Run
+            };
+            PlanEntry { date, planned }
+        })
+        .collect();
+    Ok(Plan {
+        phase: phase.name.clone(),
+        from: opts.from,
+        to: opts.to,
+        policy: opts.policy,
+        parallel: opts.parallel.max(1),
+        lookback_days: lookback_days(phase),
+        dates,
+    })
+}
+
+impl Plan {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "Plan: backfill {} {}..{} (error policy {}, parallel {}, look-back {} days)\n",
+            self.phase,
+            self.from,
+            self.to,
+            self.policy.as_str(),
+            self.parallel,
+            self.lookback_days
+        );
+        for e in &self.dates {
+            let _ = match &e.planned {
+                Planned::Run => writeln!(out, "  {}  run", e.date),
+                Planned::Skip { reason, .. } => writeln!(out, "  {}  skip: {reason}", e.date),
+            };
+        }
+        let runs = self
+            .dates
+            .iter()
+            .filter(|e| e.planned == Planned::Run)
+            .count();
+        let _ = writeln!(
+            out,
+            "{runs} date(s) to run, {} to skip",
+            self.dates.len() - runs
+        );
+        out
+    }
+}
+
+/// How progress is shown while dates run.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// A bar on a terminal, plain lines on stderr otherwise.
+    pub fn new(len: usize, phase: &str) -> Progress {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(len as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(phase.to_string());
+            Progress { bar: Some(bar) }
+        } else {
+            Progress { bar: None }
+        }
+    }
+
+    pub fn hidden() -> Progress {
+        Progress { bar: None }
+    }
+
+    fn done(&self, phase: &str, date: NaiveDate, line: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!("{date} {line}"));
+                bar.inc(1);
+            }
+            None => eprintln!("{phase} {date} {line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Run a plan. `retry` renders the command that retries one date.
+pub async fn execute(
+    worker: std::sync::Arc<Worker>,
+    plan: &Plan,
+    force: bool,
+    progress: &Progress,
+    retry: &dyn Fn(&str, NaiveDate) -> String,
+) -> Result<BackfillReport, WorkerError> {
+    let lookback = plan.lookback_days;
+    let mut results: BTreeMap<NaiveDate, DateResult> = BTreeMap::new();
+    let mut pending: VecDeque<NaiveDate> = VecDeque::new();
+    for e in &plan.dates {
+        match &e.planned {
+            Planned::Run => pending.push_back(e.date),
+            Planned::Skip { status, .. } => {
+                results.insert(e.date, DateResult::AlreadyDone { status: *status });
+            }
+        }
+    }
+
+    let mut running: HashSet<NaiveDate> = HashSet::new();
+    let mut failed: Vec<NaiveDate> = Vec::new();
+    let mut stopped_at: Option<NaiveDate> = None;
+    let mut tasks: JoinSet<(NaiveDate, Result<PhaseOutcome, WorkerError>)> = JoinSet::new();
+    loop {
+        while stopped_at.is_none() && running.len() < plan.parallel {
+            let Some(&next) = pending.front() else { break };
+            let window_start = minus_days(next, lookback);
+            if lookback > 0 && running.iter().any(|d| *d >= window_start && *d < next) {
+                break; // wait for the earlier dates it looks back over
+            }
+            pending.pop_front();
+            if plan.policy == ErrorPolicy::SkipDependents
+                && lookback > 0
+                && let Some(f) = failed.iter().find(|f| **f >= window_start && **f < next)
+            {
+                let reason = format!("its checks look back {lookback} days over failed {f}");
+                progress.done(&plan.phase, next, &format!("skipped: {reason}"));
+                results.insert(next, DateResult::SkippedDependent { reason });
+                continue;
+            }
+            running.insert(next);
+            let worker = worker.clone();
+            let req = RunRequest {
+                phase: plan.phase.clone(),
+                data_date: next,
+                trigger: TriggerKind::Backfill,
+                message_id: None,
+                skip_downstream: true,
+                force,
+            };
+            tasks.spawn(async move { (next, worker.run_phase(&req).await) });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (date, outcome) = match joined {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(WorkerError::Ledger(crate::ledger::LedgerError(format!(
+                    "backfill task failed: {e}"
+                ))));
+            }
+        };
+        running.remove(&date);
+        let result = match outcome? {
+            PhaseOutcome::Done { runs, .. } => DateResult::Succeeded {
+                status: if runs.iter().all(|r| r.status == RunStatus::NoData) {
+                    RunStatus::NoData
+                } else {
+                    RunStatus::Success
+                },
+            },
+            other => DateResult::Failed {
+                status: other.label().to_string(),
+                reason: other.reason().unwrap_or_default(),
+            },
+        };
+        let line = match &result {
+            DateResult::Succeeded { status } => status.to_string(),
+            DateResult::Failed { status, reason } => format!("{status}: {reason}"),
+            _ => String::new(),
+        };
+        progress.done(&plan.phase, date, &line);
+        if matches!(result, DateResult::Failed { .. }) {
+            failed.push(date);
+            if plan.policy == ErrorPolicy::Stop && stopped_at.is_none() {
+                stopped_at = Some(date);
+            }
+        }
+        results.insert(date, result);
+    }
+    progress.finish();
+    if let Some(stop) = stopped_at {
+        for d in pending {
+            results.insert(
+                d,
+                DateResult::NotRun {
+                    reason: format!("the backfill stopped at the failure on {stop}"),
+                },
+            );
+        }
+    }
+
+    let mut report = BackfillReport {
+        phase: plan.phase.clone(),
+        from: plan.from,
+        to: plan.to,
+        policy: plan.policy,
+        succeeded: 0,
+        no_data: 0,
+        failed: 0,
+        skipped: 0,
+        already_done: 0,
+        dates: Vec::new(),
+    };
+    for (date, result) in results {
+        match &result {
+            DateResult::Succeeded {
+                status: RunStatus::NoData,
+            } => report.no_data += 1,
+            DateResult::Succeeded { .. } => report.succeeded += 1,
+            DateResult::Failed { .. } => report.failed += 1,
+            DateResult::AlreadyDone { .. } => report.already_done += 1,
+            DateResult::SkippedDependent { .. } | DateResult::NotRun { .. } => report.skipped += 1,
+        }
+        let retry = result.needs_retry().then(|| retry(&plan.phase, date));
+        report.dates.push(DateReport {
+            date,
+            result,
+            retry,
+        });
+    }
+    Ok(report)
+}
+
+impl BackfillReport {
+    /// The closing summary: counts, then every date that is not done with its retry command.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "Backfill {} {}..{} ({}): {} succeeded, {} no data, {} failed, {} skipped, {} already done\n",
+            self.phase,
+            self.from,
+            self.to,
+            self.policy.as_str(),
+            self.succeeded,
+            self.no_data,
+            self.failed,
+            self.skipped,
+            self.already_done
+        );
+        let not_done: Vec<&DateReport> = self.dates.iter().filter(|d| d.retry.is_some()).collect();
+        if not_done.is_empty() {
+            let _ = writeln!(out, "Every date is done.");
+            return out;
+        }
+        let _ = writeln!(out, "\nNOT DONE — {} date(s):", not_done.len());
+        for d in not_done {
+            let what = match &d.result {
+                DateResult::Failed { status, reason } => format!("FAILED ({status}): {reason}"),
+                DateResult::SkippedDependent { reason } => format!("SKIPPED: {reason}"),
+                DateResult::NotRun { reason } => format!("NOT RUN: {reason}"),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "  {}  {what}", d.date);
+            if let Some(cmd) = &d.retry {
+                let _ = writeln!(out, "      retry: {cmd}");
+            }
+        }
+        out
+    }
+}
+
+/// `phasegate --config CFG backfill --phase P --from D --to D` for one date.
+pub fn retry_command(config_path: &Path, phase: &str, date: NaiveDate) -> String {
+    let path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    format!(
+        "phasegate --config {} backfill --phase {phase} --from {date} --to {date}",
+        shell_quote(&path.display().to_string())
+    )
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,550 @@
+//! Backfill and verify through the real binary: error policies, resume, retry commands,
+//! the multi-phase workflow.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{PIPELINE, TestEnv, d, dates};
+use phasegate::ledger::RunStatus;
+
+fn phasegate(env: &TestEnv, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run phasegate")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Every `retry:` command printed, as argument lists.
+fn retry_commands(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("retry: "))
+        .map(|c| c.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+async fn season_with_lost_feed(n: u32, lost: &str) -> (TestEnv, Vec<chrono::NaiveDate>) {
+    let env = TestEnv::new("strict").await;
+    let days = dates("2024-01-01", n);
+    env.season(&days).await;
+    env.lose_feed(d(lost)).await;
+    (env, days)
+}
+
+#[tokio::test]
+async fn the_stop_policy_halts_at_the_first_failure() {
+    let (env, days) = season_with_lost_feed(5, "2024-01-03").await;
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-05",
+            "--error-policy",
+            "stop",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert_eq!(
+        env.status("ingest", days[1]).await,
+        Some(RunStatus::Success)
+    );
+    assert_eq!(env.status("ingest", days[2]).await, Some(RunStatus::Failed));
+    assert_eq!(
+        env.status("ingest", days[3]).await,
+        None,
+        "not run after the stop"
+    );
+    assert_eq!(env.status("ingest", days[4]).await, None);
+    assert!(
+        text.contains("2 succeeded, 0 no data, 1 failed, 2 skipped"),
+        "{text}"
+    );
+    assert!(
+        text.contains("NOT RUN: the backfill stopped at the failure on 2024-01-03"),
+        "{text}"
+    );
+    assert_eq!(
+        retry_commands(&text).len(),
+        3,
+        "one retry command per date not done: {text}"
+    );
+    // A backfill never cascades.
+    let run = env.latest("ingest", days[0]).await.unwrap();
+    assert!(run.skip_downstream_trigger);
+    assert_eq!(run.published_at, None);
+    assert_eq!(env.status("summary", days[0]).await, None);
+}
+
+#[tokio::test]
+async fn the_continue_policy_runs_every_date() {
+    let (env, days) = season_with_lost_feed(5, "2024-01-03").await;
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-05",
+            "--error-policy",
+            "continue",
+            "--parallel",
+            "3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    for (i, day) in days.iter().enumerate() {
+        let expected = if i == 2 {
+            RunStatus::Failed
+        } else {
+            RunStatus::Success
+        };
+        assert_eq!(env.status("ingest", *day).await, Some(expected), "{day}");
+    }
+    let text = stdout(&out);
+    assert!(
+        text.contains("4 succeeded, 0 no data, 1 failed, 0 skipped"),
+        "{text}"
+    );
+    assert!(text.contains("2024-01-03  FAILED"), "{text}");
+}
+
+#[tokio::test]
+async fn skip_dependents_skips_exactly_the_dates_that_look_back_over_a_failure() {
+    // Precompute looks back 3 days (historical gaps only).
+    let text = PIPELINE
+        .replace("{MODE}", "strict")
+        .replace("lookback_days = 7", "lookback_days = 3")
+        .lines()
+        .filter(|l| !l.starts_with("entity_completeness"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let env = TestEnv::with_pipeline(&text).await;
+    let days = dates("2024-01-01", 10);
+    env.season(&days).await;
+    env.lose_feed(d("2024-01-04")).await;
+    for phase in ["raw", "analytics"] {
+        let out = phasegate(
+            &env,
+            &[
+                "backfill",
+                "--phase",
+                phase,
+                "--from",
+                "2024-01-01",
+                "--to",
+                "2024-01-10",
+                "--error-policy",
+                "continue",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    }
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "precompute",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-10",
+            "--error-policy",
+            "skip-dependents",
+            "--parallel",
+            "4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report = stdout(&out);
+    let status = |day: &str| {
+        let env = &env;
+        let day = d(day);
+        async move { env.status("features", day).await }
+    };
+    for day in ["2024-01-01", "2024-01-02", "2024-01-03"] {
+        assert_eq!(status(day).await, Some(RunStatus::Success), "{day}");
+    }
+    assert_eq!(status("2024-01-04").await, Some(RunStatus::Blocked));
+    for day in ["2024-01-05", "2024-01-06", "2024-01-07"] {
+        assert_eq!(status(day).await, None, "{day} must be skipped");
+        assert!(
+            report.contains(&format!(
+                "{day}  SKIPPED: its checks look back 3 days over failed 2024-01-04"
+            )),
+            "{report}"
+        );
+    }
+    for day in ["2024-01-08", "2024-01-09", "2024-01-10"] {
+        assert_eq!(
+            status(day).await,
+            Some(RunStatus::Success),
+            "{day} runs again"
+        );
+    }
+    assert!(
+        report.contains("6 succeeded, 0 no data, 1 failed, 3 skipped"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn resume_skips_done_dates_and_a_printed_retry_command_repairs_its_date() {
+    let (env, days) = season_with_lost_feed(4, "2024-01-02").await;
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-04",
+            "--error-policy",
+            "continue",
+        ],
+    );
+    let text = stdout(&out);
+    let retries = retry_commands(&text);
+    assert_eq!(retries.len(), 1, "{text}");
+    let first_run = env.latest("ingest", days[0]).await.unwrap().run_id;
+
+    env.restore_feed(days[1]).await;
+    let cmd = &retries[0];
+    assert_eq!(cmd[0], "phasegate");
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .args(&cmd[1..])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        env.status("ingest", days[1]).await,
+        Some(RunStatus::Success)
+    );
+
+    // Resume over the whole range: nothing left to do, nothing re-run.
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-04",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("0 succeeded, 0 no data, 0 failed, 0 skipped, 4 already done"));
+    assert_eq!(
+        env.latest("ingest", days[0]).await.unwrap().run_id,
+        first_run
+    );
+    // --force runs them again.
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-01",
+            "--force",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_ne!(
+        env.latest("ingest", days[0]).await.unwrap().run_id,
+        first_run
+    );
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_plan_and_changes_nothing() {
+    let env = TestEnv::new("strict").await;
+    env.season(&dates("2024-01-01", 3)).await;
+    env.record_run("ingest", "raw", d("2024-01-02"), RunStatus::Success)
+        .await;
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-03",
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json plan");
+    let actions: Vec<&str> = plan["dates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["run", "skip", "run"]);
+    assert!(
+        plan["dates"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already success")
+    );
+    assert_eq!(env.status("ingest", d("2024-01-01")).await, None);
+}
+
+#[tokio::test]
+async fn verify_finds_gaps_and_passes_on_complete_data() {
+    let env = TestEnv::new("strict").await;
+    // Games every day but the 3rd (an off-day).
+    let games: Vec<_> = dates("2024-01-01", 6)
+        .into_iter()
+        .filter(|x| *x != d("2024-01-03"))
+        .collect();
+    env.season(&games).await;
+    env.lose_feed(d("2024-01-05")).await;
+    phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-06",
+            "--error-policy",
+            "continue",
+        ],
+    );
+    let out = phasegate(
+        &env,
+        &[
+            "verify",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-06",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("5 expected dates"),
+        "the off-day is not expected: {text}"
+    );
+    assert!(text.contains("1 MISSING: 2024-01-05"), "{text}");
+    let csv = stdout(&phasegate(
+        &env,
+        &[
+            "verify",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-06",
+            "--output",
+            "csv",
+        ],
+    ));
+    assert_eq!(
+        csv,
+        "phase,processor,table,missing_date\nraw,ingest,raw,2024-01-05\n"
+    );
+
+    env.restore_feed(d("2024-01-05")).await;
+    phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-05",
+            "--to",
+            "2024-01-05",
+        ],
+    );
+    let out = phasegate(
+        &env,
+        &[
+            "verify",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-06",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["is_continuous"], true);
+    assert_eq!(v["outputs"][0]["coverage_pct"], 100.0);
+}
+
+#[tokio::test]
+async fn the_full_workflow_backfills_every_phase_over_three_days() {
+    let env = TestEnv::new("strict").await;
+    let days = dates("2024-01-01", 3);
+    env.season(&days).await;
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--all",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-03",
+            "--yes",
+            "--parallel",
+            "2",
+        ],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for p in ["ingest", "summary", "features", "preds"] {
+        for day in &days {
+            let run = env.latest(p, *day).await.unwrap();
+            assert_eq!(run.status, RunStatus::Success, "{p} {day}");
+            assert!(run.skip_downstream_trigger && run.published_at.is_none());
+        }
+    }
+    assert!(
+        text.contains("Every phase is complete and gap-free."),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_workflow_stops_before_a_phase_whose_upstream_is_incomplete() {
+    let (env, _) = season_with_lost_feed(3, "2024-01-02").await;
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--all",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-03",
+            "--yes",
+            "--error-policy",
+            "continue",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("STOPPED: phase raw has failed or skipped dates"),
+        "{text}"
+    );
+    assert!(text.contains("analytics      not started"), "{text}");
+    assert_eq!(env.status("summary", d("2024-01-01")).await, None);
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_with_the_reason() {
+    let env = TestEnv::new("strict").await;
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "backfill",
+                "--all",
+                "--from",
+                "2024-01-01",
+                "--to",
+                "2024-01-02",
+            ],
+            "pass --yes",
+        ),
+        (
+            &[
+                "backfill",
+                "--phase",
+                "raw",
+                "--from",
+                "2024-01-01",
+                "--to",
+                "2024-01-02",
+                "--via-pubsub",
+            ],
+            "needs the Pub/Sub bus",
+        ),
+        (
+            &[
+                "backfill",
+                "--phase",
+                "raw",
+                "--from",
+                "2024-01-05",
+                "--to",
+                "2024-01-02",
+            ],
+            "is after --to",
+        ),
+        (
+            &[
+                "backfill",
+                "--phase",
+                "nope",
+                "--from",
+                "2024-01-01",
+                "--to",
+                "2024-01-02",
+            ],
+            "no phase `nope`",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = phasegate(&env, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = phasegate(
+        &env,
+        &[
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-13-01",
+            "--to",
+            "2024-01-02",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
+}
