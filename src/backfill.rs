@@ -254,6 +254,7 @@ impl Plan {
 /// How progress is shown while dates run.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    lines: bool,
 }
 
 impl Progress {
@@ -267,14 +268,24 @@ impl Progress {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_prefix(phase.to_string());
-            Progress { bar: Some(bar) }
+            Progress {
+                bar: Some(bar),
+                lines: false,
+            }
         } else {
-            Progress { bar: None }
+            Progress {
+                bar: None,
+                lines: true,
+            }
         }
     }
 
+    /// No progress output at all.
     pub fn hidden() -> Progress {
-        Progress { bar: None }
+        Progress {
+            bar: None,
+            lines: false,
+        }
     }
 
     fn done(&self, phase: &str, date: NaiveDate, line: &str) {
@@ -283,7 +294,8 @@ impl Progress {
                 bar.set_message(format!("{date} {line}"));
                 bar.inc(1);
             }
-            None => eprintln!("{phase} {date} {line}"),
+            None if self.lines => eprintln!("{phase} {date} {line}"),
+            None => {}
         }
     }
 
@@ -484,4 +496,105 @@ fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// How dates are run.
+#[derive(Debug, Clone, Copy)]
+pub enum Executor {
+    /// Each date through the worker in this process.
+    InProcess,
+    /// Skip-flagged triggers on the phase's input topic; the ledger is followed.
+    ViaPubsub { timeout_secs: u64 },
+}
+
+/// The outcome of `backfill --all`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowReport {
+    pub phases: Vec<BackfillReport>,
+    /// Why the workflow stopped before the last phase, if it did.
+    pub stopped: Option<String>,
+}
+
+impl WorkflowReport {
+    pub fn all_done(&self) -> bool {
+        self.stopped.is_none() && self.phases.iter().all(BackfillReport::all_done)
+    }
+}
+
+/// Run one phase's backfill with the chosen executor.
+pub async fn run_phase(
+    app: &crate::startup::App,
+    opts: &BackfillOptions,
+    executor: Executor,
+    progress: &dyn Fn(usize, &str) -> Progress,
+    retry: &dyn Fn(&str, NaiveDate) -> String,
+) -> anyhow::Result<BackfillReport> {
+    let plan = plan(&app.worker, opts).await?;
+    let to_run = plan
+        .dates
+        .iter()
+        .filter(|e| e.planned == Planned::Run)
+        .count();
+    let progress = progress(to_run, &plan.phase);
+    Ok(match executor {
+        Executor::InProcess => {
+            execute(app.worker.clone(), &plan, opts.force, &progress, retry).await?
+        }
+        Executor::ViaPubsub { timeout_secs } => {
+            crate::backfill_pubsub::run(app, &plan, opts.force, timeout_secs, &progress, retry)
+                .await?
+        }
+    })
+}
+
+/// Every phase in order; each must end with every date done and a gap-free output before the
+/// next starts. `on_phase` sees each phase's report (and verification) as it finishes.
+pub async fn run_all(
+    app: &crate::startup::App,
+    template: &BackfillOptions,
+    executor: Executor,
+    progress: &dyn Fn(usize, &str) -> Progress,
+    retry: &dyn Fn(&str, NaiveDate) -> String,
+    on_phase: &mut dyn FnMut(&BackfillReport, Option<&crate::verify::Verification>),
+) -> anyhow::Result<WorkflowReport> {
+    let mut phases = Vec::new();
+    let mut stopped = None;
+    for phase in &app.config.phases {
+        let opts = BackfillOptions {
+            phase: phase.name.clone(),
+            ..template.clone()
+        };
+        let report = run_phase(app, &opts, executor, progress, retry).await?;
+        if !report.all_done() {
+            on_phase(&report, None);
+            stopped = Some(format!(
+                "phase {} has failed or skipped dates: later phases were NOT started. Fix them \
+                 (retry commands above), then run the same command again; finished dates are \
+                 skipped.",
+                phase.name
+            ));
+            phases.push(report);
+            break;
+        }
+        let v = crate::verify::verify(
+            &app.config,
+            app.ledger().as_ref(),
+            app.warehouse().as_ref(),
+            &phase.name,
+            opts.from,
+            opts.to,
+        )
+        .await?;
+        on_phase(&report, Some(&v));
+        phases.push(report);
+        if !v.is_continuous {
+            stopped = Some(format!(
+                "phase {} has gaps in its output: later phases were NOT started. \
+                 `phasegate verify --phase {} --from {} --to {}` lists them.",
+                phase.name, phase.name, opts.from, opts.to
+            ));
+            break;
+        }
+    }
+    Ok(WorkflowReport { phases, stopped })
 }

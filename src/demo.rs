@@ -155,12 +155,48 @@ pub async fn run(db: &Path, season_days: u32) -> anyhow::Result<ExitCode> {
         "   raw ran; {published} completion event(s) published for {last}: the cascade stopped.\n"
     );
 
+    println!("4. Repair: the late feed arrives and the corrupt row is corrected. One command,");
+    println!(
+        "   phasegate backfill --all --from {} --to {last} --yes, re-runs what is not done,",
+        spec.start
+    );
+    println!("   phase by phase, verifying each is gap-free before the next starts:\n");
+    crate::sample::repair(sqlite, &spec).await?;
+    let template = crate::backfill::BackfillOptions {
+        phase: String::new(),
+        from: spec.start,
+        to: last,
+        policy: crate::backfill::ErrorPolicy::Stop,
+        parallel: 4,
+        force: false,
+    };
+    let workflow = crate::backfill::run_all(
+        &app,
+        &template,
+        crate::backfill::Executor::InProcess,
+        &|_, _| crate::backfill::Progress::hidden(),
+        &|phase, date| format!("phasegate backfill --phase {phase} --from {date} --to {date}"),
+        &mut |report, verification| {
+            print!("   {}", report.render().lines().next().unwrap_or_default());
+            match verification {
+                Some(v) if v.is_continuous => println!("; verified gap-free"),
+                Some(_) => println!("; GAPS FOUND"),
+                None => println!(),
+            }
+        },
+    )
+    .await?;
+    if let Some(why) = &workflow.stopped {
+        println!("   STOPPED: {why}");
+    }
+    println!();
+
     println!("Summary ({}..{}):", spec.start, last);
     let grid = StatusGrid::load(&app.config, app.ledger().as_ref(), spec.start, last).await?;
     print!("{}", grid.totals());
     println!(
         "\nInspect it yourself:\n  phasegate --config examples/nba/pipeline.toml status --from {} --to {last}   \
-         (with PHASEGATE_SQLITE_PATH={})\n  phasegate check --phase precompute --date {after}",
+         (with PHASEGATE_SQLITE_PATH={})\n  phasegate check --phase precompute --date {after}\n",
         spec.start,
         db.display()
     );

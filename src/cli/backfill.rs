@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::{BackfillArgs, Output};
-use crate::backfill::{self, BackfillOptions, BackfillReport, Progress, retry_command};
+use crate::backfill::{self, BackfillOptions, Executor, Progress, retry_command};
 use crate::config::BusKind;
 use crate::startup::App;
 
@@ -20,133 +20,109 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
              on the embedded default run the backfill in-process (without --via-pubsub)"
         );
     }
-    let phases: Vec<String> = match &args.phase {
-        Some(p) => {
-            super::commands::require_phase(&app.config, p)?;
-            vec![p.clone()]
-        }
-        None => app.config.phases.iter().map(|p| p.name.clone()).collect(),
+    if let Some(p) = &args.phase {
+        super::commands::require_phase(&app.config, p)?;
+    }
+    let template = BackfillOptions {
+        phase: args.phase.clone().unwrap_or_default(),
+        from: args.from,
+        to: args.to,
+        policy: args.error_policy,
+        parallel: usize::from(args.parallel),
+        force: args.force,
     };
-    if args.all && !args.dry_run && !args.yes && !confirm(app, &args)? {
+    let json = args.output == Output::Json;
+
+    if args.dry_run {
+        let phases: Vec<String> = match &args.phase {
+            Some(p) => vec![p.clone()],
+            None => app.config.phases.iter().map(|p| p.name.clone()).collect(),
+        };
+        for name in phases {
+            let opts = BackfillOptions {
+                phase: name,
+                ..template.clone()
+            };
+            let plan = backfill::plan(&app.worker, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.all && !args.yes && !confirm(app, &args)? {
         println!("Cancelled; nothing was run.");
         return Ok(ExitCode::from(1));
     }
 
-    let mut reports: Vec<BackfillReport> = Vec::new();
-    let mut stopped: Option<String> = None;
-    for name in &phases {
-        let opts = BackfillOptions {
-            phase: name.clone(),
-            from: args.from,
-            to: args.to,
-            policy: args.error_policy,
-            parallel: usize::from(args.parallel),
-            force: args.force,
-        };
-        let plan = backfill::plan(&app.worker, &opts).await?;
-        if args.dry_run {
-            match args.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-                _ => print!("{}", plan.render()),
-            }
-            continue;
+    let executor = if args.via_pubsub {
+        Executor::ViaPubsub {
+            timeout_secs: args.timeout_secs,
         }
-        let to_run = plan
-            .dates
-            .iter()
-            .filter(|e| e.planned == backfill::Planned::Run)
-            .count();
-        let progress = if args.output == Output::Json {
+    } else {
+        Executor::InProcess
+    };
+    let config_path = app.config.source.clone();
+    let retry = move |phase: &str, date| retry_command(&config_path, phase, date);
+    let progress = |len: usize, phase: &str| {
+        if json {
             Progress::hidden()
         } else {
-            Progress::new(to_run, name)
-        };
-        let config_path = app.config.source.clone();
-        let retry = move |phase: &str, date| retry_command(&config_path, phase, date);
-        let report = if args.via_pubsub {
-            crate::backfill_pubsub::run(
-                app,
-                &plan,
-                args.force,
-                args.timeout_secs,
-                &progress,
-                &retry,
-            )
-            .await?
+            Progress::new(len, phase)
+        }
+    };
+
+    if !args.all {
+        let report = backfill::run_phase(app, &template, executor, &progress, &retry).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            backfill::execute(app.worker.clone(), &plan, args.force, &progress, &retry).await?
-        };
-        if args.output != Output::Json {
             print!("{}", report.render());
         }
-        let done = report.all_done();
-        reports.push(report);
-        if !args.all {
-            break;
-        }
-        if !done {
-            stopped = Some(format!(
-                "phase {name} has failed or skipped dates: later phases were NOT started. \
-                 Fix them (retry commands above), then re-run the same command; finished dates \
-                 are skipped."
-            ));
-            break;
-        }
-        let v = crate::verify::verify(
-            &app.config,
-            app.ledger().as_ref(),
-            app.warehouse().as_ref(),
-            name,
-            args.from,
-            args.to,
-        )
-        .await?;
-        if args.output != Output::Json {
-            print!("{}", v.render_table());
-        }
-        if !v.is_continuous {
-            stopped = Some(format!(
-                "phase {name} has gaps in its output: later phases were NOT started. \
-                 Run `phasegate verify --phase {name} --from {} --to {}` for the list.",
-                args.from, args.to
-            ));
-            break;
-        }
+        return Ok(exit(report.all_done()));
     }
-    if args.dry_run {
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "phases": reports,
-                "stopped": stopped,
-            }))?
-        );
-    } else if args.all {
-        println!("\nWorkflow summary {}..{}:", args.from, args.to);
-        for name in &phases {
-            match reports.iter().find(|r| &r.phase == name) {
+
+    let mut on_phase = |report: &backfill::BackfillReport,
+                        v: Option<&crate::verify::Verification>| {
+        if !json {
+            print!("{}", report.render());
+            if let Some(v) = v {
+                print!("{}", v.render_table());
+            }
+            println!();
+        }
+    };
+    let workflow =
+        backfill::run_all(app, &template, executor, &progress, &retry, &mut on_phase).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&workflow)?);
+    } else {
+        println!("Workflow summary {}..{}:", args.from, args.to);
+        for phase in &app.config.phases {
+            match workflow.phases.iter().find(|r| r.phase == phase.name) {
                 Some(r) => println!(
-                    "  {name:<14} {} succeeded, {} no data, {} failed, {} skipped, {} already done",
-                    r.succeeded, r.no_data, r.failed, r.skipped, r.already_done
+                    "  {:<14} {} succeeded, {} no data, {} failed, {} skipped, {} already done",
+                    phase.name, r.succeeded, r.no_data, r.failed, r.skipped, r.already_done
                 ),
-                None => println!("  {name:<14} not started"),
+                None => println!("  {:<14} not started", phase.name),
             }
         }
-        if let Some(why) = &stopped {
-            println!("\nSTOPPED: {why}");
-        } else {
-            println!("\nEvery phase is complete and gap-free.");
+        match &workflow.stopped {
+            Some(why) => println!("\nSTOPPED: {why}"),
+            None => println!("\nEvery phase is complete and gap-free."),
         }
     }
-    let ok = stopped.is_none() && reports.iter().all(BackfillReport::all_done);
-    Ok(if ok {
+    Ok(exit(workflow.all_done()))
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }
 
 /// Ask before a multi-phase backfill; refuse to wait without a terminal.
