@@ -104,14 +104,18 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::SampleData { from, days } => {
+        Command::SampleData { from, days, clean } => {
             if config.backend.kind != BackendKind::Sqlite {
                 bail!("sample-data writes to the SQLite backend only");
             }
             let app = build(config).await?;
             app.init_schema().await?;
             let db = app.sqlite.as_ref().context("no SQLite backend")?;
-            let spec = crate::sample::SeasonSpec::new(from, days);
+            let mut spec = crate::sample::SeasonSpec::new(from, days);
+            if clean {
+                spec.missing_feed.clear();
+                spec.corrupt_feed.clear();
+            }
             let summary = crate::sample::generate(db, &spec).await?;
             println!(
                 "{} game days ({} games, {} box scores), {} off-days; feed missing on {:?}, corrupt on {:?}",

@@ -103,6 +103,9 @@ pub enum Command {
         /// Number of days.
         #[arg(long, default_value_t = 28)]
         days: u32,
+        /// A clean season: no missing or corrupt feed.
+        #[arg(long)]
+        clean: bool,
     },
     /// The whole story on the embedded default: a sample season through the daily cascade,
     /// a strict gate blocking on a gap, a skip-flagged run stopping the cascade.
