@@ -229,6 +229,10 @@ pub struct Reference {
     pub entity_column: Option<String>,
 }
 
+/// In configured SQL, `{dataset}` stands for the backend's dataset: `main` on SQLite,
+/// `` `project`.dataset `` on BigQuery.
+pub const DATASET_PLACEHOLDER: &str = "{dataset}";
+
 /// SQL text per backend dialect.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

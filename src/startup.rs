@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::backends::bigquery::BigQuery;
 use crate::backends::in_process::InProcessBus;
+use crate::backends::pubsub::{PubSubAdmin, PubSubBus};
 use crate::backends::sqlite::Sqlite;
 use crate::bus::Publisher;
 use crate::config::{BackendKind, BusKind, Config};
@@ -18,14 +20,24 @@ pub enum StartupError {
     Backend(String),
 }
 
+/// The concrete store behind the ledger and warehouse traits.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Sqlite),
+    BigQuery(BigQuery),
+}
+
 /// A built application: the worker and the handles the CLI and tests need.
 pub struct App {
     pub config: Arc<Config>,
     pub worker: Arc<Worker>,
     /// The in-process bus, when the bus is embedded.
     pub bus: Option<Arc<InProcessBus>>,
+    /// The Pub/Sub bus, when the bus is Pub/Sub.
+    pub pubsub: Option<Arc<PubSubBus>>,
     /// The SQLite store, when the backend is embedded.
     pub sqlite: Option<Sqlite>,
+    pub store: Store,
 }
 
 impl App {
@@ -37,68 +49,101 @@ impl App {
         self.worker.warehouse()
     }
 
-    /// Create the ledger table and the pipeline's own tables if they are missing.
+    /// Create what is missing, idempotently: the dataset (BigQuery), the ledger table, the
+    /// pipeline's own tables (`setup`) and, on the Pub/Sub bus, every phase's topics.
     pub async fn init_schema(&self) -> Result<(), StartupError> {
+        let err = |e: String| StartupError::Backend(e);
         self.ledger()
             .ensure_schema()
             .await
-            .map_err(|e| StartupError::Backend(e.to_string()))?;
-        let setup = self
-            .config
-            .setup
-            .for_backend(&self.config.backend.kind)
-            .to_vec();
-        if let Some(db) = &self.sqlite {
-            db.execute_batch(setup.join(";\n"))
+            .map_err(|e| err(e.to_string()))?;
+        let setup = self.config.setup.for_backend(&self.config.backend.kind).to_vec();
+        match &self.store {
+            Store::Sqlite(db) => db
+                .execute_batch(setup.join(";\n"))
                 .await
-                .map_err(|e| StartupError::Backend(e.to_string()))?;
+                .map_err(|e| err(e.to_string()))?,
+            Store::BigQuery(bq) => {
+                for sql in &setup {
+                    bq.execute(sql).await.map_err(|e| err(e.to_string()))?;
+                }
+            }
+        }
+        if self.config.bus.kind == BusKind::Pubsub {
+            let admin = PubSubAdmin::connect(&self.config.bus).await.map_err(err)?;
+            for phase in &self.config.phases {
+                admin.ensure_topic(phase.input()).await.map_err(err)?;
+                admin
+                    .ensure_topic(&phase.completion_topic)
+                    .await
+                    .map_err(err)?;
+            }
         }
         Ok(())
     }
 }
 
-/// Build the application; the ledger table is created if missing.
+/// Build the application; on SQLite the ledger table is created if missing.
 pub async fn build(config: Config) -> Result<App, StartupError> {
     let config = Arc::new(config);
-    let (ledger, warehouse, sqlite): (Arc<dyn Ledger>, Arc<dyn Warehouse>, Option<Sqlite>) =
-        match config.backend.kind {
-            BackendKind::Sqlite => {
-                let path = &config.backend.sqlite_path;
-                let db = Sqlite::open(path).map_err(|e| StartupError::Sqlite {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                (Arc::new(db.clone()), Arc::new(db.clone()), Some(db))
-            }
-            BackendKind::Bigquery => {
-                return Err(StartupError::Backend(
-                    "the BigQuery backend is not built into this binary yet".into(),
-                ));
-            }
-        };
-    let (publisher, bus): (Arc<dyn Publisher>, Option<Arc<InProcessBus>>) = match config.bus.kind {
+    let store = match config.backend.kind {
+        BackendKind::Sqlite => {
+            let path = &config.backend.sqlite_path;
+            Store::Sqlite(Sqlite::open(path).map_err(|e| StartupError::Sqlite {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?)
+        }
+        BackendKind::Bigquery => Store::BigQuery(
+            BigQuery::connect(&config.backend)
+                .await
+                .map_err(StartupError::Backend)?,
+        ),
+    };
+    let (ledger, warehouse): (Arc<dyn Ledger>, Arc<dyn Warehouse>) = match &store {
+        Store::Sqlite(db) => (Arc::new(db.clone()), Arc::new(db.clone())),
+        Store::BigQuery(bq) => (Arc::new(bq.clone()), Arc::new(bq.clone())),
+    };
+    let (publisher, bus, pubsub): (
+        Arc<dyn Publisher>,
+        Option<Arc<InProcessBus>>,
+        Option<Arc<PubSubBus>>,
+    ) = match config.bus.kind {
         BusKind::InProcess => {
             let bus = InProcessBus::new(config.clone());
-            (Arc::new(bus.clone()), Some(bus))
+            (Arc::new(bus.clone()), Some(bus), None)
         }
         BusKind::Pubsub => {
-            return Err(StartupError::Backend(
-                "the Pub/Sub bus is not built into this binary yet".into(),
-            ));
+            let ps = Arc::new(
+                PubSubBus::connect(&config.bus)
+                    .await
+                    .map_err(StartupError::Backend)?,
+            );
+            (ps.clone(), None, Some(ps))
         }
     };
-    ledger
-        .ensure_schema()
-        .await
-        .map_err(|e| StartupError::Backend(e.to_string()))?;
+    // The embedded ledger creates itself; on BigQuery, Terraform (or `phasegate init`) owns
+    // the dataset and table, and a worker needs no rights to create them.
+    if let Store::Sqlite(_) = &store {
+        ledger
+            .ensure_schema()
+            .await
+            .map_err(|e| StartupError::Backend(e.to_string()))?;
+    }
     let worker = Arc::new(Worker::new(config.clone(), ledger, warehouse, publisher));
     if let Some(bus) = &bus {
         bus.attach(&worker);
     }
+    let sqlite = match &store {
+        Store::Sqlite(db) => Some(db.clone()),
+        Store::BigQuery(_) => None,
+    };
     Ok(App {
         config,
         worker,
         bus,
+        pubsub,
         sqlite,
+        store,
     })
 }

@@ -12,7 +12,7 @@ async fn gap_detection_finds_missing_dates() {
     let mut days = dates("2024-01-01", 20);
     days.retain(|x| *x != d("2024-01-05") && *x != d("2024-01-06") && *x != d("2024-01-12"));
     env.exec_for(
-        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')",
+        "INSERT INTO {dataset}.summary (game_date, team) VALUES (@data_date, 'A')",
         &days,
     )
     .await;
@@ -43,7 +43,7 @@ async fn gap_detection_finds_missing_dates() {
 async fn complete_range_is_continuous_at_100_percent() {
     let env = TestEnv::new("strict").await;
     env.exec_for(
-        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')",
+        "INSERT INTO {dataset}.summary (game_date, team) VALUES (@data_date, 'A')",
         &dates("2024-01-01", 10),
     )
     .await;
@@ -70,7 +70,7 @@ async fn off_days_of_the_reference_are_not_gaps() {
     let games = [d("2024-01-01"), d("2024-01-03"), d("2024-01-05")];
     env.season(&games).await;
     env.exec_for(
-        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')",
+        "INSERT INTO {dataset}.summary (game_date, team) VALUES (@data_date, 'A')",
         &[games[0], games[2]],
     )
     .await;
@@ -161,7 +161,7 @@ async fn entity_completeness_counts_each_entitys_last_games() {
     env.season(&days).await;
     // Team A has every game in the summary; team B misses one of its last five.
     env.exec_for(
-        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'A')",
+        "INSERT INTO {dataset}.summary (game_date, team) VALUES (@data_date, 'A')",
         &days,
     )
     .await;
@@ -171,7 +171,7 @@ async fn entity_completeness_counts_each_entitys_last_games() {
         .filter(|x| *x != d("2024-01-04"))
         .collect();
     env.exec_for(
-        "INSERT INTO summary (game_date, team) VALUES (@data_date, 'B')",
+        "INSERT INTO {dataset}.summary (game_date, team) VALUES (@data_date, 'B')",
         &b_days,
     )
     .await;

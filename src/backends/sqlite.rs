@@ -132,6 +132,7 @@ impl Sqlite {
 
     /// Run DDL or other parameterless statements (setup, sample data).
     pub async fn execute_batch(&self, sql: String) -> Result<(), WarehouseError> {
+        let sql = expand_dataset(&sql);
         self.with(move |c| c.execute_batch(&sql))
             .await
             .map_err(WarehouseError)
@@ -258,6 +259,11 @@ impl Ledger for Sqlite {
     }
 }
 
+/// `{dataset}` in configured SQL is SQLite's main schema.
+fn expand_dataset(sql: &str) -> String {
+    sql.replace(crate::config::DATASET_PLACEHOLDER, "main")
+}
+
 /// Bound as `@data_date` in processor statements.
 const DATA_DATE_PARAM: &str = "@data_date";
 
@@ -268,7 +274,7 @@ impl Warehouse for Sqlite {
         statements: &[String],
         date: NaiveDate,
     ) -> Result<(), WarehouseError> {
-        let statements = statements.to_vec();
+        let statements: Vec<String> = statements.iter().map(|s| expand_dataset(s)).collect();
         self.with(move |c| {
             let tx = c.transaction()?;
             for sql in &statements {

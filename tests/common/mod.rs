@@ -29,12 +29,20 @@ entity_column = "team"
 
 [setup]
 sqlite = [
-  "CREATE TABLE IF NOT EXISTS schedule (game_date TEXT NOT NULL, team TEXT NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS feed (game_date TEXT NOT NULL, team TEXT NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS raw (game_date TEXT NOT NULL, team TEXT NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS summary (game_date TEXT NOT NULL, team TEXT NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS features (game_date TEXT NOT NULL, team TEXT NOT NULL, games INTEGER NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS preds (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.schedule (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.feed (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.summary (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.features (game_date TEXT NOT NULL, team TEXT NOT NULL, games INTEGER NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.preds (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+]
+bigquery = [
+  "CREATE TABLE IF NOT EXISTS {dataset}.schedule (game_date DATE NOT NULL, team STRING NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.feed (game_date DATE NOT NULL, team STRING NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date DATE NOT NULL, team STRING NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.summary (game_date DATE NOT NULL, team STRING NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.features (game_date DATE NOT NULL, team STRING NOT NULL, games INT64 NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.preds (game_date DATE NOT NULL, team STRING NOT NULL)",
 ]
 
 [[phases]]
@@ -47,8 +55,8 @@ name = "ingest"
 kind = "sql"
 output = { table = "raw", date_column = "game_date", expected = "schedule", require_rows = true }
 sql.sqlite = [
-  "DELETE FROM raw WHERE game_date = @data_date",
-  "INSERT INTO raw (game_date, team) SELECT game_date, team FROM feed WHERE game_date = @data_date",
+  "DELETE FROM {dataset}.raw WHERE game_date = @data_date",
+  "INSERT INTO {dataset}.raw (game_date, team) SELECT game_date, team FROM {dataset}.feed WHERE game_date = @data_date",
 ]
 
 [[phases]]
@@ -61,8 +69,8 @@ kind = "sql"
 output = { table = "summary", date_column = "game_date", expected = "schedule", require_rows = true }
 checks = { mode = "strict", upstream = ["ingest"] }
 sql.sqlite = [
-  "DELETE FROM summary WHERE game_date = @data_date",
-  "INSERT INTO summary (game_date, team) SELECT game_date, team FROM raw WHERE game_date = @data_date",
+  "DELETE FROM {dataset}.summary WHERE game_date = @data_date",
+  "INSERT INTO {dataset}.summary (game_date, team) SELECT game_date, team FROM {dataset}.raw WHERE game_date = @data_date",
 ]
 
 [[phases]]
@@ -74,8 +82,8 @@ name = "features"
 kind = "sql"
 output = { table = "features", date_column = "game_date" }
 sql.sqlite = [
-  "DELETE FROM features WHERE game_date = @data_date",
-  "INSERT INTO features (game_date, team, games) SELECT @data_date, team, COUNT(*) FROM summary WHERE game_date <= @data_date GROUP BY team",
+  "DELETE FROM {dataset}.features WHERE game_date = @data_date",
+  "INSERT INTO {dataset}.features (game_date, team, games) SELECT @data_date, team, COUNT(*) FROM {dataset}.summary WHERE game_date <= @data_date GROUP BY team",
 ]
 
 [phases.processors.checks]
@@ -94,10 +102,24 @@ kind = "sql"
 output = { table = "preds", date_column = "game_date" }
 checks = { mode = "strict", upstream = ["features"] }
 sql.sqlite = [
-  "DELETE FROM preds WHERE game_date = @data_date",
-  "INSERT INTO preds (game_date, team) SELECT game_date, team FROM features WHERE game_date = @data_date",
+  "DELETE FROM {dataset}.preds WHERE game_date = @data_date",
+  "INSERT INTO {dataset}.preds (game_date, team) SELECT game_date, team FROM {dataset}.features WHERE game_date = @data_date",
 ]
 "#;
+
+/// Which backend the shared behavioural suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    BigQuery,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("PHASEGATE_TEST_BACKEND").as_deref() {
+        Ok("bigquery") => Backend::BigQuery,
+        _ => Backend::Sqlite,
+    }
+}
 
 pub fn d(s: &str) -> NaiveDate {
     phasegate::dates::parse_date(s).expect("test date")
@@ -115,19 +137,35 @@ impl TestEnv {
         Self::with_pipeline(&PIPELINE.replace("{MODE}", mode)).await
     }
 
+    /// The pipeline on the backend the suite runs against: SQLite by default, the BigQuery
+    /// emulator with `PHASEGATE_TEST_BACKEND=bigquery` (a fresh dataset per test). The
+    /// fixture's SQL is dialect-neutral, so the same statements serve both.
     pub async fn with_pipeline(text: &str) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("test.db");
+        let (backend_section, text) = match backend() {
+            Backend::Sqlite => (
+                format!("[backend]\nsqlite_path = {:?}\n", db.display().to_string()),
+                text.to_string(),
+            ),
+            Backend::BigQuery => {
+                let host = std::env::var("BIGQUERY_EMULATOR_HOST").expect(
+                    "PHASEGATE_TEST_BACKEND=bigquery needs BIGQUERY_EMULATOR_HOST (scripts/emulators.sh)",
+                );
+                let project = std::env::var("PHASEGATE_EMULATOR_PROJECT")
+                    .unwrap_or_else(|_| "phasegate-test".into());
+                let dataset = format!("t_{}", uuid::Uuid::new_v4().simple());
+                (
+                    format!(
+                        "[backend]\nkind = \"bigquery\"\nproject = {project:?}\ndataset = {dataset:?}\nemulator_host = {host:?}\n"
+                    ),
+                    text.replace("sql.sqlite", "sql.bigquery"),
+                )
+            }
+        };
         let text = format!(
             "{}\n",
-            text.replacen(
-                "[pipeline]",
-                &format!(
-                    "[backend]\nsqlite_path = {:?}\n\n[pipeline]",
-                    db.display().to_string()
-                ),
-                1
-            )
+            text.replacen("[pipeline]", &format!("{backend_section}\n[pipeline]"), 1)
         );
         let config_path = dir.path().join("pipeline.toml");
         std::fs::write(&config_path, &text).expect("write config");
@@ -160,12 +198,12 @@ impl TestEnv {
     /// Dates with games for teams A and B (schedule) and a feed for each.
     pub async fn season(&self, dates: &[NaiveDate]) {
         self.exec_for(
-            "INSERT INTO schedule (game_date, team) VALUES (@data_date, 'A'), (@data_date, 'B')",
+            "INSERT INTO {dataset}.schedule (game_date, team) VALUES (@data_date, 'A'), (@data_date, 'B')",
             dates,
         )
         .await;
         self.exec_for(
-            "INSERT INTO feed (game_date, team) VALUES (@data_date, 'A'), (@data_date, 'B')",
+            "INSERT INTO {dataset}.feed (game_date, team) VALUES (@data_date, 'A'), (@data_date, 'B')",
             dates,
         )
         .await;
@@ -173,13 +211,13 @@ impl TestEnv {
 
     /// The feed of a date goes missing (its raw run will fail).
     pub async fn lose_feed(&self, date: NaiveDate) {
-        self.exec_for("DELETE FROM feed WHERE game_date = @data_date", &[date])
+        self.exec_for("DELETE FROM {dataset}.feed WHERE game_date = @data_date", &[date])
             .await;
     }
 
     pub async fn restore_feed(&self, date: NaiveDate) {
         self.exec_for(
-            "INSERT INTO feed (game_date, team) VALUES (@data_date, 'A'), (@data_date, 'B')",
+            "INSERT INTO {dataset}.feed (game_date, team) VALUES (@data_date, 'A'), (@data_date, 'B')",
             &[date],
         )
         .await;

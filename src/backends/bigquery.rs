@@ -1,0 +1,562 @@
+//! The production warehouse and ledger: BigQuery, through `gcp-bigquery-client`.
+//!
+//! Every value reaches BigQuery as a named query parameter; table and column names come from
+//! the validated configuration. Unqualified table names resolve in the configured dataset.
+//!
+//! The ledger is **append-only**: every state change of a run (running → success, the
+//! publication of its event) is a new row written with a DML `INSERT`, and the row with the
+//! latest `recorded_at` for a `run_id` is its state. Nothing is ever updated, so the
+//! streaming-buffer restriction on changing recent rows cannot bite, and the history of
+//! every attempt stays queryable. (Streaming `insertAll` is not used: rows in its buffer
+//! cannot be touched by DML for a while, and bqemulator does not accept it for tables made
+//! by DDL.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use gcp_bigquery_client::Client;
+use gcp_bigquery_client::auth::Authenticator;
+use gcp_bigquery_client::client_builder::ClientBuilder;
+use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::dataset::Dataset;
+use gcp_bigquery_client::model::dataset_reference::DatasetReference;
+use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
+use gcp_bigquery_client::model::query_parameter::QueryParameter;
+use gcp_bigquery_client::model::query_parameter_type::QueryParameterType;
+use gcp_bigquery_client::model::query_parameter_value::QueryParameterValue;
+use gcp_bigquery_client::model::query_request::QueryRequest;
+use gcp_bigquery_client::model::table_row::TableRow;
+
+use crate::config::{BackendConfig, EntityCompleteness, Reference};
+use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus, TriggerKind};
+use crate::warehouse::{DatePresence, EntityCount, Warehouse, WarehouseError};
+
+/// The ledger table's columns and BigQuery types — the schema Terraform creates too
+/// (`terraform/` is checked against this list in the test suite).
+pub const LEDGER_SCHEMA: &[(&str, &str, &str)] = &[
+    ("run_id", "STRING", "REQUIRED"),
+    ("processor_name", "STRING", "REQUIRED"),
+    ("phase", "STRING", "REQUIRED"),
+    ("data_date", "DATE", "REQUIRED"),
+    ("status", "STRING", "REQUIRED"),
+    ("started_at", "TIMESTAMP", "REQUIRED"),
+    ("finished_at", "TIMESTAMP", "NULLABLE"),
+    ("rows_affected", "INT64", "NULLABLE"),
+    ("errors", "STRING", "NULLABLE"),
+    ("findings", "STRING", "NULLABLE"),
+    ("production_ready", "BOOL", "REQUIRED"),
+    ("trigger_source", "STRING", "REQUIRED"),
+    ("message_id", "STRING", "NULLABLE"),
+    ("skip_downstream_trigger", "BOOL", "REQUIRED"),
+    ("published_at", "TIMESTAMP", "NULLABLE"),
+    ("recorded_at", "TIMESTAMP", "REQUIRED"),
+];
+
+const LEDGER_TABLE: &str = "processor_run_history";
+
+/// The emulator ignores tokens; production uses Application Default Credentials instead.
+#[derive(Clone)]
+struct EmulatorToken;
+
+#[async_trait]
+impl Authenticator for EmulatorToken {
+    async fn access_token(&self) -> Result<String, BQError> {
+        Ok("emulator".to_string())
+    }
+}
+
+#[derive(Clone)]
+pub struct BigQuery {
+    client: Arc<Client>,
+    project: String,
+    dataset: String,
+    location: Option<String>,
+}
+
+/// A named, typed query parameter (`None` binds NULL).
+fn param(name: &str, kind: &str, value: Option<String>) -> QueryParameter {
+    QueryParameter {
+        name: Some(name.to_string()),
+        parameter_type: Some(QueryParameterType {
+            array_type: None,
+            struct_types: None,
+            r#type: kind.to_string(),
+        }),
+        parameter_value: Some(QueryParameterValue {
+            array_values: None,
+            struct_values: None,
+            value,
+        }),
+    }
+}
+
+fn date_param(name: &str, d: NaiveDate) -> QueryParameter {
+    param(name, "DATE", Some(d.to_string()))
+}
+
+fn ts_param(name: &str, t: Option<&DateTime<Utc>>) -> QueryParameter {
+    param(
+        name,
+        "TIMESTAMP",
+        t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+    )
+}
+
+
+type Row = Vec<Option<String>>;
+
+fn cells(row: TableRow) -> Row {
+    row.columns
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| match c.value {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        })
+        .collect()
+}
+
+/// BigQuery returns TIMESTAMP as epoch seconds (`1.7E9`) or, with int64 timestamps and in
+/// bqemulator, epoch microseconds; accept RFC 3339 too.
+fn parse_bq_ts(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        // Microseconds since the epoch unless it is small enough to be seconds.
+        let micros = if n.abs() < 100_000_000_000 { n * 1_000_000 } else { n };
+        return DateTime::from_timestamp_micros(micros).ok_or_else(|| format!("bad timestamp {s}"));
+    }
+    let secs: f64 = s.parse().map_err(|_| format!("bad timestamp {s}"))?;
+    DateTime::from_timestamp_micros((secs * 1e6).round() as i64)
+        .ok_or_else(|| format!("bad timestamp {s}"))
+}
+
+fn parse_bool(s: Option<&String>) -> bool {
+    s.is_some_and(|v| v == "true")
+}
+
+impl BigQuery {
+    /// Connect: to the emulator when `emulator_host` is set, else with Application Default
+    /// Credentials.
+    pub async fn connect(cfg: &BackendConfig) -> Result<BigQuery, String> {
+        let project = cfg
+            .project
+            .clone()
+            .ok_or("backend.project (or PHASEGATE_BIGQUERY_PROJECT / GOOGLE_CLOUD_PROJECT) is required for BigQuery")?;
+        let dataset = cfg
+            .dataset
+            .clone()
+            .ok_or("backend.dataset (or PHASEGATE_BIGQUERY_DATASET) is required for BigQuery")?;
+        let client = match &cfg.emulator_host {
+            Some(host) => ClientBuilder::new()
+                .with_v2_base_url(format!("http://{host}/bigquery/v2"))
+                .build_from_authenticator(Arc::new(EmulatorToken))
+                .await
+                .map_err(|e| format!("BigQuery emulator at {host}: {e}"))?,
+            None => ClientBuilder::new()
+                .build_from_application_default_credentials()
+                .await
+                .map_err(|e| format!("BigQuery with Application Default Credentials: {e}"))?,
+        };
+        Ok(BigQuery {
+            client: Arc::new(client),
+            project,
+            dataset,
+            location: cfg.location.clone(),
+        })
+    }
+
+    /// `` `project`.dataset `` — what `{dataset}` in configured SQL expands to.
+    fn dataset_path(&self) -> String {
+        format!("`{}`.{}", self.project, self.dataset)
+    }
+
+    /// A configured table name as SQL, always fully qualified (`` `project`.dataset.table ``):
+    /// not every BigQuery implementation honours the request's default dataset.
+    fn table(&self, name: &str) -> String {
+        match name.split('.').collect::<Vec<_>>().as_slice() {
+            [t] => format!("{}.{t}", self.dataset_path()),
+            [d, t] => format!("`{}`.{d}.{t}", self.project),
+            [p, d, t] => format!("`{p}`.{d}.{t}"),
+            _ => name.to_string(),
+        }
+    }
+
+    fn expand(&self, sql: &str) -> String {
+        sql.replace(crate::config::DATASET_PLACEHOLDER, &self.dataset_path())
+    }
+
+    /// Run one statement; returns its rows (all pages).
+    async fn query(&self, sql: &str, params: Vec<QueryParameter>) -> Result<Vec<Row>, String> {
+        let mut req = QueryRequest::new(sql);
+        req.use_legacy_sql = false;
+        req.parameter_mode = Some("NAMED".to_string());
+        req.query_parameters = (!params.is_empty()).then_some(params);
+        req.location = self.location.clone();
+        req.timeout_ms = Some(30_000);
+        req.default_dataset = Some(DatasetReference {
+            dataset_id: self.dataset.clone(),
+            project_id: self.project.clone(),
+        });
+        let resp = self
+            .client
+            .job()
+            .query(&self.project, req)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
+            return Err(errors
+                .iter()
+                .map(|e| e.message.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        let mut rows: Vec<Row> = resp.rows.unwrap_or_default().into_iter().map(cells).collect();
+        let mut complete = resp.job_complete.unwrap_or(true);
+        let mut page_token = resp.page_token;
+        let job_id = resp.job_reference.and_then(|j| j.job_id);
+        // Long queries and large results: poll and page through getQueryResults.
+        while !complete || page_token.is_some() {
+            let Some(job_id) = &job_id else { break };
+            if !complete {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let page = self
+                .client
+                .job()
+                .get_query_results(
+                    &self.project,
+                    job_id,
+                    GetQueryResultsParameters {
+                        format_options: None,
+                        location: self.location.clone(),
+                        max_results: None,
+                        page_token: page_token.clone(),
+                        start_index: None,
+                        timeout_ms: Some(30_000),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(errors) = page.errors.filter(|e| !e.is_empty()) {
+                return Err(errors
+                    .iter()
+                    .map(|e| e.message.clone().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("; "));
+            }
+            complete = page.job_complete.unwrap_or(true);
+            if complete {
+                rows.extend(page.rows.unwrap_or_default().into_iter().map(cells));
+                page_token = page.page_token;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Create the dataset if it is missing.
+    pub async fn ensure_dataset(&self) -> Result<(), String> {
+        if self
+            .client
+            .dataset()
+            .get(&self.project, &self.dataset)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let mut ds = Dataset::new(&self.project, &self.dataset);
+        if let Some(loc) = &self.location {
+            ds = ds.location(loc);
+        }
+        match self.client.dataset().create(ds).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("lready") => Ok(()),
+            Err(e) => Err(format!("creating dataset {}.{}: {e}", self.project, self.dataset)),
+        }
+    }
+
+    /// Run DDL and other parameterless statements (setup).
+    pub async fn execute(&self, sql: &str) -> Result<(), WarehouseError> {
+        self.query(&self.expand(sql), Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(WarehouseError)
+    }
+
+    fn ledger_columns() -> String {
+        LEDGER_SCHEMA
+            .iter()
+            .filter(|(c, _, _)| *c != "recorded_at")
+            .map(|(c, _, _)| *c)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Latest state of each run matching `filter`, newest run first.
+    async fn runs(&self, filter: &str, params: Vec<QueryParameter>) -> Result<Vec<RunRecord>, LedgerError> {
+        let cols = Self::ledger_columns();
+        let sql = format!(
+            "SELECT {cols} FROM (
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS state_rank
+               FROM {t} WHERE {filter})
+             WHERE state_rank = 1
+             ORDER BY data_date, started_at DESC, recorded_at DESC",
+            t = self.table(LEDGER_TABLE)
+        );
+        let rows = self.query(&sql, params).await.map_err(LedgerError)?;
+        rows.into_iter().map(record_from_row).collect()
+    }
+}
+
+fn record_from_row(r: Row) -> Result<RunRecord, LedgerError> {
+    let get = |i: usize| r.get(i).cloned().flatten();
+    let need = |i: usize, what: &str| get(i).ok_or_else(|| LedgerError(format!("ledger row without {what}")));
+    let status = need(4, "status")?;
+    let trigger = need(11, "trigger_source")?;
+    let ts = |i: usize| get(i).map(|s| parse_bq_ts(&s)).transpose().map_err(LedgerError);
+    Ok(RunRecord {
+        run_id: need(0, "run_id")?,
+        processor: need(1, "processor_name")?,
+        phase: need(2, "phase")?,
+        data_date: crate::dates::parse_date(&need(3, "data_date")?)
+            .map_err(|e| LedgerError(e.to_string()))?,
+        status: RunStatus::parse(&status).ok_or_else(|| LedgerError(format!("unknown status {status}")))?,
+        started_at: parse_bq_ts(&need(5, "started_at")?).map_err(LedgerError)?,
+        finished_at: ts(6)?,
+        rows_affected: get(7).and_then(|s| s.parse().ok()),
+        errors: get(8),
+        findings: get(9).and_then(|s| serde_json::from_str(&s).ok()),
+        production_ready: parse_bool(r.get(10).and_then(Option::as_ref)),
+        trigger: TriggerKind::parse(&trigger).ok_or_else(|| LedgerError(format!("unknown trigger {trigger}")))?,
+        message_id: get(12),
+        skip_downstream_trigger: parse_bool(r.get(13).and_then(Option::as_ref)),
+        published_at: ts(14)?,
+    })
+}
+
+#[async_trait]
+impl Ledger for BigQuery {
+    async fn ensure_schema(&self) -> Result<(), LedgerError> {
+        self.ensure_dataset().await.map_err(LedgerError)?;
+        let columns = LEDGER_SCHEMA
+            .iter()
+            .map(|(c, t, mode)| {
+                if *mode == "REQUIRED" {
+                    format!("{c} {t} NOT NULL")
+                } else {
+                    format!("{c} {t}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {t} ({columns}) PARTITION BY data_date CLUSTER BY processor_name",
+            t = self.table(LEDGER_TABLE)
+        );
+        self.query(&sql, Vec::new()).await.map(|_| ()).map_err(LedgerError)
+    }
+
+    async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
+        let sql = format!(
+            "INSERT INTO {t} ({cols}, recorded_at) VALUES (@run_id, @processor_name, @phase, \
+             @data_date, @status, @started_at, @finished_at, @rows_affected, @errors, @findings, \
+             @production_ready, @trigger_source, @message_id, @skip_downstream_trigger, \
+             @published_at, CURRENT_TIMESTAMP())",
+            t = self.table(LEDGER_TABLE),
+            cols = Self::ledger_columns()
+        );
+        let s = |v: &str| Some(v.to_string());
+        let params = vec![
+            param("run_id", "STRING", s(&r.run_id)),
+            param("processor_name", "STRING", s(&r.processor)),
+            param("phase", "STRING", s(&r.phase)),
+            date_param("data_date", r.data_date),
+            param("status", "STRING", s(r.status.as_str())),
+            ts_param("started_at", Some(&r.started_at)),
+            ts_param("finished_at", r.finished_at.as_ref()),
+            param("rows_affected", "INT64", r.rows_affected.map(|n| n.to_string())),
+            param("errors", "STRING", r.errors.clone()),
+            param("findings", "STRING", r.findings.as_ref().map(|f| f.to_string())),
+            param("production_ready", "BOOL", s(if r.production_ready { "true" } else { "false" })),
+            param("trigger_source", "STRING", s(r.trigger.as_str())),
+            param("message_id", "STRING", r.message_id.clone()),
+            param(
+                "skip_downstream_trigger",
+                "BOOL",
+                s(if r.skip_downstream_trigger { "true" } else { "false" }),
+            ),
+            ts_param("published_at", r.published_at.as_ref()),
+        ];
+        self.query(&sql, params).await.map(|_| ()).map_err(LedgerError)
+    }
+
+    async fn latest(&self, processor: &str, date: NaiveDate) -> Result<Option<RunRecord>, LedgerError> {
+        let runs = self
+            .runs(
+                "processor_name = @p AND data_date = @d",
+                vec![param("p", "STRING", Some(processor.to_string())), date_param("d", date)],
+            )
+            .await?;
+        Ok(runs.into_iter().next())
+    }
+
+    async fn latest_in_range(
+        &self,
+        processor: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        let runs = self
+            .runs(
+                "processor_name = @p AND data_date BETWEEN @f AND @t",
+                vec![
+                    param("p", "STRING", Some(processor.to_string())),
+                    date_param("f", from),
+                    date_param("t", to),
+                ],
+            )
+            .await?;
+        // Sorted by date, newest run first within a date: keep the first of each date.
+        let mut out: Vec<RunRecord> = Vec::new();
+        for run in runs {
+            if out.last().is_none_or(|l| l.data_date != run.data_date) {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn mark_published(&self, runs: &[RunRecord], at: DateTime<Utc>) -> Result<(), LedgerError> {
+        for run in runs {
+            let mut next = run.clone();
+            next.published_at = Some(at);
+            self.record(&next).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Warehouse for BigQuery {
+    async fn run_statements(&self, statements: &[String], date: NaiveDate) -> Result<(), WarehouseError> {
+        // One job per statement, in order (a script cannot take parameters on every
+        // backend). Processors are written as idempotent DELETE + INSERT, so a retry after a
+        // failure part-way is safe.
+        for sql in statements {
+            let params = if sql.contains("@data_date") {
+                vec![date_param("data_date", date)]
+            } else {
+                Vec::new()
+            };
+            self.query(&self.expand(sql), params).await.map_err(WarehouseError)?;
+        }
+        Ok(())
+    }
+
+    async fn count_rows(&self, t: &str, date_column: &str, date: NaiveDate) -> Result<u64, WarehouseError> {
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {date_column} = @d", self.table(t));
+        let rows = self.query(&sql, vec![date_param("d", date)]).await.map_err(WarehouseError)?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    async fn date_presence(
+        &self,
+        t: &str,
+        date_column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        let expected_cte = match expected {
+            None => "expected AS (SELECT d FROM UNNEST(GENERATE_DATE_ARRAY(@f, @t)) AS d)".to_string(),
+            Some(r) => format!(
+                "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {c} BETWEEN @f AND @t)",
+                c = r.date_column,
+                t = self.table(&r.table)
+            ),
+        };
+        let sql = format!(
+            "WITH {expected_cte},
+             actual AS (SELECT DISTINCT {date_column} AS d FROM {t} WHERE {date_column} BETWEEN @f AND @t)
+             SELECT CAST(e.d AS STRING), a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
+             ORDER BY e.d",
+            t = self.table(t)
+        );
+        let rows = self
+            .query(&sql, vec![date_param("f", from), date_param("t", to)])
+            .await
+            .map_err(WarehouseError)?;
+        rows.into_iter()
+            .map(|r| {
+                let date = r.first().cloned().flatten().unwrap_or_default();
+                Ok(DatePresence {
+                    date: crate::dates::parse_date(&date).map_err(|e| WarehouseError(e.to_string()))?,
+                    present: parse_bool(r.get(1).and_then(Option::as_ref)),
+                })
+            })
+            .collect()
+    }
+
+    async fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        date: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        let Some(entity_column) = &reference.entity_column else {
+            return Err(WarehouseError(format!("reference table {} has no entity_column", reference.table)));
+        };
+        let (floor, max_games) = crate::backends::sqlite::window_bounds(spec, date);
+        let sql = format!(
+            "WITH ref AS (
+                SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}
+                WHERE {rd} < @date AND {rd} >= @floor),
+             ranked AS (
+                SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn FROM ref),
+             expected AS (SELECT entity, d FROM ranked WHERE rn <= @max_games),
+             actual AS (
+                SELECT DISTINCT CAST({ue} AS STRING) AS entity, {ud} AS d FROM {ut}
+                WHERE {ud} < @date AND {ud} >= @floor)
+             SELECT e.entity, COUNT(*), COUNT(a.d)
+             FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
+             GROUP BY e.entity ORDER BY e.entity",
+            re = entity_column,
+            rd = reference.date_column,
+            rt = self.table(&reference.table),
+            ue = spec.upstream_entity_column,
+            ud = spec.upstream_date_column,
+            ut = self.table(&spec.upstream_table),
+        );
+        let rows = self
+            .query(
+                &sql,
+                vec![
+                    date_param("date", date),
+                    date_param("floor", floor),
+                    param("max_games", "INT64", Some(max_games.to_string())),
+                ],
+            )
+            .await
+            .map_err(WarehouseError)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let n = |i: usize| r.get(i).cloned().flatten().and_then(|s| s.parse().ok()).unwrap_or(0);
+                EntityCount {
+                    entity: r.first().cloned().flatten().unwrap_or_default(),
+                    expected: n(1),
+                    actual: n(2),
+                }
+            })
+            .collect())
+    }
+}
