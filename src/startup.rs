@@ -57,7 +57,11 @@ impl App {
             .ensure_schema()
             .await
             .map_err(|e| err(e.to_string()))?;
-        let setup = self.config.setup.for_backend(&self.config.backend.kind).to_vec();
+        let setup = self
+            .config
+            .setup
+            .for_backend(&self.config.backend.kind)
+            .to_vec();
         match &self.store {
             Store::Sqlite(db) => db
                 .execute_batch(setup.join(";\n"))

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use gcp_bigquery_client::Client;
 use gcp_bigquery_client::auth::Authenticator;
@@ -104,7 +105,6 @@ fn ts_param(name: &str, t: Option<&DateTime<Utc>>) -> QueryParameter {
     )
 }
 
-
 type Row = Vec<Option<String>>;
 
 fn cells(row: TableRow) -> Row {
@@ -127,7 +127,11 @@ fn parse_bq_ts(s: &str) -> Result<DateTime<Utc>, String> {
     }
     if let Ok(n) = s.parse::<i64>() {
         // Microseconds since the epoch unless it is small enough to be seconds.
-        let micros = if n.abs() < 100_000_000_000 { n * 1_000_000 } else { n };
+        let micros = if n.abs() < 100_000_000_000 {
+            n * 1_000_000
+        } else {
+            n
+        };
         return DateTime::from_timestamp_micros(micros).ok_or_else(|| format!("bad timestamp {s}"));
     }
     let secs: f64 = s.parse().map_err(|_| format!("bad timestamp {s}"))?;
@@ -151,13 +155,21 @@ impl BigQuery {
             .dataset
             .clone()
             .ok_or("backend.dataset (or PHASEGATE_BIGQUERY_DATASET) is required for BigQuery")?;
+        // Idle connections are dropped before servers close them (uvicorn after 5 s, Google
+        // front ends later), so a request never lands on a connection being closed.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         let client = match &cfg.emulator_host {
             Some(host) => ClientBuilder::new()
+                .with_client(http)
                 .with_v2_base_url(format!("http://{host}/bigquery/v2"))
                 .build_from_authenticator(Arc::new(EmulatorToken))
                 .await
                 .map_err(|e| format!("BigQuery emulator at {host}: {e}"))?,
             None => ClientBuilder::new()
+                .with_client(http)
                 .build_from_application_default_credentials()
                 .await
                 .map_err(|e| format!("BigQuery with Application Default Credentials: {e}"))?,
@@ -202,10 +214,15 @@ impl BigQuery {
             dataset_id: self.dataset.clone(),
             project_id: self.project.clone(),
         });
-        let resp = self
-            .client
-            .job()
-            .query(&self.project, req)
+        // A request that never reached the server is safe to send again.
+        let send = || self.client.job().query(&self.project, req.clone());
+        let resp = send
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_times(3),
+            )
+            .when(|e: &BQError| matches!(e, BQError::RequestError(r) if r.is_connect() || r.is_request()))
             .await
             .map_err(|e| e.to_string())?;
         if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
@@ -215,7 +232,12 @@ impl BigQuery {
                 .collect::<Vec<_>>()
                 .join("; "));
         }
-        let mut rows: Vec<Row> = resp.rows.unwrap_or_default().into_iter().map(cells).collect();
+        let mut rows: Vec<Row> = resp
+            .rows
+            .unwrap_or_default()
+            .into_iter()
+            .map(cells)
+            .collect();
         let mut complete = resp.job_complete.unwrap_or(true);
         let mut page_token = resp.page_token;
         let job_id = resp.job_reference.and_then(|j| j.job_id);
@@ -276,7 +298,10 @@ impl BigQuery {
         match self.client.dataset().create(ds).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("lready") => Ok(()),
-            Err(e) => Err(format!("creating dataset {}.{}: {e}", self.project, self.dataset)),
+            Err(e) => Err(format!(
+                "creating dataset {}.{}: {e}",
+                self.project, self.dataset
+            )),
         }
     }
 
@@ -298,7 +323,11 @@ impl BigQuery {
     }
 
     /// Latest state of each run matching `filter`, newest run first.
-    async fn runs(&self, filter: &str, params: Vec<QueryParameter>) -> Result<Vec<RunRecord>, LedgerError> {
+    async fn runs(
+        &self,
+        filter: &str,
+        params: Vec<QueryParameter>,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
         let cols = Self::ledger_columns();
         let sql = format!(
             "SELECT {cols} FROM (
@@ -315,24 +344,33 @@ impl BigQuery {
 
 fn record_from_row(r: Row) -> Result<RunRecord, LedgerError> {
     let get = |i: usize| r.get(i).cloned().flatten();
-    let need = |i: usize, what: &str| get(i).ok_or_else(|| LedgerError(format!("ledger row without {what}")));
+    let need = |i: usize, what: &str| {
+        get(i).ok_or_else(|| LedgerError(format!("ledger row without {what}")))
+    };
     let status = need(4, "status")?;
     let trigger = need(11, "trigger_source")?;
-    let ts = |i: usize| get(i).map(|s| parse_bq_ts(&s)).transpose().map_err(LedgerError);
+    let ts = |i: usize| {
+        get(i)
+            .map(|s| parse_bq_ts(&s))
+            .transpose()
+            .map_err(LedgerError)
+    };
     Ok(RunRecord {
         run_id: need(0, "run_id")?,
         processor: need(1, "processor_name")?,
         phase: need(2, "phase")?,
         data_date: crate::dates::parse_date(&need(3, "data_date")?)
             .map_err(|e| LedgerError(e.to_string()))?,
-        status: RunStatus::parse(&status).ok_or_else(|| LedgerError(format!("unknown status {status}")))?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| LedgerError(format!("unknown status {status}")))?,
         started_at: parse_bq_ts(&need(5, "started_at")?).map_err(LedgerError)?,
         finished_at: ts(6)?,
         rows_affected: get(7).and_then(|s| s.parse().ok()),
         errors: get(8),
         findings: get(9).and_then(|s| serde_json::from_str(&s).ok()),
         production_ready: parse_bool(r.get(10).and_then(Option::as_ref)),
-        trigger: TriggerKind::parse(&trigger).ok_or_else(|| LedgerError(format!("unknown trigger {trigger}")))?,
+        trigger: TriggerKind::parse(&trigger)
+            .ok_or_else(|| LedgerError(format!("unknown trigger {trigger}")))?,
         message_id: get(12),
         skip_downstream_trigger: parse_bool(r.get(13).and_then(Option::as_ref)),
         published_at: ts(14)?,
@@ -358,7 +396,10 @@ impl Ledger for BigQuery {
             "CREATE TABLE IF NOT EXISTS {t} ({columns}) PARTITION BY data_date CLUSTER BY processor_name",
             t = self.table(LEDGER_TABLE)
         );
-        self.query(&sql, Vec::new()).await.map(|_| ()).map_err(LedgerError)
+        self.query(&sql, Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(LedgerError)
     }
 
     async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
@@ -379,27 +420,53 @@ impl Ledger for BigQuery {
             param("status", "STRING", s(r.status.as_str())),
             ts_param("started_at", Some(&r.started_at)),
             ts_param("finished_at", r.finished_at.as_ref()),
-            param("rows_affected", "INT64", r.rows_affected.map(|n| n.to_string())),
+            param(
+                "rows_affected",
+                "INT64",
+                r.rows_affected.map(|n| n.to_string()),
+            ),
             param("errors", "STRING", r.errors.clone()),
-            param("findings", "STRING", r.findings.as_ref().map(|f| f.to_string())),
-            param("production_ready", "BOOL", s(if r.production_ready { "true" } else { "false" })),
+            param(
+                "findings",
+                "STRING",
+                r.findings.as_ref().map(|f| f.to_string()),
+            ),
+            param(
+                "production_ready",
+                "BOOL",
+                s(if r.production_ready { "true" } else { "false" }),
+            ),
             param("trigger_source", "STRING", s(r.trigger.as_str())),
             param("message_id", "STRING", r.message_id.clone()),
             param(
                 "skip_downstream_trigger",
                 "BOOL",
-                s(if r.skip_downstream_trigger { "true" } else { "false" }),
+                s(if r.skip_downstream_trigger {
+                    "true"
+                } else {
+                    "false"
+                }),
             ),
             ts_param("published_at", r.published_at.as_ref()),
         ];
-        self.query(&sql, params).await.map(|_| ()).map_err(LedgerError)
+        self.query(&sql, params)
+            .await
+            .map(|_| ())
+            .map_err(LedgerError)
     }
 
-    async fn latest(&self, processor: &str, date: NaiveDate) -> Result<Option<RunRecord>, LedgerError> {
+    async fn latest(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Option<RunRecord>, LedgerError> {
         let runs = self
             .runs(
                 "processor_name = @p AND data_date = @d",
-                vec![param("p", "STRING", Some(processor.to_string())), date_param("d", date)],
+                vec![
+                    param("p", "STRING", Some(processor.to_string())),
+                    date_param("d", date),
+                ],
             )
             .await?;
         Ok(runs.into_iter().next())
@@ -431,7 +498,11 @@ impl Ledger for BigQuery {
         Ok(out)
     }
 
-    async fn mark_published(&self, runs: &[RunRecord], at: DateTime<Utc>) -> Result<(), LedgerError> {
+    async fn mark_published(
+        &self,
+        runs: &[RunRecord],
+        at: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
         for run in runs {
             let mut next = run.clone();
             next.published_at = Some(at);
@@ -443,7 +514,11 @@ impl Ledger for BigQuery {
 
 #[async_trait]
 impl Warehouse for BigQuery {
-    async fn run_statements(&self, statements: &[String], date: NaiveDate) -> Result<(), WarehouseError> {
+    async fn run_statements(
+        &self,
+        statements: &[String],
+        date: NaiveDate,
+    ) -> Result<(), WarehouseError> {
         // One job per statement, in order (a script cannot take parameters on every
         // backend). Processors are written as idempotent DELETE + INSERT, so a retry after a
         // failure part-way is safe.
@@ -453,14 +528,27 @@ impl Warehouse for BigQuery {
             } else {
                 Vec::new()
             };
-            self.query(&self.expand(sql), params).await.map_err(WarehouseError)?;
+            self.query(&self.expand(sql), params)
+                .await
+                .map_err(WarehouseError)?;
         }
         Ok(())
     }
 
-    async fn count_rows(&self, t: &str, date_column: &str, date: NaiveDate) -> Result<u64, WarehouseError> {
-        let sql = format!("SELECT COUNT(*) FROM {} WHERE {date_column} = @d", self.table(t));
-        let rows = self.query(&sql, vec![date_param("d", date)]).await.map_err(WarehouseError)?;
+    async fn count_rows(
+        &self,
+        t: &str,
+        date_column: &str,
+        date: NaiveDate,
+    ) -> Result<u64, WarehouseError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE {date_column} = @d",
+            self.table(t)
+        );
+        let rows = self
+            .query(&sql, vec![date_param("d", date)])
+            .await
+            .map_err(WarehouseError)?;
         Ok(rows
             .first()
             .and_then(|r| r.first().cloned().flatten())
@@ -477,7 +565,9 @@ impl Warehouse for BigQuery {
         expected: Option<&Reference>,
     ) -> Result<Vec<DatePresence>, WarehouseError> {
         let expected_cte = match expected {
-            None => "expected AS (SELECT d FROM UNNEST(GENERATE_DATE_ARRAY(@f, @t)) AS d)".to_string(),
+            None => {
+                "expected AS (SELECT d FROM UNNEST(GENERATE_DATE_ARRAY(@f, @t)) AS d)".to_string()
+            }
             Some(r) => format!(
                 "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {c} BETWEEN @f AND @t)",
                 c = r.date_column,
@@ -499,7 +589,8 @@ impl Warehouse for BigQuery {
             .map(|r| {
                 let date = r.first().cloned().flatten().unwrap_or_default();
                 Ok(DatePresence {
-                    date: crate::dates::parse_date(&date).map_err(|e| WarehouseError(e.to_string()))?,
+                    date: crate::dates::parse_date(&date)
+                        .map_err(|e| WarehouseError(e.to_string()))?,
                     present: parse_bool(r.get(1).and_then(Option::as_ref)),
                 })
             })
@@ -513,7 +604,10 @@ impl Warehouse for BigQuery {
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         let Some(entity_column) = &reference.entity_column else {
-            return Err(WarehouseError(format!("reference table {} has no entity_column", reference.table)));
+            return Err(WarehouseError(format!(
+                "reference table {} has no entity_column",
+                reference.table
+            )));
         };
         let (floor, max_games) = crate::backends::sqlite::window_bounds(spec, date);
         let sql = format!(
@@ -550,7 +644,13 @@ impl Warehouse for BigQuery {
         Ok(rows
             .into_iter()
             .map(|r| {
-                let n = |i: usize| r.get(i).cloned().flatten().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let n = |i: usize| {
+                    r.get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0)
+                };
                 EntityCount {
                     entity: r.first().cloned().flatten().unwrap_or_default(),
                     expected: n(1),

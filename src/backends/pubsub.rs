@@ -15,7 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use google_cloud_auth::credentials::anonymous;
-use google_cloud_pubsub::client::{BasePublisher, Publisher as TopicPublisher, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::client::{
+    BasePublisher, Publisher as TopicPublisher, SubscriptionAdmin, TopicAdmin,
+};
 use google_cloud_pubsub::model::{Message, PushConfig};
 use tokio::sync::Mutex;
 
@@ -128,7 +130,10 @@ pub struct PubSubAdmin {
 }
 
 fn already_exists(e: &google_cloud_pubsub::Error) -> bool {
-    e.http_status_code() == Some(409) || e.to_string().to_ascii_lowercase().contains("already exists")
+    e.http_status_code() == Some(409)
+        || e.to_string()
+            .to_ascii_lowercase()
+            .contains("already exists")
 }
 
 impl PubSubAdmin {

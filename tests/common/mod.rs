@@ -211,8 +211,11 @@ impl TestEnv {
 
     /// The feed of a date goes missing (its raw run will fail).
     pub async fn lose_feed(&self, date: NaiveDate) {
-        self.exec_for("DELETE FROM {dataset}.feed WHERE game_date = @data_date", &[date])
-            .await;
+        self.exec_for(
+            "DELETE FROM {dataset}.feed WHERE game_date = @data_date",
+            &[date],
+        )
+        .await;
     }
 
     pub async fn restore_feed(&self, date: NaiveDate) {
