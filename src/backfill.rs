@@ -306,11 +306,50 @@ impl Progress {
     }
 }
 
+/// Runs one date of a backfill and says how it ended.
+#[async_trait::async_trait]
+pub trait DateRunner: Send + Sync {
+    async fn run(&self, date: NaiveDate) -> Result<DateResult, WorkerError>;
+}
+
+/// Each date through the worker in this process.
+pub struct InProcessRunner {
+    pub worker: std::sync::Arc<Worker>,
+    pub phase: String,
+    pub force: bool,
+}
+
+#[async_trait::async_trait]
+impl DateRunner for InProcessRunner {
+    async fn run(&self, date: NaiveDate) -> Result<DateResult, WorkerError> {
+        let req = RunRequest {
+            phase: self.phase.clone(),
+            data_date: date,
+            trigger: TriggerKind::Backfill,
+            message_id: None,
+            skip_downstream: true,
+            force: self.force,
+        };
+        Ok(match self.worker.run_phase(&req).await? {
+            PhaseOutcome::Done { runs, .. } => DateResult::Succeeded {
+                status: if runs.iter().all(|r| r.status == RunStatus::NoData) {
+                    RunStatus::NoData
+                } else {
+                    RunStatus::Success
+                },
+            },
+            other => DateResult::Failed {
+                status: other.label().to_string(),
+                reason: other.reason().unwrap_or_default(),
+            },
+        })
+    }
+}
+
 /// Run a plan. `retry` renders the command that retries one date.
 pub async fn execute(
-    worker: std::sync::Arc<Worker>,
+    runner: std::sync::Arc<dyn DateRunner>,
     plan: &Plan,
-    force: bool,
     progress: &Progress,
     retry: &dyn Fn(&str, NaiveDate) -> String,
 ) -> Result<BackfillReport, WorkerError> {
@@ -329,7 +368,7 @@ pub async fn execute(
     let mut running: HashSet<NaiveDate> = HashSet::new();
     let mut failed: Vec<NaiveDate> = Vec::new();
     let mut stopped_at: Option<NaiveDate> = None;
-    let mut tasks: JoinSet<(NaiveDate, Result<PhaseOutcome, WorkerError>)> = JoinSet::new();
+    let mut tasks: JoinSet<(NaiveDate, Result<DateResult, WorkerError>)> = JoinSet::new();
     loop {
         while stopped_at.is_none() && running.len() < plan.parallel {
             let Some(&next) = pending.front() else { break };
@@ -348,42 +387,19 @@ pub async fn execute(
                 continue;
             }
             running.insert(next);
-            let worker = worker.clone();
-            let req = RunRequest {
-                phase: plan.phase.clone(),
-                data_date: next,
-                trigger: TriggerKind::Backfill,
-                message_id: None,
-                skip_downstream: true,
-                force,
-            };
-            tasks.spawn(async move { (next, worker.run_phase(&req).await) });
+            let runner = runner.clone();
+            tasks.spawn(async move { (next, runner.run(next).await) });
         }
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (date, outcome) = match joined {
-            Ok(v) => v,
-            Err(e) => {
-                return Err(WorkerError::Ledger(crate::ledger::LedgerError(format!(
-                    "backfill task failed: {e}"
-                ))));
-            }
-        };
+        let (date, result) = joined.map_err(|e| {
+            WorkerError::Ledger(crate::ledger::LedgerError(format!(
+                "backfill task failed: {e}"
+            )))
+        })?;
         running.remove(&date);
-        let result = match outcome? {
-            PhaseOutcome::Done { runs, .. } => DateResult::Succeeded {
-                status: if runs.iter().all(|r| r.status == RunStatus::NoData) {
-                    RunStatus::NoData
-                } else {
-                    RunStatus::Success
-                },
-            },
-            other => DateResult::Failed {
-                status: other.label().to_string(),
-                reason: other.reason().unwrap_or_default(),
-            },
-        };
+        let result = result?;
         let line = match &result {
             DateResult::Succeeded { status } => status.to_string(),
             DateResult::Failed { status, reason } => format!("{status}: {reason}"),
@@ -536,15 +552,17 @@ pub async fn run_phase(
         .filter(|e| e.planned == Planned::Run)
         .count();
     let progress = progress(to_run, &plan.phase);
-    Ok(match executor {
-        Executor::InProcess => {
-            execute(app.worker.clone(), &plan, opts.force, &progress, retry).await?
-        }
-        Executor::ViaPubsub { timeout_secs } => {
-            crate::backfill_pubsub::run(app, &plan, opts.force, timeout_secs, &progress, retry)
-                .await?
-        }
-    })
+    let runner: std::sync::Arc<dyn DateRunner> = match executor {
+        Executor::InProcess => std::sync::Arc::new(InProcessRunner {
+            worker: app.worker.clone(),
+            phase: plan.phase.clone(),
+            force: opts.force,
+        }),
+        Executor::ViaPubsub { timeout_secs } => std::sync::Arc::new(
+            crate::backfill_pubsub::PubSubRunner::new(app, &plan.phase, opts.force, timeout_secs)?,
+        ),
+    };
+    Ok(execute(runner, &plan, &progress, retry).await?)
 }
 
 /// Every phase in order; each must end with every date done and a gap-free output before the

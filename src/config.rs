@@ -174,6 +174,10 @@ pub struct ServerConfig {
     /// A `running` ledger row older than this is considered abandoned (a crashed worker).
     #[serde(default = "default_stale_running_secs")]
     pub stale_running_secs: u64,
+    /// Pause between writing a `running` claim and reading back concurrent claims (see
+    /// README, "Concurrent deliveries"). Default: 0 on SQLite, 250 ms on BigQuery.
+    #[serde(default)]
+    pub claim_settle_ms: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -181,6 +185,7 @@ impl Default for ServerConfig {
         Self {
             port: default_port(),
             stale_running_secs: default_stale_running_secs(),
+            claim_settle_ms: None,
         }
     }
 }

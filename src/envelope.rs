@@ -30,6 +30,8 @@ pub struct PushEnvelope {
     pub delivery_attempt: Option<u32>,
 }
 
+/// Pub/Sub sends both spellings (`messageId` and `message_id`, `publishTime` and
+/// `publish_time`): the camelCase one wins, `message_id` is the fallback.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PushMessage {
     /// Base64 of the payload.
@@ -37,12 +39,13 @@ pub struct PushMessage {
     pub data: Option<String>,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    #[serde(rename = "messageId", alias = "message_id")]
+    #[serde(rename = "messageId", default)]
     pub message_id: String,
+    #[serde(rename = "message_id", default, skip_serializing)]
+    message_id_snake: Option<String>,
     #[serde(
         default,
         rename = "publishTime",
-        alias = "publish_time",
         skip_serializing_if = "Option::is_none"
     )]
     pub publish_time: Option<String>,
@@ -121,6 +124,7 @@ impl PushEnvelope {
                 data: Some(data),
                 attributes,
                 message_id,
+                message_id_snake: None,
                 publish_time: Some(chrono::Utc::now().to_rfc3339()),
             },
             subscription,
@@ -130,7 +134,10 @@ impl PushEnvelope {
 
     /// Decode the payload and check it carries a valid date.
     pub fn decode(self) -> Result<Trigger, BadMessage> {
-        let msg = self.message;
+        let mut msg = self.message;
+        if msg.message_id.trim().is_empty() {
+            msg.message_id = msg.message_id_snake.take().unwrap_or_default();
+        }
         if msg.message_id.trim().is_empty() {
             return Err(BadMessage::NoMessageId);
         }
@@ -191,6 +198,21 @@ mod tests {
             .decode()
             .unwrap();
         assert!(!t.skip_downstream());
+    }
+
+    #[test]
+    fn the_emulators_body_with_both_spellings_decodes() {
+        let body = br#"{"subscription":"projects/p/subscriptions/s","message":{"data":"eyJkYXRhX2RhdGUiOiIyMDI0LTAxLTAyIn0=","attributes":{"a":"b"},"messageId":"7","message_id":"7","publishTime":"2024-01-02T00:00:00Z","publish_time":"2024-01-02T00:00:00Z"}}"#;
+        let t = PushEnvelope::from_json(body).unwrap().decode().unwrap();
+        assert_eq!(t.message_id, "7");
+        assert_eq!(t.data_date.to_string(), "2024-01-02");
+        let snake_only =
+            br#"{"message":{"data":"eyJkYXRhX2RhdGUiOiIyMDI0LTAxLTAyIn0=","message_id":"8"}}"#;
+        let t = PushEnvelope::from_json(snake_only)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(t.message_id, "8");
     }
 
     #[test]

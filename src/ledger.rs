@@ -163,6 +163,12 @@ pub trait Ledger: Send + Sync {
         processor: &str,
         date: NaiveDate,
     ) -> Result<Option<RunRecord>, LedgerError>;
+    /// Every run of a processor for a date (its latest state), oldest first.
+    async fn history(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Vec<RunRecord>, LedgerError>;
     /// Latest run of a processor for each date of a range that has any.
     async fn latest_in_range(
         &self,
@@ -170,6 +176,8 @@ pub trait Ledger: Send + Sync {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<RunRecord>, LedgerError>;
+    /// Remove a `running` claim that lost to a concurrent delivery (it did no work).
+    async fn withdraw(&self, run: &RunRecord) -> Result<(), LedgerError>;
     /// Set `published_at` on these runs.
     async fn mark_published(
         &self,

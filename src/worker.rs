@@ -332,6 +332,7 @@ impl Worker {
         req: &RunRequest,
     ) -> Result<Step, WorkerError> {
         let latest = self.ledger.latest(&p.name, req.data_date).await?;
+        let latest_started = latest.as_ref().map(|r| r.started_at);
         if let Some(run) = latest {
             let same_message = req.message_id.is_some() && run.message_id == req.message_id;
             if run.status.is_done() && (!req.force || same_message) {
@@ -379,7 +380,11 @@ impl Worker {
                 reason = %report.summary(), "soft gate: processing, not production-ready");
         }
 
-        self.ledger.record(&run).await?;
+        if let Some(winner) = self.claim(&run, latest_started).await? {
+            return Ok(Step::Stop(PhaseOutcome::InProgress {
+                run: Box::new(winner),
+            }));
+        }
         let expected = p
             .output
             .as_ref()
@@ -416,6 +421,52 @@ impl Worker {
                 Ok(Step::Stop(PhaseOutcome::Failed { run: Box::new(run) }))
             }
         }
+    }
+
+    /// Write the `running` claim, then read back the date's runs: when a concurrent delivery
+    /// (one that appeared after `seen`, the latest run this delivery saw) claimed it first (earlier `started_at`, then smaller `run_id`), withdraw and return
+    /// the winner. Both sides compute the same winner from the same rows.
+    async fn claim(
+        &self,
+        run: &RunRecord,
+        seen: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Option<RunRecord>, WorkerError> {
+        self.ledger.record(run).await?;
+        let settle = self
+            .config
+            .server
+            .claim_settle_ms
+            .unwrap_or(match self.config.backend.kind {
+                crate::config::BackendKind::Sqlite => 0,
+                crate::config::BackendKind::Bigquery => 250,
+            });
+        if settle > 0 {
+            tokio::time::sleep(Duration::from_millis(settle)).await;
+        }
+        let stale_after = chrono::Duration::seconds(
+            i64::try_from(self.config.server.stale_running_secs).unwrap_or(i64::MAX / 1000),
+        );
+        let now = Utc::now();
+        let key = |r: &RunRecord| (r.started_at, r.run_id.clone());
+        let winner = self
+            .ledger
+            .history(&run.processor, run.data_date)
+            .await?
+            .into_iter()
+            // Only runs that appeared after this delivery looked at the ledger compete.
+            .filter(|r| r.run_id != run.run_id && seen.is_none_or(|s| r.started_at > s))
+            .filter(|r| {
+                (r.status == RunStatus::Running && now - r.started_at < stale_after)
+                    || r.status.is_done()
+            })
+            .filter(|r| key(r) < key(run))
+            .min_by_key(key);
+        if let Some(w) = &winner {
+            self.ledger.withdraw(run).await?;
+            tracing::info!(processor = %run.processor, data_date = %run.data_date,
+                winner = %w.run_id, "concurrent delivery claimed this date first; backing off");
+        }
+        Ok(winner)
     }
 
     async fn publish(

@@ -207,12 +207,7 @@ async fn the_same_message_id_twice_is_processed_once() {
         env.latest("ingest", day).await.unwrap().run_id,
         first_run.run_id
     );
-    let history = env
-        .app
-        .ledger()
-        .latest_in_range("ingest", day, day)
-        .await
-        .unwrap();
+    let history = env.app.ledger().history("ingest", day).await.unwrap();
     assert_eq!(history.len(), 1);
 }
 
@@ -371,4 +366,35 @@ async fn force_runs_a_done_date_again_and_a_blocked_date_succeeds_once_fixed() {
     );
     w.run_phase(&req("analytics", days[0], true)).await.unwrap();
     assert_ne!(env.latest("summary", days[0]).await.unwrap().run_id, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_of_one_date_run_it_once() {
+    let env = TestEnv::new("strict").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let body = |id: &str| {
+        let attrs = BTreeMap::from([("skip_downstream_trigger".to_string(), "true".to_string())]);
+        serde_json::to_vec(&PushEnvelope::wrap(
+            &json!({ "data_date": day }),
+            attrs,
+            id.into(),
+            "s".into(),
+        ))
+        .unwrap()
+    };
+    let (a, b) = (body("first"), body("second"));
+    let worker = env.app.worker.clone();
+    let (x, y) = tokio::join!(worker.handle_push("raw", &a), worker.handle_push("raw", &b));
+    let codes = [x.http_status(), y.http_status()];
+    assert!(codes.contains(&200), "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 409), "{codes:?}");
+    // The loser's redelivery finds the date done.
+    assert_eq!(worker.handle_push("raw", &b).await.http_status(), 200);
+    let history = env.app.ledger().history("ingest", day).await.unwrap();
+    assert_eq!(
+        history.len(),
+        1,
+        "one run for two concurrent deliveries: {history:?}"
+    );
 }

@@ -472,6 +472,24 @@ impl Ledger for BigQuery {
         Ok(runs.into_iter().next())
     }
 
+    async fn history(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        let mut runs = self
+            .runs(
+                "processor_name = @p AND data_date = @d",
+                vec![
+                    param("p", "STRING", Some(processor.to_string())),
+                    date_param("d", date),
+                ],
+            )
+            .await?;
+        runs.reverse();
+        Ok(runs)
+    }
+
     async fn latest_in_range(
         &self,
         processor: &str,
@@ -496,6 +514,16 @@ impl Ledger for BigQuery {
             }
         }
         Ok(out)
+    }
+
+    async fn withdraw(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        // The one exception to append-only: a claim that did no work disappears. Rows
+        // written by DML (never streamed) can be deleted at once.
+        let sql = format!("DELETE FROM {} WHERE run_id = @r", self.table(LEDGER_TABLE));
+        self.query(&sql, vec![param("r", "STRING", Some(run.run_id.clone()))])
+            .await
+            .map(|_| ())
+            .map_err(LedgerError)
     }
 
     async fn mark_published(

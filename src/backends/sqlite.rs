@@ -210,6 +210,24 @@ impl Ledger for Sqlite {
         .map_err(LedgerError)
     }
 
+    async fn history(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        let processor = processor.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM processor_run_history \
+                 WHERE processor_name = ?1 AND data_date = ?2 ORDER BY started_at, rowid"
+            ))?;
+            let rows = stmt.query_map(params![processor, date.to_string()], record_from_row)?;
+            rows.collect()
+        })
+        .await
+        .map_err(LedgerError)
+    }
+
     async fn latest_in_range(
         &self,
         processor: &str,
@@ -231,6 +249,19 @@ impl Ledger for Sqlite {
                 record_from_row,
             )?;
             rows.collect()
+        })
+        .await
+        .map_err(LedgerError)
+    }
+
+    async fn withdraw(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        let id = run.run_id.clone();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM processor_run_history WHERE run_id = ?1 AND status = 'running'",
+                params![id],
+            )
+            .map(|_| ())
         })
         .await
         .map_err(LedgerError)

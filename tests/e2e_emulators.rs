@@ -1,0 +1,405 @@
+//! End to end on Google's Pub/Sub emulator and bqemulator, as Cloud Run would run it: one
+//! `phasegate serve --phase P` process per phase, push subscriptions from each phase's input
+//! topic to its worker, the ledger and tables in BigQuery.
+//!
+//! Needs the emulators: `scripts/emulators.sh cargo test --test e2e_emulators -- --ignored`
+//! (scripts/test.sh does this).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use common::{Backend, PIPELINE, TestEnv, d};
+use phasegate::backends::pubsub::{PubSubAdmin, PubSubBus};
+use phasegate::bus::Publisher;
+use phasegate::config::BusConfig;
+use phasegate::ledger::RunStatus;
+use serde_json::json;
+
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn emulator(var: &str) -> String {
+    std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} is not set: run under scripts/emulators.sh"))
+}
+
+/// Worker logs go to files in the test's directory (printed when a wait times out).
+fn log_file(env: &TestEnv, phase: &str) -> Stdio {
+    let path = env.dir.path().join(format!("worker-{phase}.log"));
+    std::fs::File::create(path)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+fn worker_logs(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("worker-") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out.push_str(&format!(
+                    "--- {name}\n{}\n",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Poll until `f` returns true or the timeout passes.
+async fn eventually<F, Fut>(env: &TestEnv, what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\n{}",
+            worker_logs(env.dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the Pub/Sub and BigQuery emulators: scripts/emulators.sh"]
+async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
+    assert_eq!(
+        common::backend(),
+        Backend::BigQuery,
+        "run with PHASEGATE_TEST_BACKEND=bigquery"
+    );
+    let pubsub_host = emulator("PUBSUB_EMULATOR_HOST");
+    let project =
+        std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
+    // Unique topics per run: the emulator keeps state for its whole life.
+    let prefix = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let pipeline = PIPELINE
+        .replace("{MODE}", "strict")
+        .replace("\"test-", &format!("\"{prefix}-"))
+        .replace(
+            "[bus]\n",
+            &format!(
+                "[bus]\nkind = \"pubsub\"\nproject = {project:?}\nemulator_host = {pubsub_host:?}\n"
+            ),
+        );
+    let env = TestEnv::with_pipeline(&pipeline).await;
+    let config = env.app.config.clone();
+    // Day 2 is the blocked-then-fixed date, day 3 the duplicate, day 4 (a week later, out of
+    // every other day's look-back) the skip-flagged one.
+    let days = [
+        d("2024-03-01"),
+        d("2024-03-02"),
+        d("2024-03-03"),
+        d("2024-03-10"),
+    ];
+    env.season(&days).await;
+
+    // One worker process per phase, each with a push subscription from its input topic.
+    let bus_config = BusConfig {
+        kind: phasegate::config::BusKind::Pubsub,
+        project: Some(project.clone()),
+        emulator_host: Some(pubsub_host.clone()),
+        ..BusConfig::default()
+    };
+    let admin = PubSubAdmin::connect(&bus_config).await.expect("admin");
+    let mut workers = Workers(Vec::new());
+    for phase in &config.phases {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+            .arg("--config")
+            .arg(env.config_path())
+            .args(["serve", "--phase", &phase.name])
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(log_file(&env, &phase.name))
+            .spawn()
+            .expect("spawn worker");
+        workers.0.push(child);
+        let base = format!("http://127.0.0.1:{port}");
+        eventually(&env, &format!("worker {} up", phase.name), 30, || {
+            let url = format!("{base}/healthz");
+            async move {
+                reqwest::get(url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        admin
+            .ensure_push_subscription(
+                &format!("{prefix}-{}-push", phase.name),
+                phase.input(),
+                &format!("{base}/push"),
+                60,
+            )
+            .await
+            .expect("push subscription");
+    }
+    let bus = PubSubBus::connect(&bus_config).await.expect("publisher");
+    let trigger_topic = config.phases[0].input().to_string();
+    let trigger = |date: NaiveDate, skip: bool| {
+        let mut attrs = BTreeMap::from([("data_date".to_string(), date.to_string())]);
+        if skip {
+            attrs.insert("skip_downstream_trigger".into(), "true".into());
+        }
+        (json!({ "data_date": date }), attrs)
+    };
+    let status = |p: &'static str, day: NaiveDate| {
+        let env = &env;
+        async move { env.status(p, day).await }
+    };
+
+    // 1. A trigger for D flows through every phase into the BigQuery ledger.
+    let (data, attrs) = trigger(days[0], false);
+    bus.publish(&trigger_topic, &data, attrs)
+        .await
+        .expect("publish");
+    eventually(&env, "all four phases for day 1", 90, || async {
+        status("preds", days[0]).await == Some(RunStatus::Success)
+    })
+    .await;
+    for p in ["ingest", "summary", "features"] {
+        let run = env.latest(p, days[0]).await.unwrap();
+        assert_eq!(run.status, RunStatus::Success, "{p}");
+        assert!(
+            run.published_at.is_some(),
+            "{p} published its completion event"
+        );
+        assert!(
+            run.message_id.is_some(),
+            "{p} records the Pub/Sub message id"
+        );
+    }
+
+    // 2. A strict gate blocks (nack, the emulator redelivers) and the same message succeeds
+    //    on a later delivery once the upstream run is fixed.
+    env.lose_feed(days[1]).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args([
+            "run",
+            "--phase",
+            "raw",
+            "--date",
+            "2024-03-02",
+            "--skip-downstream-trigger",
+        ])
+        .output()
+        .expect("run raw");
+    assert_eq!(out.status.code(), Some(1), "raw fails without its feed");
+    let (data, attrs) = trigger(days[1], false);
+    let raw_done_topic = config.phases[0].completion_topic.clone();
+    bus.publish(
+        &raw_done_topic,
+        &json!({"data_date": days[1], "phase": "raw"}),
+        attrs.clone(),
+    )
+    .await
+    .expect("publish");
+    let _ = data;
+    eventually(&env, "analytics blocked on day 2", 60, || async {
+        status("summary", days[1]).await == Some(RunStatus::Blocked)
+    })
+    .await;
+    env.restore_feed(days[1]).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args([
+            "run",
+            "--phase",
+            "raw",
+            "--date",
+            "2024-03-02",
+            "--skip-downstream-trigger",
+        ])
+        .output()
+        .expect("run raw");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    eventually(
+        &env,
+        "the redelivered message succeeds and cascades",
+        90,
+        || async { status("preds", days[1]).await == Some(RunStatus::Success) },
+    )
+    .await;
+    let history = env.app.ledger().history("summary", days[1]).await.unwrap();
+    assert!(
+        history.iter().any(|r| r.status == RunStatus::Blocked),
+        "blocked at least once"
+    );
+    assert_eq!(history.last().map(|r| r.status), Some(RunStatus::Success));
+
+    // 3. A message published twice is processed once.
+    for _ in 0..2 {
+        let (data, attrs) = trigger(days[2], false);
+        bus.publish(&trigger_topic, &data, attrs)
+            .await
+            .expect("publish");
+    }
+    eventually(&env, "day 3 through every phase", 90, || async {
+        status("preds", days[2]).await == Some(RunStatus::Success)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for p in ["ingest", "summary", "features", "preds"] {
+        let runs = env.app.ledger().history(p, days[2]).await.unwrap();
+        assert_eq!(runs.len(), 1, "{p} ran once for two identical triggers");
+    }
+    // 4. A skip-flagged trigger stops after the first phase.
+    let (data, attrs) = trigger(days[3], true);
+    bus.publish(&trigger_topic, &data, attrs)
+        .await
+        .expect("publish");
+    eventually(&env, "raw for day 4", 60, || async {
+        status("ingest", days[3]).await == Some(RunStatus::Success)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        status("summary", days[3]).await,
+        None,
+        "the cascade must stop"
+    );
+    assert_eq!(
+        env.latest("ingest", days[3]).await.unwrap().published_at,
+        None
+    );
+
+    drop(workers);
+}
+
+#[tokio::test]
+#[ignore = "needs the Pub/Sub and BigQuery emulators: scripts/emulators.sh"]
+async fn backfill_via_pubsub_follows_the_ledger_and_never_cascades() {
+    assert_eq!(
+        common::backend(),
+        Backend::BigQuery,
+        "run with PHASEGATE_TEST_BACKEND=bigquery"
+    );
+    let pubsub_host = emulator("PUBSUB_EMULATOR_HOST");
+    let project =
+        std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
+    let prefix = format!("bf{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let pipeline = PIPELINE
+        .replace("{MODE}", "strict")
+        .replace("\"test-", &format!("\"{prefix}-"))
+        .replace(
+            "[bus]\n",
+            &format!(
+                "[bus]\nkind = \"pubsub\"\nproject = {project:?}\nemulator_host = {pubsub_host:?}\n"
+            ),
+        );
+    let env = TestEnv::with_pipeline(&pipeline).await;
+    let days = [d("2024-04-01"), d("2024-04-02"), d("2024-04-03")];
+    env.season(&days).await;
+    env.lose_feed(days[2]).await;
+    let config = env.app.config.clone();
+    let bus_config = BusConfig {
+        kind: phasegate::config::BusKind::Pubsub,
+        project: Some(project),
+        emulator_host: Some(pubsub_host),
+        ..BusConfig::default()
+    };
+    let admin = PubSubAdmin::connect(&bus_config).await.expect("admin");
+    let port = free_port();
+    let _workers = Workers(vec![
+        Command::new(env!("CARGO_BIN_EXE_phasegate"))
+            .arg("--config")
+            .arg(env.config_path())
+            .args(["serve", "--phase", "raw"])
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(log_file(&env, "raw"))
+            .spawn()
+            .expect("spawn worker"),
+    ]);
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(&env, "worker up", 30, || {
+        let url = format!("{base}/healthz");
+        async move {
+            reqwest::get(url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    admin
+        .ensure_push_subscription(
+            &format!("{prefix}-raw-push"),
+            config.phases[0].input(),
+            &format!("{base}/push"),
+            60,
+        )
+        .await
+        .expect("subscription");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args([
+            "backfill",
+            "--phase",
+            "raw",
+            "--from",
+            "2024-04-01",
+            "--to",
+            "2024-04-03",
+            "--error-policy",
+            "continue",
+            "--via-pubsub",
+            "--timeout-secs",
+            "60",
+            "--parallel",
+            "3",
+        ])
+        .output()
+        .expect("backfill");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2 succeeded, 0 no data, 1 failed"), "{text}");
+    assert!(text.contains("2024-04-03  FAILED (failed)"), "{text}");
+    for day in &days[..2] {
+        let run = env.latest("ingest", *day).await.unwrap();
+        assert_eq!(run.status, RunStatus::Success);
+        assert_eq!(run.trigger, phasegate::ledger::TriggerKind::Backfill);
+        assert!(run.skip_downstream_trigger && run.published_at.is_none());
+    }
+    assert_eq!(env.status("summary", days[0]).await, None, "no cascade");
+}
