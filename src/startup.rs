@@ -108,23 +108,21 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
         Store::Sqlite(db) => (Arc::new(db.clone()), Arc::new(db.clone())),
         Store::BigQuery(bq) => (Arc::new(bq.clone()), Arc::new(bq.clone())),
     };
-    let (publisher, bus, pubsub): (
-        Arc<dyn Publisher>,
-        Option<Arc<InProcessBus>>,
-        Option<Arc<PubSubBus>>,
-    ) = match config.bus.kind {
-        BusKind::InProcess => {
-            let bus = InProcessBus::new(config.clone());
-            (Arc::new(bus.clone()), Some(bus), None)
-        }
-        BusKind::Pubsub => {
-            let ps = Arc::new(
+    let (bus, pubsub) = match config.bus.kind {
+        BusKind::InProcess => (Some(InProcessBus::new(config.clone())), None),
+        BusKind::Pubsub => (
+            None,
+            Some(Arc::new(
                 PubSubBus::connect(&config.bus)
                     .await
                     .map_err(StartupError::Backend)?,
-            );
-            (ps.clone(), None, Some(ps))
-        }
+            )),
+        ),
+    };
+    let publisher: Arc<dyn Publisher> = match (&bus, &pubsub) {
+        (Some(b), _) => Arc::new(b.clone()),
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(StartupError::Backend("no bus configured".into())),
     };
     // The embedded ledger creates itself; on BigQuery, Terraform (or `phasegate init`) owns
     // the dataset and table, and a worker needs no rights to create them.
