@@ -18,11 +18,10 @@ ensure_venv() {
   if [[ -x "$VENV/bin/bqemulator" && -f "$VENV/.phasegate-ready" ]]; then
     return
   fi
-  echo "== creating $VENV (bqemulator, checkov, python-hcl2)"
+  echo "== creating $VENV (bqemulator)"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    bqemulator==1.4.0 duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions numpy \
-    python-hcl2==7.3.1
+    bqemulator==1.4.0 duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions numpy
   # Offline, bqemulator refuses to start unless the spatial extension is installed.
   "$VENV/bin/python" -c "from duckdb_extensions import import_extension; import_extension('spatial')"
   touch "$VENV/.phasegate-ready"
