@@ -332,11 +332,7 @@ impl DateRunner for InProcessRunner {
         };
         Ok(match self.worker.run_phase(&req).await? {
             PhaseOutcome::Done { runs, .. } => DateResult::Succeeded {
-                status: if runs.iter().all(|r| r.status == RunStatus::NoData) {
-                    RunStatus::NoData
-                } else {
-                    RunStatus::Success
-                },
+                status: RunStatus::of_done_phase(runs.iter().map(|r| r.status)),
             },
             other => DateResult::Failed {
                 status: other.label().to_string(),

@@ -113,12 +113,9 @@ impl DateRunner for PubSubRunner {
                         statuses.push(run.status);
                     }
                 }
-                let status = if statuses.iter().all(|s| *s == RunStatus::NoData) {
-                    RunStatus::NoData
-                } else {
-                    RunStatus::Success
-                };
-                return Ok(DateResult::Succeeded { status });
+                return Ok(DateResult::Succeeded {
+                    status: RunStatus::of_done_phase(statuses),
+                });
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(DateResult::Failed {

@@ -45,6 +45,16 @@ impl RunStatus {
         })
     }
 
+    /// The status of a finished phase: `no_data` when every processor had no data, else
+    /// `success`.
+    pub fn of_done_phase(statuses: impl IntoIterator<Item = RunStatus>) -> RunStatus {
+        if statuses.into_iter().all(|s| s == RunStatus::NoData) {
+            RunStatus::NoData
+        } else {
+            RunStatus::Success
+        }
+    }
+
     /// `success` and `no_data` mean the date is done.
     pub fn is_done(&self) -> bool {
         matches!(self, RunStatus::Success | RunStatus::NoData)

@@ -475,11 +475,7 @@ impl Worker {
         date: NaiveDate,
         runs: &[RunRecord],
     ) -> Result<String, PublishError> {
-        let status = if runs.iter().all(|r| r.status == RunStatus::NoData) {
-            RunStatus::NoData
-        } else {
-            RunStatus::Success
-        };
+        let status = RunStatus::of_done_phase(runs.iter().map(|r| r.status));
         let event = CompletionEvent {
             phase: phase.name.clone(),
             processors: runs.iter().map(|r| r.processor.clone()).collect(),

@@ -85,63 +85,69 @@ where
     }
 }
 
-#[tokio::test]
-#[ignore = "needs the Pub/Sub and BigQuery emulators: scripts/emulators.sh"]
-async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
-    assert_eq!(
-        common::backend(),
-        Backend::BigQuery,
-        "run with PHASEGATE_TEST_BACKEND=bigquery"
-    );
-    let pubsub_host = emulator("PUBSUB_EMULATOR_HOST");
-    let project =
-        std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
-    // Unique topics per run: the emulator keeps state for its whole life.
-    let prefix = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let pipeline = PIPELINE
-        .replace("{MODE}", "strict")
-        .replace("\"test-", &format!("\"{prefix}-"))
-        .replace(
-            "[bus]\n",
-            &format!(
-                "[bus]\nkind = \"pubsub\"\nproject = {project:?}\nemulator_host = {pubsub_host:?}\n"
-            ),
-        );
-    let env = TestEnv::with_pipeline(&pipeline).await;
-    let config = env.app.config.clone();
-    // Day 2 is the blocked-then-fixed date, day 3 the duplicate, day 4 (a week later, out of
-    // every other day's look-back) the skip-flagged one.
-    let days = [
-        d("2024-03-01"),
-        d("2024-03-02"),
-        d("2024-03-03"),
-        d("2024-03-10"),
-    ];
-    env.season(&days).await;
+/// A test pipeline on both emulators, with worker processes behind push subscriptions.
+struct Cloud {
+    env: TestEnv,
+    bus_config: BusConfig,
+    admin: PubSubAdmin,
+    prefix: String,
+    workers: Workers,
+}
 
-    // One worker process per phase, each with a push subscription from its input topic.
-    let bus_config = BusConfig {
-        kind: phasegate::config::BusKind::Pubsub,
-        project: Some(project.clone()),
-        emulator_host: Some(pubsub_host.clone()),
-        ..BusConfig::default()
-    };
-    let admin = PubSubAdmin::connect(&bus_config).await.expect("admin");
-    let mut workers = Workers(Vec::new());
-    for phase in &config.phases {
+impl Cloud {
+    async fn new(tag: &str) -> Cloud {
+        assert_eq!(
+            common::backend(),
+            Backend::BigQuery,
+            "run with PHASEGATE_TEST_BACKEND=bigquery"
+        );
+        let pubsub_host = emulator("PUBSUB_EMULATOR_HOST");
+        let project =
+            std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
+        // Unique topics per run: the emulator keeps state for its whole life.
+        let prefix = format!("{tag}{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let pipeline = PIPELINE
+            .replace("{MODE}", "strict")
+            .replace("\"test-", &format!("\"{prefix}-"))
+            .replace(
+                "[bus]\n",
+                &format!(
+                    "[bus]\nkind = \"pubsub\"\nproject = {project:?}\nemulator_host = {pubsub_host:?}\n"
+                ),
+            );
+        let env = TestEnv::with_pipeline(&pipeline).await;
+        let bus_config = BusConfig {
+            kind: phasegate::config::BusKind::Pubsub,
+            project: Some(project),
+            emulator_host: Some(pubsub_host),
+            ..BusConfig::default()
+        };
+        let admin = PubSubAdmin::connect(&bus_config).await.expect("admin");
+        Cloud {
+            env,
+            bus_config,
+            admin,
+            prefix,
+            workers: Workers(Vec::new()),
+        }
+    }
+
+    /// `phasegate serve --phase P` on a free port, with a push subscription from the
+    /// phase's input topic to its `/push`.
+    async fn start_worker(&mut self, phase: &str) {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_phasegate"))
             .arg("--config")
-            .arg(env.config_path())
-            .args(["serve", "--phase", &phase.name])
+            .arg(self.env.config_path())
+            .args(["serve", "--phase", phase])
             .env("PORT", port.to_string())
             .stdout(Stdio::null())
-            .stderr(log_file(&env, &phase.name))
+            .stderr(log_file(&self.env, phase))
             .spawn()
             .expect("spawn worker");
-        workers.0.push(child);
+        self.workers.0.push(child);
         let base = format!("http://127.0.0.1:{port}");
-        eventually(&env, &format!("worker {} up", phase.name), 30, || {
+        eventually(&self.env, &format!("worker {phase} up"), 30, || {
             let url = format!("{base}/healthz");
             async move {
                 reqwest::get(url)
@@ -150,17 +156,47 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
             }
         })
         .await;
-        admin
+        let input = self
+            .env
+            .app
+            .config
+            .phase(phase)
+            .map(|p| p.input().to_string())
+            .expect("phase");
+        self.admin
             .ensure_push_subscription(
-                &format!("{prefix}-{}-push", phase.name),
-                phase.input(),
+                &format!("{}-{phase}-push", self.prefix),
+                &input,
                 &format!("{base}/push"),
                 60,
             )
             .await
             .expect("push subscription");
     }
-    let bus = PubSubBus::connect(&bus_config).await.expect("publisher");
+}
+
+#[tokio::test]
+#[ignore = "needs the Pub/Sub and BigQuery emulators: scripts/emulators.sh"]
+async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
+    let mut cloud = Cloud::new("e2e").await;
+    let config = cloud.env.app.config.clone();
+    // Day 2 is the blocked-then-fixed date, day 3 the duplicate, day 4 (a week later, out of
+    // every other day's look-back) the skip-flagged one.
+    let days = [
+        d("2024-03-01"),
+        d("2024-03-02"),
+        d("2024-03-03"),
+        d("2024-03-10"),
+    ];
+    cloud.env.season(&days).await;
+    // One worker process per phase, each with a push subscription from its input topic.
+    for phase in &config.phases {
+        cloud.start_worker(&phase.name).await;
+    }
+    let env = &cloud.env;
+    let bus = PubSubBus::connect(&cloud.bus_config)
+        .await
+        .expect("publisher");
     let trigger_topic = config.phases[0].input().to_string();
     let trigger = |date: NaiveDate, skip: bool| {
         let mut attrs = BTreeMap::from([("data_date".to_string(), date.to_string())]);
@@ -179,7 +215,7 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
     bus.publish(&trigger_topic, &data, attrs)
         .await
         .expect("publish");
-    eventually(&env, "all four phases for day 1", 90, || async {
+    eventually(env, "all four phases for day 1", 90, || async {
         status("preds", days[0]).await == Some(RunStatus::Success)
     })
     .await;
@@ -223,7 +259,7 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
     .await
     .expect("publish");
     let _ = data;
-    eventually(&env, "analytics blocked on day 2", 60, || async {
+    eventually(env, "analytics blocked on day 2", 60, || async {
         status("summary", days[1]).await == Some(RunStatus::Blocked)
     })
     .await;
@@ -248,7 +284,7 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
         String::from_utf8_lossy(&out.stdout)
     );
     eventually(
-        &env,
+        env,
         "the redelivered message succeeds and cascades",
         90,
         || async { status("preds", days[1]).await == Some(RunStatus::Success) },
@@ -268,7 +304,7 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
             .await
             .expect("publish");
     }
-    eventually(&env, "day 3 through every phase", 90, || async {
+    eventually(env, "day 3 through every phase", 90, || async {
         status("preds", days[2]).await == Some(RunStatus::Success)
     })
     .await;
@@ -282,7 +318,7 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
     bus.publish(&trigger_topic, &data, attrs)
         .await
         .expect("publish");
-    eventually(&env, "raw for day 4", 60, || async {
+    eventually(env, "raw for day 4", 60, || async {
         status("ingest", days[3]).await == Some(RunStatus::Success)
     })
     .await;
@@ -296,74 +332,17 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
         env.latest("ingest", days[3]).await.unwrap().published_at,
         None
     );
-
-    drop(workers);
 }
 
 #[tokio::test]
 #[ignore = "needs the Pub/Sub and BigQuery emulators: scripts/emulators.sh"]
 async fn backfill_via_pubsub_follows_the_ledger_and_never_cascades() {
-    assert_eq!(
-        common::backend(),
-        Backend::BigQuery,
-        "run with PHASEGATE_TEST_BACKEND=bigquery"
-    );
-    let pubsub_host = emulator("PUBSUB_EMULATOR_HOST");
-    let project =
-        std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
-    let prefix = format!("bf{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let pipeline = PIPELINE
-        .replace("{MODE}", "strict")
-        .replace("\"test-", &format!("\"{prefix}-"))
-        .replace(
-            "[bus]\n",
-            &format!(
-                "[bus]\nkind = \"pubsub\"\nproject = {project:?}\nemulator_host = {pubsub_host:?}\n"
-            ),
-        );
-    let env = TestEnv::with_pipeline(&pipeline).await;
+    let mut cloud = Cloud::new("bf").await;
     let days = [d("2024-04-01"), d("2024-04-02"), d("2024-04-03")];
-    env.season(&days).await;
-    env.lose_feed(days[2]).await;
-    let config = env.app.config.clone();
-    let bus_config = BusConfig {
-        kind: phasegate::config::BusKind::Pubsub,
-        project: Some(project),
-        emulator_host: Some(pubsub_host),
-        ..BusConfig::default()
-    };
-    let admin = PubSubAdmin::connect(&bus_config).await.expect("admin");
-    let port = free_port();
-    let _workers = Workers(vec![
-        Command::new(env!("CARGO_BIN_EXE_phasegate"))
-            .arg("--config")
-            .arg(env.config_path())
-            .args(["serve", "--phase", "raw"])
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(log_file(&env, "raw"))
-            .spawn()
-            .expect("spawn worker"),
-    ]);
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(&env, "worker up", 30, || {
-        let url = format!("{base}/healthz");
-        async move {
-            reqwest::get(url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await;
-    admin
-        .ensure_push_subscription(
-            &format!("{prefix}-raw-push"),
-            config.phases[0].input(),
-            &format!("{base}/push"),
-            60,
-        )
-        .await
-        .expect("subscription");
+    cloud.env.season(&days).await;
+    cloud.env.lose_feed(days[2]).await;
+    cloud.start_worker("raw").await;
+    let env = &cloud.env;
 
     let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
         .arg("--config")

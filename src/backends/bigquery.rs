@@ -23,6 +23,7 @@ use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::dataset::Dataset;
 use gcp_bigquery_client::model::dataset_reference::DatasetReference;
+use gcp_bigquery_client::model::error_proto::ErrorProto;
 use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
 use gcp_bigquery_client::model::query_parameter::QueryParameter;
 use gcp_bigquery_client::model::query_parameter_type::QueryParameterType;
@@ -139,6 +140,18 @@ fn parse_bq_ts(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("bad timestamp {s}"))
 }
 
+/// A query job's errors as one message.
+fn job_errors(errors: Option<Vec<ErrorProto>>) -> Result<(), String> {
+    match errors.filter(|e| !e.is_empty()) {
+        None => Ok(()),
+        Some(errors) => Err(errors
+            .iter()
+            .map(|e| e.message.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("; ")),
+    }
+}
+
 fn parse_bool(s: Option<&String>) -> bool {
     s.is_some_and(|v| v == "true")
 }
@@ -225,13 +238,7 @@ impl BigQuery {
             .when(|e: &BQError| matches!(e, BQError::RequestError(r) if r.is_connect() || r.is_request()))
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
-            return Err(errors
-                .iter()
-                .map(|e| e.message.clone().unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join("; "));
-        }
+        job_errors(resp.errors)?;
         let mut rows: Vec<Row> = resp
             .rows
             .unwrap_or_default()
@@ -264,13 +271,7 @@ impl BigQuery {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(errors) = page.errors.filter(|e| !e.is_empty()) {
-                return Err(errors
-                    .iter()
-                    .map(|e| e.message.clone().unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("; "));
-            }
+            job_errors(page.errors)?;
             complete = page.job_complete.unwrap_or(true);
             if complete {
                 rows.extend(page.rows.unwrap_or_default().into_iter().map(cells));
