@@ -8,11 +8,12 @@ use std::process::{Command, Output};
 use common::{PIPELINE, TestEnv, d, dates};
 use phasegate::ledger::RunStatus;
 
-fn phasegate(env: &TestEnv, args: &[&str]) -> Output {
+/// Run `phasegate --config <env's config> <command line>` (arguments split on spaces).
+fn phasegate(env: &TestEnv, command_line: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_phasegate"))
         .arg("--config")
         .arg(env.config_path())
-        .args(args)
+        .args(command_line.split_whitespace())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run phasegate")
@@ -43,17 +44,7 @@ async fn the_stop_policy_halts_at_the_first_failure() {
     let (env, days) = season_with_lost_feed(5, "2024-01-03").await;
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-05",
-            "--error-policy",
-            "stop",
-        ],
+        "backfill --phase raw --from 2024-01-01 --to 2024-01-05 --error-policy stop",
     );
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
@@ -93,19 +84,7 @@ async fn the_continue_policy_runs_every_date() {
     let (env, days) = season_with_lost_feed(5, "2024-01-03").await;
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-05",
-            "--error-policy",
-            "continue",
-            "--parallel",
-            "3",
-        ],
+        "backfill --phase raw --from 2024-01-01 --to 2024-01-05 --error-policy continue --parallel 3",
     );
     assert_eq!(out.status.code(), Some(1));
     for (i, day) in days.iter().enumerate() {
@@ -141,35 +120,15 @@ async fn skip_dependents_skips_exactly_the_dates_that_look_back_over_a_failure()
     for phase in ["raw", "analytics"] {
         let out = phasegate(
             &env,
-            &[
-                "backfill",
-                "--phase",
-                phase,
-                "--from",
-                "2024-01-01",
-                "--to",
-                "2024-01-10",
-                "--error-policy",
-                "continue",
-            ],
+            &format!(
+                "backfill --phase {phase} --from 2024-01-01 --to 2024-01-10 --error-policy continue"
+            ),
         );
         assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     }
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "precompute",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-10",
-            "--error-policy",
-            "skip-dependents",
-            "--parallel",
-            "4",
-        ],
+        "backfill --phase precompute --from 2024-01-01 --to 2024-01-10 --error-policy skip-dependents --parallel 4",
     );
     assert_eq!(out.status.code(), Some(1));
     let report = stdout(&out);
@@ -209,17 +168,7 @@ async fn resume_skips_done_dates_and_a_printed_retry_command_repairs_its_date() 
     let (env, days) = season_with_lost_feed(4, "2024-01-02").await;
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-04",
-            "--error-policy",
-            "continue",
-        ],
+        "backfill --phase raw --from 2024-01-01 --to 2024-01-04 --error-policy continue",
     );
     let text = stdout(&out);
     let retries = retry_commands(&text);
@@ -242,15 +191,7 @@ async fn resume_skips_done_dates_and_a_printed_retry_command_repairs_its_date() 
     // Resume over the whole range: nothing left to do, nothing re-run.
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-04",
-        ],
+        "backfill --phase raw --from 2024-01-01 --to 2024-01-04",
     );
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("0 succeeded, 0 no data, 0 failed, 0 skipped, 4 already done"));
@@ -261,16 +202,7 @@ async fn resume_skips_done_dates_and_a_printed_retry_command_repairs_its_date() 
     // --force runs them again.
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-01",
-            "--force",
-        ],
+        "backfill --phase raw --from 2024-01-01 --to 2024-01-01 --force",
     );
     assert_eq!(out.status.code(), Some(0));
     assert_ne!(
@@ -287,18 +219,7 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
         .await;
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-03",
-            "--dry-run",
-            "--output",
-            "json",
-        ],
+        "backfill --phase raw --from 2024-01-01 --to 2024-01-03 --dry-run --output json",
     );
     assert_eq!(out.status.code(), Some(0));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json plan");
@@ -330,30 +251,9 @@ async fn verify_finds_gaps_and_passes_on_complete_data() {
     env.lose_feed(d("2024-01-05")).await;
     phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-06",
-            "--error-policy",
-            "continue",
-        ],
+        "backfill --phase raw --from 2024-01-01 --to 2024-01-06 --error-policy continue",
     );
-    let out = phasegate(
-        &env,
-        &[
-            "verify",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-06",
-        ],
-    );
+    let out = phasegate(&env, "verify --phase raw --from 2024-01-01 --to 2024-01-06");
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(
@@ -363,17 +263,7 @@ async fn verify_finds_gaps_and_passes_on_complete_data() {
     assert!(text.contains("1 MISSING: 2024-01-05"), "{text}");
     let csv = stdout(&phasegate(
         &env,
-        &[
-            "verify",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-06",
-            "--output",
-            "csv",
-        ],
+        "verify --phase raw --from 2024-01-01 --to 2024-01-06 --output csv",
     ));
     assert_eq!(
         csv,
@@ -383,29 +273,11 @@ async fn verify_finds_gaps_and_passes_on_complete_data() {
     env.restore_feed(d("2024-01-05")).await;
     phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-05",
-            "--to",
-            "2024-01-05",
-        ],
+        "backfill --phase raw --from 2024-01-05 --to 2024-01-05",
     );
     let out = phasegate(
         &env,
-        &[
-            "verify",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-06",
-            "--output",
-            "json",
-        ],
+        "verify --phase raw --from 2024-01-01 --to 2024-01-06 --output json",
     );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -420,17 +292,7 @@ async fn the_full_workflow_backfills_every_phase_over_three_days() {
     env.season(&days).await;
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--all",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-03",
-            "--yes",
-            "--parallel",
-            "2",
-        ],
+        "backfill --all --from 2024-01-01 --to 2024-01-03 --yes --parallel 2",
     );
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
@@ -452,17 +314,7 @@ async fn the_workflow_stops_before_a_phase_whose_upstream_is_incomplete() {
     let (env, _) = season_with_lost_feed(3, "2024-01-02").await;
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--all",
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-01-03",
-            "--yes",
-            "--error-policy",
-            "continue",
-        ],
+        "backfill --all --from 2024-01-01 --to 2024-01-03 --yes --error-policy continue",
     );
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
@@ -477,53 +329,21 @@ async fn the_workflow_stops_before_a_phase_whose_upstream_is_incomplete() {
 #[tokio::test]
 async fn usage_errors_exit_2_with_the_reason() {
     let env = TestEnv::new("strict").await;
-    let cases: [(&[&str], &str); 4] = [
+    let cases = [
         (
-            &[
-                "backfill",
-                "--all",
-                "--from",
-                "2024-01-01",
-                "--to",
-                "2024-01-02",
-            ],
+            "backfill --all --from 2024-01-01 --to 2024-01-02",
             "pass --yes",
         ),
         (
-            &[
-                "backfill",
-                "--phase",
-                "raw",
-                "--from",
-                "2024-01-01",
-                "--to",
-                "2024-01-02",
-                "--via-pubsub",
-            ],
+            "backfill --phase raw --from 2024-01-01 --to 2024-01-02 --via-pubsub",
             "needs the Pub/Sub bus",
         ),
         (
-            &[
-                "backfill",
-                "--phase",
-                "raw",
-                "--from",
-                "2024-01-05",
-                "--to",
-                "2024-01-02",
-            ],
+            "backfill --phase raw --from 2024-01-05 --to 2024-01-02",
             "is after --to",
         ),
         (
-            &[
-                "backfill",
-                "--phase",
-                "nope",
-                "--from",
-                "2024-01-01",
-                "--to",
-                "2024-01-02",
-            ],
+            "backfill --phase nope --from 2024-01-01 --to 2024-01-02",
             "no phase `nope`",
         ),
     ];
@@ -535,15 +355,7 @@ async fn usage_errors_exit_2_with_the_reason() {
     }
     let out = phasegate(
         &env,
-        &[
-            "backfill",
-            "--phase",
-            "raw",
-            "--from",
-            "2024-13-01",
-            "--to",
-            "2024-01-02",
-        ],
+        "backfill --phase raw --from 2024-13-01 --to 2024-01-02",
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
