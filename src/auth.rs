@@ -57,12 +57,15 @@ impl PushAuth {
         }
         let audience = config.audience.clone().ok_or(AuthConfigError {
             key: "audience",
-            message: "oidc mode needs the push subscription's audience",
+            message: "push authentication (oidc, the default) needs the push subscription's \
+                      audience (PHASEGATE_AUTH_AUDIENCE); to run without authentication set \
+                      auth.mode = \"disabled\" explicitly",
         })?;
         if config.allowed_emails.is_empty() {
             return Err(AuthConfigError {
                 key: "allowed_emails",
-                message: "oidc mode needs at least one allowed service-account email",
+                message: "push authentication (oidc) needs at least one allowed service-account \
+                          email (PHASEGATE_AUTH_ALLOWED_EMAILS)",
             });
         }
         let mut builder = Builder::new([audience]);

@@ -197,14 +197,15 @@ fn default_stale_running_secs() -> u64 {
     900
 }
 
-/// How pushes are authenticated.
+/// How pushes are authenticated. On by default: turning it off takes an explicit
+/// `auth.mode = "disabled"` (or `PHASEGATE_AUTH_MODE=disabled`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     /// No authentication: only for the embedded default and local emulators.
-    #[default]
     Disabled,
     /// Verify the OIDC bearer token Pub/Sub attaches to every push.
+    #[default]
     Oidc,
 }
 

@@ -85,3 +85,24 @@ async fn serve_handles_a_push_and_shuts_down_gracefully_on_sigterm() {
         "the start-up warning is logged: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_auth_settings_unless_disabled_explicitly() {
+    let env = TestEnv::new("strict").await;
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let path = env.dir.path().join("no-auth.toml");
+    std::fs::write(&path, text.replace("[auth]\nmode = \"disabled\"\n", "")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(&path)
+        .args(["serve", "--phase", "raw"])
+        .env("PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auth.audience") && err.contains("auth.mode = \"disabled\""),
+        "{err}"
+    );
+}

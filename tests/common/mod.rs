@@ -22,6 +22,9 @@ name = "test"
 max_delivery_attempts = 2
 retry_backoff_ms = 1
 
+[auth]
+mode = "disabled"
+
 [references.schedule]
 table = "schedule"
 date_column = "game_date"
