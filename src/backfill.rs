@@ -145,6 +145,9 @@ pub struct BackfillReport {
     pub skipped: usize,
     pub already_done: usize,
     pub dates: Vec<DateReport>,
+    /// One command for every date not done (finished dates in between are skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_all: Option<String>,
 }
 
 impl BackfillReport {
@@ -291,7 +294,9 @@ impl Progress {
     fn done(&self, phase: &str, date: NaiveDate, line: &str) {
         match &self.bar {
             Some(bar) => {
-                bar.set_message(format!("{date} {line}"));
+                // The bar shows the outcome word only; the summary has the reasons.
+                let word = line.split(':').next().unwrap_or(line);
+                bar.set_message(format!("{date} {word}"));
                 bar.inc(1);
             }
             None if self.lines => eprintln!("{phase} {date} {line}"),
@@ -342,12 +347,12 @@ impl DateRunner for InProcessRunner {
     }
 }
 
-/// Run a plan. `retry` renders the command that retries one date.
+/// Run a plan. `retry` renders the command that retries a range of dates.
 pub async fn execute(
     runner: std::sync::Arc<dyn DateRunner>,
     plan: &Plan,
     progress: &Progress,
-    retry: &dyn Fn(&str, NaiveDate) -> String,
+    retry: &dyn Fn(&str, NaiveDate, NaiveDate) -> String,
 ) -> Result<BackfillReport, WorkerError> {
     let lookback = plan.lookback_days;
     let mut results: BTreeMap<NaiveDate, DateResult> = BTreeMap::new();
@@ -433,6 +438,7 @@ pub async fn execute(
         skipped: 0,
         already_done: 0,
         dates: Vec::new(),
+        retry_all: None,
     };
     for (date, result) in results {
         match &result {
@@ -444,12 +450,22 @@ pub async fn execute(
             DateResult::AlreadyDone { .. } => report.already_done += 1,
             DateResult::SkippedDependent { .. } | DateResult::NotRun { .. } => report.skipped += 1,
         }
-        let retry = result.needs_retry().then(|| retry(&plan.phase, date));
+        let retry = result.needs_retry().then(|| retry(&plan.phase, date, date));
         report.dates.push(DateReport {
             date,
             result,
             retry,
         });
+    }
+    let not_done: Vec<NaiveDate> = report
+        .dates
+        .iter()
+        .filter(|d| d.retry.is_some())
+        .map(|d| d.date)
+        .collect();
+    if let (Some(first), Some(last), true) = (not_done.first(), not_done.last(), not_done.len() > 1)
+    {
+        report.retry_all = Some(retry(&plan.phase, *first, *last));
     }
     Ok(report)
 }
@@ -487,15 +503,21 @@ impl BackfillReport {
                 let _ = writeln!(out, "      retry: {cmd}");
             }
         }
+        if let Some(cmd) = &self.retry_all {
+            let _ = writeln!(
+                out,
+                "\nRetry all of them at once (done dates are skipped):\n  {cmd}"
+            );
+        }
         out
     }
 }
 
-/// `phasegate --config CFG backfill --phase P --from D --to D` for one date.
-pub fn retry_command(config_path: &Path, phase: &str, date: NaiveDate) -> String {
+/// `phasegate --config CFG backfill --phase P --from D --to D`.
+pub fn retry_command(config_path: &Path, phase: &str, from: NaiveDate, to: NaiveDate) -> String {
     let path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     format!(
-        "phasegate --config {} backfill --phase {phase} --from {date} --to {date}",
+        "phasegate --config {} backfill --phase {phase} --from {from} --to {to}",
         shell_quote(&path.display().to_string())
     )
 }
@@ -539,7 +561,7 @@ pub async fn run_phase(
     opts: &BackfillOptions,
     executor: Executor,
     progress: &dyn Fn(usize, &str) -> Progress,
-    retry: &dyn Fn(&str, NaiveDate) -> String,
+    retry: &dyn Fn(&str, NaiveDate, NaiveDate) -> String,
 ) -> anyhow::Result<BackfillReport> {
     let plan = plan(&app.worker, opts).await?;
     let to_run = plan
@@ -568,7 +590,7 @@ pub async fn run_all(
     template: &BackfillOptions,
     executor: Executor,
     progress: &dyn Fn(usize, &str) -> Progress,
-    retry: &dyn Fn(&str, NaiveDate) -> String,
+    retry: &dyn Fn(&str, NaiveDate, NaiveDate) -> String,
     on_phase: &mut dyn FnMut(&BackfillReport, Option<&crate::verify::Verification>),
 ) -> anyhow::Result<WorkflowReport> {
     let mut phases = Vec::new();

@@ -175,7 +175,7 @@ pub async fn run(db: &Path, season_days: u32) -> anyhow::Result<ExitCode> {
         &template,
         crate::backfill::Executor::InProcess,
         &|_, _| crate::backfill::Progress::hidden(),
-        &|phase, date| format!("phasegate backfill --phase {phase} --from {date} --to {date}"),
+        &|phase, from, to| format!("phasegate backfill --phase {phase} --from {from} --to {to}"),
         &mut |report, verification| {
             print!("   {}", report.render().lines().next().unwrap_or_default());
             match verification {

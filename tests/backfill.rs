@@ -72,6 +72,29 @@ async fn the_stop_policy_halts_at_the_first_failure() {
         3,
         "one retry command per date not done: {text}"
     );
+    // One command retries them all; run as printed after the fix, it finishes the range.
+    let all = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Retry all of them at once"))
+        .nth(1)
+        .expect("a retry-all command")
+        .trim()
+        .to_string();
+    assert!(all.ends_with("--from 2024-01-03 --to 2024-01-05"), "{all}");
+    env.restore_feed(days[2]).await;
+    let words: Vec<&str> = all.split_whitespace().collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .args(&words[1..])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    for day in &days {
+        assert_eq!(
+            env.status("ingest", *day).await,
+            Some(RunStatus::Success),
+            "{day}"
+        );
+    }
     // A backfill never cascades.
     let run = env.latest("ingest", days[0]).await.unwrap();
     assert!(run.skip_downstream_trigger);

@@ -65,7 +65,7 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
         Executor::InProcess
     };
     let config_path = app.config.source.clone();
-    let retry = move |phase: &str, date| retry_command(&config_path, phase, date);
+    let retry = move |phase: &str, from, to| retry_command(&config_path, phase, from, to);
     let progress = |len: usize, phase: &str| {
         if json {
             Progress::hidden()
