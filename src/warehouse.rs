@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use crate::config::{EntityCompleteness, Reference};
+use crate::config::{EntityCompleteness, Reference, WindowKind};
 
 #[derive(Debug, thiserror::Error)]
 #[error("warehouse: {0}")]
@@ -64,4 +64,17 @@ pub trait Warehouse: Send + Sync {
         reference: &Reference,
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError>;
+}
+
+/// An entity-completeness window ending the day before `date`: its first date and how many of
+/// each entity's latest reference dates it keeps (every backend's query binds these two).
+pub fn entity_window(spec: &EntityCompleteness, date: NaiveDate) -> (NaiveDate, i64) {
+    let season = spec.season_start.unwrap_or_else(crate::dates::earliest);
+    match spec.window {
+        WindowKind::Games => (season, i64::from(spec.lookback)),
+        WindowKind::Days => (
+            crate::dates::minus_days(date, spec.lookback).max(season),
+            i64::MAX,
+        ),
+    }
 }

@@ -638,7 +638,7 @@ impl Warehouse for BigQuery {
                 reference.table
             )));
         };
-        let (floor, max_games) = crate::backends::sqlite::window_bounds(spec, date);
+        let (floor, max_games) = crate::warehouse::entity_window(spec, date);
         let sql = format!(
             "WITH ref AS (
                 SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}

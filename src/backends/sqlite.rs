@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::config::{EntityCompleteness, Reference, WindowKind};
+use crate::config::{EntityCompleteness, Reference};
 use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus, TriggerKind};
 use crate::warehouse::{DatePresence, EntityCount, Warehouse, WarehouseError};
 
@@ -398,7 +398,7 @@ impl Warehouse for Sqlite {
                 reference.table
             )));
         };
-        let (floor, max_games) = window_bounds(spec, date);
+        let (floor, max_games) = crate::warehouse::entity_window(spec, date);
         let sql = format!(
             "WITH ref AS (
                 SELECT DISTINCT CAST({re} AS TEXT) AS entity, {rd} AS d FROM {rt}
@@ -440,17 +440,5 @@ impl Warehouse for Sqlite {
         })
         .await
         .map_err(WarehouseError)
-    }
-}
-
-/// The window's first date and how many of each entity's latest games it keeps.
-pub(crate) fn window_bounds(spec: &EntityCompleteness, date: NaiveDate) -> (NaiveDate, i64) {
-    let season = spec.season_start.unwrap_or_else(crate::dates::earliest);
-    match spec.window {
-        WindowKind::Games => (season, i64::from(spec.lookback)),
-        WindowKind::Days => (
-            crate::dates::minus_days(date, spec.lookback).max(season),
-            i64::MAX,
-        ),
     }
 }

@@ -241,11 +241,12 @@ async fn check_cmd(
     date: NaiveDate,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
+    require_phase(&config, phase)?;
     let app = build(config).await?;
-    require_phase(&app.config, phase)?;
-    let Some(phase) = app.config.phase(phase) else {
-        return Ok(ExitCode::from(2));
-    };
+    let phase = app
+        .config
+        .phase(phase)
+        .context("phase vanished from the configuration")?;
     let mut reports = Vec::new();
     for p in &phase.processors {
         reports.push(
