@@ -66,15 +66,38 @@ pub trait Warehouse: Send + Sync {
     ) -> Result<Vec<EntityCount>, WarehouseError>;
 }
 
-/// An entity-completeness window ending the day before `date`: its first date and how many of
-/// each entity's latest reference dates it keeps (every backend's query binds these two).
-pub fn entity_window(spec: &EntityCompleteness, date: NaiveDate) -> (NaiveDate, i64) {
+/// An entity-completeness window ending the day before the processed date, as every
+/// backend's query binds it.
+pub struct EntityWindow<'a> {
+    pub entity_column: &'a str,
+    /// The window's first date.
+    pub floor: NaiveDate,
+    /// How many of each entity's latest reference dates it keeps.
+    pub max_dates: i64,
+}
+
+pub fn entity_window<'a>(
+    spec: &EntityCompleteness,
+    reference: &'a Reference,
+    date: NaiveDate,
+) -> Result<EntityWindow<'a>, WarehouseError> {
+    let entity_column = reference.entity_column.as_deref().ok_or_else(|| {
+        WarehouseError(format!(
+            "reference table {} has no entity_column",
+            reference.table
+        ))
+    })?;
     let season = spec.season_start.unwrap_or_else(crate::dates::earliest);
-    match spec.window {
+    let (floor, max_dates) = match spec.window {
         WindowKind::Games => (season, i64::from(spec.lookback)),
         WindowKind::Days => (
             crate::dates::minus_days(date, spec.lookback).max(season),
             i64::MAX,
         ),
-    }
+    };
+    Ok(EntityWindow {
+        entity_column,
+        floor,
+        max_dates,
+    })
 }

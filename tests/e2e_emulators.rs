@@ -234,22 +234,18 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
 
     // 2. A strict gate blocks (nack, the emulator redelivers) and the same message succeeds
     //    on a later delivery once the upstream run is fixed.
+    let run_raw_day_2 = || {
+        Command::new(env!("CARGO_BIN_EXE_phasegate"))
+            .arg("--config")
+            .arg(env.config_path())
+            .args("run --phase raw --date 2024-03-02 --skip-downstream-trigger".split(' '))
+            .output()
+            .expect("run raw")
+    };
     env.lose_feed(days[1]).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
-        .arg("--config")
-        .arg(env.config_path())
-        .args([
-            "run",
-            "--phase",
-            "raw",
-            "--date",
-            "2024-03-02",
-            "--skip-downstream-trigger",
-        ])
-        .output()
-        .expect("run raw");
+    let out = run_raw_day_2();
     assert_eq!(out.status.code(), Some(1), "raw fails without its feed");
-    let (data, attrs) = trigger(days[1], false);
+    let (_, attrs) = trigger(days[1], false);
     let raw_done_topic = config.phases[0].completion_topic.clone();
     bus.publish(
         &raw_done_topic,
@@ -258,25 +254,12 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
     )
     .await
     .expect("publish");
-    let _ = data;
     eventually(env, "analytics blocked on day 2", 60, || async {
         status("summary", days[1]).await == Some(RunStatus::Blocked)
     })
     .await;
     env.restore_feed(days[1]).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
-        .arg("--config")
-        .arg(env.config_path())
-        .args([
-            "run",
-            "--phase",
-            "raw",
-            "--date",
-            "2024-03-02",
-            "--skip-downstream-trigger",
-        ])
-        .output()
-        .expect("run raw");
+    let out = run_raw_day_2();
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -632,13 +632,8 @@ impl Warehouse for BigQuery {
         reference: &Reference,
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
-        let Some(entity_column) = &reference.entity_column else {
-            return Err(WarehouseError(format!(
-                "reference table {} has no entity_column",
-                reference.table
-            )));
-        };
-        let (floor, max_games) = crate::warehouse::entity_window(spec, date);
+        let window = crate::warehouse::entity_window(spec, reference, date)?;
+        let (floor, max_games) = (window.floor, window.max_dates);
         let sql = format!(
             "WITH ref AS (
                 SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}
@@ -652,7 +647,7 @@ impl Warehouse for BigQuery {
              SELECT e.entity, COUNT(*), COUNT(a.d)
              FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
              GROUP BY e.entity ORDER BY e.entity",
-            re = entity_column,
+            re = window.entity_column,
             rd = reference.date_column,
             rt = self.table(&reference.table),
             ue = spec.upstream_entity_column,
