@@ -195,10 +195,14 @@ pub async fn run(db: &Path, season_days: u32) -> anyhow::Result<ExitCode> {
     let grid = StatusGrid::load(&app.config, app.ledger().as_ref(), spec.start, last).await?;
     print!("{}", grid.totals());
     println!(
-        "\nInspect it yourself:\n  phasegate --config examples/nba/pipeline.toml status --from {} --to {last}   \
-         (with PHASEGATE_SQLITE_PATH={})\n  phasegate check --phase precompute --date {after}\n",
+        "\nInspect it yourself (the ledger and tables are in {db}):\n  \
+         export PHASEGATE_CONFIG=examples/nba/pipeline.toml PHASEGATE_SQLITE_PATH={db}\n  \
+         phasegate status --from {} --to {last}\n  \
+         phasegate check --phase precompute --date {after}\n  \
+         phasegate verify --phase predictions --from {} --to {last}\n",
         spec.start,
-        db.display()
+        spec.start,
+        db = db.display()
     );
     Ok(ExitCode::SUCCESS)
 }
