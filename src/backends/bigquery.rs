@@ -461,16 +461,8 @@ impl Ledger for BigQuery {
         processor: &str,
         date: NaiveDate,
     ) -> Result<Option<RunRecord>, LedgerError> {
-        let runs = self
-            .runs(
-                "processor_name = @p AND data_date = @d",
-                vec![
-                    param("p", "STRING", Some(processor.to_string())),
-                    date_param("d", date),
-                ],
-            )
-            .await?;
-        Ok(runs.into_iter().next())
+        // History is oldest first: the latest run is its last.
+        Ok(self.history(processor, date).await?.pop())
     }
 
     async fn history(
