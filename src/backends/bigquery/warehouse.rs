@@ -1,0 +1,152 @@
+//! The production warehouse: processors' statements and the gate's counting queries on BigQuery.
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+
+use super::{BigQuery, date_param, param, parse_bool};
+use crate::config::{EntityCompleteness, Reference};
+use crate::warehouse::{DatePresence, EntityCount, Warehouse, WarehouseError};
+
+#[async_trait]
+impl Warehouse for BigQuery {
+    async fn run_statements(
+        &self,
+        statements: &[String],
+        date: NaiveDate,
+    ) -> Result<(), WarehouseError> {
+        // One job per statement, in order (a script cannot take parameters on every
+        // backend). Processors are written as idempotent DELETE + INSERT, so a retry after a
+        // failure part-way is safe.
+        for sql in statements {
+            let params = if sql.contains("@data_date") {
+                vec![date_param("data_date", date)]
+            } else {
+                Vec::new()
+            };
+            self.query(&self.expand(sql), params)
+                .await
+                .map_err(WarehouseError)?;
+        }
+        Ok(())
+    }
+
+    async fn count_rows(
+        &self,
+        t: &str,
+        date_column: &str,
+        date: NaiveDate,
+    ) -> Result<u64, WarehouseError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE {date_column} = @d",
+            self.table(t)
+        );
+        let rows = self
+            .query(&sql, vec![date_param("d", date)])
+            .await
+            .map_err(WarehouseError)?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    async fn date_presence(
+        &self,
+        t: &str,
+        date_column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        let expected_cte = match expected {
+            None => {
+                "expected AS (SELECT d FROM UNNEST(GENERATE_DATE_ARRAY(@f, @t)) AS d)".to_string()
+            }
+            Some(r) => format!(
+                "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {c} BETWEEN @f AND @t)",
+                c = r.date_column,
+                t = self.table(&r.table)
+            ),
+        };
+        let sql = format!(
+            "WITH {expected_cte},
+             actual AS (SELECT DISTINCT {date_column} AS d FROM {t} WHERE {date_column} BETWEEN @f AND @t)
+             SELECT CAST(e.d AS STRING), a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
+             ORDER BY e.d",
+            t = self.table(t)
+        );
+        let rows = self
+            .query(&sql, vec![date_param("f", from), date_param("t", to)])
+            .await
+            .map_err(WarehouseError)?;
+        rows.into_iter()
+            .map(|r| {
+                let date = r.first().cloned().flatten().unwrap_or_default();
+                Ok(DatePresence {
+                    date: crate::dates::parse_date(&date)
+                        .map_err(|e| WarehouseError(e.to_string()))?,
+                    present: parse_bool(r.get(1).and_then(Option::as_ref)),
+                })
+            })
+            .collect()
+    }
+
+    async fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        date: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        let window = crate::warehouse::entity_window(spec, reference, date)?;
+        let (floor, max_games) = (window.floor, window.max_dates);
+        let sql = format!(
+            "WITH ref AS (
+                SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}
+                WHERE {rd} < @date AND {rd} >= @floor),
+             ranked AS (
+                SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn FROM ref),
+             expected AS (SELECT entity, d FROM ranked WHERE rn <= @max_games),
+             actual AS (
+                SELECT DISTINCT CAST({ue} AS STRING) AS entity, {ud} AS d FROM {ut}
+                WHERE {ud} < @date AND {ud} >= @floor)
+             SELECT e.entity, COUNT(*), COUNT(a.d)
+             FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
+             GROUP BY e.entity ORDER BY e.entity",
+            re = window.entity_column,
+            rd = reference.date_column,
+            rt = self.table(&reference.table),
+            ue = spec.upstream_entity_column,
+            ud = spec.upstream_date_column,
+            ut = self.table(&spec.upstream_table),
+        );
+        let rows = self
+            .query(
+                &sql,
+                vec![
+                    date_param("date", date),
+                    date_param("floor", floor),
+                    param("max_games", "INT64", Some(max_games.to_string())),
+                ],
+            )
+            .await
+            .map_err(WarehouseError)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let n = |i: usize| {
+                    r.get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0)
+                };
+                EntityCount {
+                    entity: r.first().cloned().flatten().unwrap_or_default(),
+                    expected: n(1),
+                    actual: n(2),
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,157 @@
+//! The embedded warehouse: processors' statements and the gate's counting queries on SQLite.
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use rusqlite::params;
+
+use super::{Sqlite, parse_day};
+use crate::config::{EntityCompleteness, Reference};
+use crate::warehouse::{DatePresence, EntityCount, Warehouse, WarehouseError};
+
+/// `{dataset}` in configured SQL is SQLite's main schema.
+pub(super) fn expand_dataset(sql: &str) -> String {
+    sql.replace(crate::config::DATASET_PLACEHOLDER, "main")
+}
+
+/// Bound as `@data_date` in processor statements.
+const DATA_DATE_PARAM: &str = "@data_date";
+
+#[async_trait]
+impl Warehouse for Sqlite {
+    async fn run_statements(
+        &self,
+        statements: &[String],
+        date: NaiveDate,
+    ) -> Result<(), WarehouseError> {
+        let statements: Vec<String> = statements.iter().map(|s| expand_dataset(s)).collect();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for sql in &statements {
+                let mut stmt = tx.prepare(sql)?;
+                let bound = match stmt.parameter_index(DATA_DATE_PARAM)? {
+                    Some(i) => {
+                        stmt.raw_bind_parameter(i, date.to_string())?;
+                        1
+                    }
+                    None => 0,
+                };
+                if stmt.parameter_count() != bound {
+                    return Err(rusqlite::Error::InvalidParameterName(format!(
+                        "statement uses parameters other than {DATA_DATE_PARAM}: {sql}"
+                    )));
+                }
+                let mut rows = stmt.raw_query();
+                while rows.next()?.is_some() {}
+            }
+            tx.commit()
+        })
+        .await
+        .map_err(WarehouseError)
+    }
+
+    async fn count_rows(
+        &self,
+        table: &str,
+        date_column: &str,
+        date: NaiveDate,
+    ) -> Result<u64, WarehouseError> {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE {date_column} = ?1");
+        self.with(move |c| c.query_row(&sql, params![date.to_string()], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|n| n.max(0) as u64)
+            .map_err(WarehouseError)
+    }
+
+    async fn date_presence(
+        &self,
+        table: &str,
+        date_column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        let expected_cte = match expected {
+            None => "expected(d) AS (SELECT date(:from) UNION ALL \
+                     SELECT date(d, '+1 day') FROM expected WHERE d < date(:to))"
+                .to_string(),
+            Some(r) => format!(
+                "expected(d) AS (SELECT DISTINCT {c} FROM {t} WHERE {c} BETWEEN :from AND :to)",
+                c = r.date_column,
+                t = r.table
+            ),
+        };
+        let sql = format!(
+            "WITH RECURSIVE {expected_cte},
+             actual(d) AS (SELECT DISTINCT {date_column} FROM {table}
+                           WHERE {date_column} BETWEEN :from AND :to)
+             SELECT e.d, a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
+             ORDER BY e.d"
+        );
+        self.with(move |c| {
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(
+                rusqlite::named_params! {":from": from.to_string(), ":to": to.to_string()},
+                |row| {
+                    Ok(DatePresence {
+                        date: parse_day(&row.get::<_, String>(0)?)?,
+                        present: row.get(1)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+        .map_err(WarehouseError)
+    }
+
+    async fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        date: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        let window = crate::warehouse::entity_window(spec, reference, date)?;
+        let (floor, max_games) = (window.floor, window.max_dates);
+        let sql = format!(
+            "WITH ref AS (
+                SELECT DISTINCT CAST({re} AS TEXT) AS entity, {rd} AS d FROM {rt}
+                WHERE {rd} < :date AND {rd} >= :floor),
+             ranked AS (
+                SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn
+                FROM ref),
+             expected AS (SELECT entity, d FROM ranked WHERE rn <= :max_games),
+             actual AS (
+                SELECT DISTINCT CAST({ue} AS TEXT) AS entity, {ud} AS d FROM {ut}
+                WHERE {ud} < :date AND {ud} >= :floor)
+             SELECT e.entity, COUNT(*), COUNT(a.d)
+             FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
+             GROUP BY e.entity ORDER BY e.entity",
+            re = window.entity_column,
+            rd = reference.date_column,
+            rt = reference.table,
+            ue = spec.upstream_entity_column,
+            ud = spec.upstream_date_column,
+            ut = spec.upstream_table,
+        );
+        self.with(move |c| {
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(
+                rusqlite::named_params! {
+                    ":date": date.to_string(),
+                    ":floor": floor.to_string(),
+                    ":max_games": max_games,
+                },
+                |row| {
+                    Ok(EntityCount {
+                        entity: row.get(0)?,
+                        expected: row.get::<_, i64>(1)?.max(0) as u64,
+                        actual: row.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+        .map_err(WarehouseError)
+    }
+}
