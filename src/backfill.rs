@@ -332,6 +332,7 @@ impl DateRunner for InProcessRunner {
             data_date: date,
             trigger: TriggerKind::Backfill,
             message_id: None,
+            delivery_attempt: None,
             skip_downstream: true,
             force: self.force,
         };

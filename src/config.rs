@@ -171,30 +171,92 @@ pub struct ServerConfig {
     /// Listen port; `$PORT` (Cloud Run's convention) overrides it.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// A `running` ledger row older than this is considered abandoned (a crashed worker).
-    #[serde(default = "default_stale_running_secs")]
-    pub stale_running_secs: u64,
-    /// Pause between writing a `running` claim and reading back concurrent claims (see
-    /// README, "Concurrent deliveries"). Default: 0 on SQLite, 250 ms on BigQuery.
-    #[serde(default)]
-    pub claim_settle_ms: Option<u64>,
+    /// Every push (and CLI run of a phase) finishes within this many seconds — gate,
+    /// processors and publication; SQL on SQLite is interrupted at the deadline. Keep it
+    /// below the push subscription's ack deadline (Terraform sets both).
+    #[serde(default = "default_push_deadline_secs")]
+    pub push_deadline_secs: u64,
+    /// How long a claim on a run lasts without renewal: a `running` row whose lease ran
+    /// out is abandoned (its worker crashed or was cut off) and the next delivery takes it
+    /// over. On SQLite the holder renews it every third of the lease (default 15 s); on
+    /// BigQuery nothing renews it (each renewal would be a DML job), so it must outlast the
+    /// push deadline (default: the deadline + 60 s).
+    #[serde(default, alias = "stale_running_secs")]
+    pub run_lease_secs: Option<u64>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             port: default_port(),
-            stale_running_secs: default_stale_running_secs(),
-            claim_settle_ms: None,
+            push_deadline_secs: default_push_deadline_secs(),
+            run_lease_secs: None,
         }
+    }
+}
+
+/// How a backend keeps claims alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasePolicy {
+    pub lease: std::time::Duration,
+    /// Renew the lease this often while the run is in progress (`None`: never).
+    pub renew_every: Option<std::time::Duration>,
+}
+
+impl ServerConfig {
+    /// The claim lease on `backend` (see `run_lease_secs`).
+    pub fn lease_policy(&self, backend: &BackendKind) -> LeasePolicy {
+        use std::time::Duration;
+        match backend {
+            BackendKind::Sqlite => {
+                let lease = Duration::from_secs(self.run_lease_secs.unwrap_or(15));
+                LeasePolicy {
+                    lease,
+                    renew_every: Some(lease / 3),
+                }
+            }
+            BackendKind::Bigquery => LeasePolicy {
+                lease: Duration::from_secs(
+                    self.run_lease_secs
+                        .unwrap_or(self.push_deadline_secs.saturating_add(60)),
+                ),
+                renew_every: None,
+            },
+        }
+    }
+
+    /// Deadline and lease bounds; the error names the key.
+    fn validate(&self, backend: &BackendKind) -> Result<(), (&'static str, String)> {
+        if !(1..=3600).contains(&self.push_deadline_secs) {
+            return Err((
+                "server.push_deadline_secs",
+                "must be between 1 and 3600 (Pub/Sub's ack deadline is at most 600)".into(),
+            ));
+        }
+        let lease = self.lease_policy(backend).lease.as_secs();
+        if lease < 3 {
+            return Err(("server.run_lease_secs", "must be at least 3 seconds".into()));
+        }
+        if *backend == BackendKind::Bigquery && lease <= self.push_deadline_secs {
+            return Err((
+                "server.run_lease_secs",
+                format!(
+                    "on BigQuery claims are not renewed, so the lease ({lease} s) must outlast \
+                     server.push_deadline_secs ({} s): otherwise a run still in progress could \
+                     be taken over",
+                    self.push_deadline_secs
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
 fn default_port() -> u16 {
     8080
 }
-fn default_stale_running_secs() -> u64 {
-    900
+fn default_push_deadline_secs() -> u64 {
+    240
 }
 
 /// How pushes are authenticated. On by default: turning it off takes an explicit
@@ -346,6 +408,10 @@ pub struct Checks {
     pub historical_gaps: Option<HistoricalGaps>,
     #[serde(default)]
     pub entity_completeness: Option<EntityCompleteness>,
+    /// Strict mode: also block when an upstream run it would consume is not
+    /// production-ready (soft mode always records it and marks this run not ready).
+    #[serde(default)]
+    pub require_production_ready: bool,
 }
 
 impl Checks {
@@ -542,6 +608,9 @@ impl Config {
             if let Some(e) = &r.entity_column {
                 check_ident(self, &format!("{key}.entity_column"), e)?;
             }
+        }
+        if let Err((key, message)) = self.server.validate(&self.backend.kind) {
+            return Err(self.invalid(key, message));
         }
         if self.bus.max_delivery_attempts == 0 {
             return Err(self.invalid("bus.max_delivery_attempts", "must be at least 1"));

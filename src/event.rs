@@ -21,12 +21,20 @@ pub struct CompletionEvent {
 }
 
 impl CompletionEvent {
-    /// The message attributes: `data_date` and `phase`, for filtering and routing.
+    /// The message attributes: `data_date` and `phase`, for filtering and routing, and
+    /// `event_id` — the same for every publication of the same runs, so a bus (the durable
+    /// embedded one) or a consumer can drop a repeat.
     pub fn attributes(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("data_date".to_string(), self.data_date.to_string()),
             ("phase".to_string(), self.phase.clone()),
+            ("event_id".to_string(), self.event_id()),
         ])
+    }
+
+    /// `phase/data_date/run ids`: identifies what is announced, not the publication.
+    pub fn event_id(&self) -> String {
+        format!("{}/{}/{}", self.phase, self.data_date, self.run_id)
     }
 
     pub fn to_json(&self) -> serde_json::Value {

@@ -95,10 +95,19 @@ impl TriggerKind {
     }
 }
 
+/// An upstream run a downstream run consumed (lineage).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpstreamRun {
+    pub processor: String,
+    pub run_id: String,
+}
+
 /// One row of `processor_run_history`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
+    /// The pipeline (`pipeline.name`); the ledger scopes every query by it.
+    pub pipeline: String,
     pub processor: String,
     pub phase: String,
     pub data_date: NaiveDate,
@@ -109,12 +118,22 @@ pub struct RunRecord {
     pub errors: Option<String>,
     /// The gate's findings (JSON).
     pub findings: Option<serde_json::Value>,
-    /// False when soft-mode checks found problems.
+    /// False when soft-mode checks found problems or an upstream run it consumed was not
+    /// production-ready.
     pub production_ready: bool,
     pub trigger: TriggerKind,
     pub message_id: Option<String>,
+    /// Pub/Sub's `deliveryAttempt` of the push that made this attempt, when known.
+    pub delivery_attempt: Option<u32>,
     pub skip_downstream_trigger: bool,
     pub published_at: Option<DateTime<Utc>>,
+    /// The upstream runs (latest done run of each upstream processor) this run consumed.
+    #[serde(default)]
+    pub upstream_runs: Vec<UpstreamRun>,
+    /// Until when the delivery that owns this run holds it: a `running` row past its lease
+    /// is abandoned (its worker crashed or lost its connection) and may be taken over; a
+    /// done row with an unpublished event is being published by its owner until then.
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl RunRecord {
@@ -128,7 +147,8 @@ impl RunRecord {
         skip_downstream_trigger: bool,
     ) -> RunRecord {
         RunRecord {
-            run_id: uuid::Uuid::new_v4().to_string(),
+            run_id: uuid::Uuid::now_v7().to_string(),
+            pipeline: String::new(),
             processor: processor.to_string(),
             phase: phase.to_string(),
             data_date,
@@ -141,8 +161,11 @@ impl RunRecord {
             production_ready: true,
             trigger,
             message_id,
+            delivery_attempt: None,
             skip_downstream_trigger,
             published_at: None,
+            upstream_runs: Vec::new(),
+            lease_until: None,
         }
     }
 
@@ -153,20 +176,78 @@ impl RunRecord {
         self.errors = errors;
         self.finished_at = Some(Utc::now());
     }
+
+    /// A `running` row whose lease has run out: its owner is gone.
+    pub fn is_abandoned(&self, now: DateTime<Utc>) -> bool {
+        self.status == RunStatus::Running && self.lease_until.is_none_or(|l| l < now)
+    }
+
+    /// Still held by the delivery that made it (running, or publishing its event).
+    pub fn lease_alive(&self, now: DateTime<Utc>) -> bool {
+        self.lease_until.is_some_and(|l| l >= now)
+    }
+
+    /// Done, meant to announce itself, and not announced yet: the outbox owes its event.
+    pub fn owes_event(&self) -> bool {
+        self.status.is_done() && !self.skip_downstream_trigger && self.published_at.is_none()
+    }
+
+    /// Stale: done, but a newer upstream run exists for its date than the one it consumed
+    /// (`latest_upstream` holds the latest done run of each upstream processor).
+    pub fn is_stale(&self, latest_upstream: &[UpstreamRun]) -> bool {
+        self.status.is_done()
+            && latest_upstream.iter().any(|u| {
+                !self
+                    .upstream_runs
+                    .iter()
+                    .any(|c| c.processor == u.processor && c.run_id == u.run_id)
+            })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("ledger: {0}")]
 pub struct LedgerError(pub String);
 
-/// Storage of run records. Implementations keep the latest state of a run per `run_id`
-/// (by update, or append-only where the latest row wins).
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The run is this delivery's: its `running` row is written.
+    Won,
+    /// The latest run of the processor and date is no longer the one the claimant saw
+    /// (a concurrent delivery claimed first), or it is running under a live lease.
+    Lost(Box<RunRecord>),
+}
+
+/// Storage of run records, scoped to one pipeline. Implementations keep the latest state
+/// of a run per `run_id` (by update, or append-only where the latest row wins).
+///
+/// The atomic operations (`claim`, `complete`, `renew`, `claim_publication`) are the
+/// serialisation points of the exactly-once protocol (README, "Concurrent deliveries").
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Create the ledger table if it is missing.
     async fn ensure_schema(&self) -> Result<(), LedgerError>;
-    /// Insert or replace the state of `record.run_id`.
+    /// Insert or replace the state of `record.run_id` unconditionally (tools and tests).
     async fn record(&self, record: &RunRecord) -> Result<(), LedgerError>;
+    /// Atomically: when the latest run of `run`'s processor and date is still `seen` (its
+    /// run id; `None` = no run yet) and is not running under a live lease, write `run`
+    /// (a `running` row) as the new latest run and mark an abandoned `running` row
+    /// `failed`. Otherwise write nothing and return the latest run.
+    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError>;
+    /// Record the final state of a run this delivery holds. Returns false (writing
+    /// nothing) when the run is no longer `running` — its lease ran out and it was taken
+    /// over.
+    async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError>;
+    /// Extend the lease of a `running` run or of an owed publication. False when lost.
+    async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError>;
+    /// Atomically take over the publication of done runs whose event is owed and whose
+    /// lease ran out (their owner is gone). True when every run was taken.
+    async fn claim_publication(
+        &self,
+        run_ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<bool, LedgerError>;
     /// Latest run of a processor for a date (by `started_at`).
     async fn latest(
         &self,
@@ -186,12 +267,36 @@ pub trait Ledger: Send + Sync {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<RunRecord>, LedgerError>;
-    /// Remove a `running` claim that lost to a concurrent delivery (it did no work).
-    async fn withdraw(&self, run: &RunRecord) -> Result<(), LedgerError>;
+    /// Done runs whose completion event is owed and whose lease ran out (the outbox sweep).
+    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError>;
     /// Set `published_at` on these runs.
     async fn mark_published(
         &self,
         runs: &[RunRecord],
         at: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
+}
+
+/// The latest done run of each upstream processor for a date: what a run consumes, and
+/// what a done run is stale against.
+pub async fn latest_upstream(
+    ledger: &dyn Ledger,
+    upstream: &[String],
+    date: NaiveDate,
+) -> Result<Vec<(UpstreamRun, RunRecord)>, LedgerError> {
+    let mut out = Vec::with_capacity(upstream.len());
+    for name in upstream {
+        if let Some(run) = ledger.latest(name, date).await?
+            && run.status.is_done()
+        {
+            out.push((
+                UpstreamRun {
+                    processor: name.clone(),
+                    run_id: run.run_id.clone(),
+                },
+                run,
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -7,39 +7,26 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use tokio::io::AsyncReadExt;
 
-use crate::config::{BackendKind, Processor, ProcessorKind, Reference};
-use crate::warehouse::Warehouse;
+use crate::config::{Processor, Reference};
+use crate::ledger::{Ledger, RunRecord};
+use crate::warehouse::{Committed, Warehouse, finished, post_condition};
 
 /// How much of a failed command's stderr the ledger keeps (the end of it).
 const STDERR_TAIL: usize = 4000;
 
-/// What a successful processor run produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Produced {
-    /// Rows of the declared output table for the date, when one is declared.
-    pub rows: Option<u64>,
-}
-
-/// Run `processor` for `date`. An `Err` is the reason the run failed, for the ledger.
-///
-/// `expected` is the output's reference when it `require_rows`: 0 rows on a date it lists
-/// is a failure, not a legitimate empty date.
-pub async fn run(
+/// Run a `command` processor for `date`, then count its output, check the post-condition
+/// and record the outcome in the ledger. An external program cannot share a transaction
+/// with the ledger, so this is the best order: the outcome is written last, and only while
+/// the claim is still ours. An `Err` is the reason the run failed.
+pub async fn run_command_and_record(
     processor: &Processor,
     date: NaiveDate,
     warehouse: &dyn Warehouse,
-    backend: &BackendKind,
-    expected: Option<&Reference>,
-) -> Result<Produced, String> {
-    match processor.kind {
-        ProcessorKind::Sql => warehouse
-            .run_statements(processor.sql.for_backend(backend), date)
-            .await
-            .map_err(|e| e.to_string())?,
-        ProcessorKind::Command => {
-            run_command(&processor.command, date, processor.timeout_secs).await?
-        }
-    }
+    ledger: &dyn Ledger,
+    require_rows: Option<&Reference>,
+    run: RunRecord,
+) -> Result<Committed, String> {
+    run_command(&processor.command, date, processor.timeout_secs).await?;
     let rows = match &processor.output {
         Some(o) => Some(
             warehouse
@@ -49,20 +36,21 @@ pub async fn run(
         ),
         None => None,
     };
-    if let (Some(0), Some(reference)) = (rows, expected) {
+    if let Some(reference) = require_rows {
         let scheduled = warehouse
             .count_rows(&reference.table, &reference.date_column, date)
             .await
             .map_err(|e| format!("reading reference {}: {e}", reference.table))?;
-        if scheduled > 0 {
-            return Err(format!(
-                "{} expects {date} ({scheduled} reference rows) but the run produced 0 rows: \
-                 the input for this date is missing",
-                reference.table
-            ));
+        if let Some(reason) = post_condition(rows, scheduled, reference, date) {
+            return Ok(Committed::PostCondition(reason));
         }
     }
-    Ok(Produced { rows })
+    let done = finished(run, rows);
+    match ledger.complete(&done).await {
+        Ok(true) => Ok(Committed::Done(Box::new(done))),
+        Ok(false) => Ok(Committed::TakenOver),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Run a program with `{data_date}` substituted in its arguments and `PHASEGATE_DATA_DATE`

@@ -93,15 +93,18 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
     let store = match config.backend.kind {
         BackendKind::Sqlite => {
             let path = &config.backend.sqlite_path;
-            Store::Sqlite(Sqlite::open(path).map_err(|e| StartupError::Sqlite {
-                path: path.display().to_string(),
-                message: e.to_string(),
+            Store::Sqlite(Sqlite::open(path, &config.pipeline.name).map_err(|e| {
+                StartupError::Sqlite {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                }
             })?)
         }
         BackendKind::Bigquery => Store::BigQuery(
             BigQuery::connect(&config.backend)
                 .await
-                .map_err(StartupError::Backend)?,
+                .map_err(StartupError::Backend)?
+                .for_pipeline(&config.pipeline.name),
         ),
     };
     let (ledger, warehouse): (Arc<dyn Ledger>, Arc<dyn Warehouse>) = match &store {

@@ -3,10 +3,13 @@
 //! Each method is one query. Table and column names come from the validated configuration
 //! and are spliced as identifiers; every value (dates, names) is a bound parameter.
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use crate::config::{EntityCompleteness, Reference, WindowKind};
+use crate::config::{EntityCompleteness, Output, Reference, WindowKind};
+use crate::ledger::{Ledger, RunRecord, RunStatus};
 
 #[derive(Debug, thiserror::Error)]
 #[error("warehouse: {0}")]
@@ -27,8 +30,96 @@ pub struct EntityCount {
     pub actual: u64,
 }
 
+/// A processor's statements for one date, the post-condition on its output, and the ledger
+/// outcome they commit with.
+pub struct ProcessorRun<'a> {
+    pub statements: &'a [String],
+    pub date: NaiveDate,
+    /// The output table counted after the statements (rows recorded in the ledger).
+    pub output: Option<&'a Output>,
+    /// 0 output rows on a date this reference lists fails the run and rolls it back.
+    pub require_rows: Option<&'a Reference>,
+    /// SQL still running at this instant is interrupted where the backend allows it.
+    pub deadline: Instant,
+}
+
+/// How a processor run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Committed {
+    /// Output and ledger outcome (`success`/`no_data`) are committed: the finished run.
+    Done(Box<RunRecord>),
+    /// The post-condition failed: nothing of the run's output was kept.
+    PostCondition(String),
+    /// The claim was taken over before the outcome could be written: nothing was kept
+    /// (where the backend is transactional).
+    TakenOver,
+}
+
+/// The reason a run with `rows` output rows on `date` fails, if `require_rows` lists the
+/// date (`scheduled` = the reference's rows on it).
+pub fn post_condition(
+    rows: Option<u64>,
+    scheduled: u64,
+    reference: &Reference,
+    date: NaiveDate,
+) -> Option<String> {
+    (rows == Some(0) && scheduled > 0).then(|| {
+        format!(
+            "{} expects {date} ({scheduled} reference rows) but the run produced 0 rows: \
+             the input for this date is missing",
+            reference.table
+        )
+    })
+}
+
+/// The finished state of `run` after producing `rows`.
+pub fn finished(mut run: RunRecord, rows: Option<u64>) -> RunRecord {
+    let status = if rows == Some(0) {
+        RunStatus::NoData
+    } else {
+        RunStatus::Success
+    };
+    run.finish(
+        status,
+        rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+        None,
+    );
+    run
+}
+
 #[async_trait]
 pub trait Warehouse: Send + Sync {
+    /// Run a processor and record its outcome in `ledger` as one unit where the backend
+    /// allows it (SQLite: one transaction with the ledger row; a failed post-condition or a
+    /// lost claim rolls everything back). The default runs the steps in order: the
+    /// statements, the row count, the post-condition, then `ledger.complete`.
+    async fn run_and_record(
+        &self,
+        job: &ProcessorRun<'_>,
+        run: RunRecord,
+        ledger: &dyn Ledger,
+    ) -> Result<Committed, WarehouseError> {
+        self.run_statements(job.statements, job.date).await?;
+        let rows = match job.output {
+            Some(o) => Some(self.count_rows(&o.table, &o.date_column, job.date).await?),
+            None => None,
+        };
+        if let Some(reference) = job.require_rows {
+            let scheduled = self
+                .count_rows(&reference.table, &reference.date_column, job.date)
+                .await?;
+            if let Some(reason) = post_condition(rows, scheduled, reference, job.date) {
+                return Ok(Committed::PostCondition(reason));
+            }
+        }
+        let done = finished(run, rows);
+        match ledger.complete(&done).await {
+            Ok(true) => Ok(Committed::Done(Box::new(done))),
+            Ok(false) => Ok(Committed::TakenOver),
+            Err(e) => Err(WarehouseError(e.to_string())),
+        }
+    }
+
     /// Run a processor's statements for one date, `@data_date` bound; all or nothing where
     /// the backend allows it.
     async fn run_statements(

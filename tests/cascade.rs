@@ -332,6 +332,7 @@ async fn force_runs_a_done_date_again_and_a_blocked_date_succeeds_once_fixed() {
         data_date: date,
         trigger: TriggerKind::Cli,
         message_id: None,
+        delivery_attempt: None,
         skip_downstream: true,
         force,
     };

@@ -34,6 +34,7 @@ fn request(date: &str) -> RunRequest {
         data_date: d(date),
         trigger: TriggerKind::Cli,
         message_id: None,
+        delivery_attempt: None,
         skip_downstream: true,
         force: false,
     }

@@ -184,7 +184,7 @@ async fn failure_rows_nack_with_their_status() {
     assert_eq!(env.status("ingest", day).await, Some(RunStatus::Failed));
 
     // Another delivery is running the same processor and date → 409.
-    let running = RunRecord::start(
+    let mut running = RunRecord::start(
         "ingest",
         "raw",
         d("2024-01-05"),
@@ -192,6 +192,8 @@ async fn failure_rows_nack_with_their_status() {
         Some("x".into()),
         false,
     );
+    // A live claim: its holder renews the lease.
+    running.lease_until = Some(chrono::Utc::now() + chrono::Duration::seconds(60));
     env.app.ledger().record(&running).await.unwrap();
     let (s, b) = post(
         &format!("{base}/push/raw"),

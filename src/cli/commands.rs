@@ -43,6 +43,7 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
                 data_date: date,
                 trigger: TriggerKind::Cli,
                 message_id: None,
+                delivery_attempt: None,
                 skip_downstream: skip_downstream_trigger,
                 force,
             };
@@ -224,6 +225,9 @@ pub fn describe(phase: &str, date: NaiveDate, outcome: &PhaseOutcome) -> String 
                 Publication::Published { .. } => "completion event published",
                 Publication::Skipped => "skip_downstream_trigger: completion event NOT published",
                 Publication::AlreadyPublished => "completion event already published",
+                Publication::PendingElsewhere => {
+                    "completion event owed: another delivery holding the run publishes it"
+                }
             };
             format!("{phase} {date}: {} — {runs}; {publ}", outcome.label())
         }

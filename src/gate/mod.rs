@@ -45,24 +45,34 @@ pub struct GateReport {
     pub entity_completeness: Option<EntityCompletenessReport>,
     /// One sentence per failed check; empty when everything passed.
     pub problems: Vec<String>,
+    /// Why the run is not production-ready without a check failing (it consumes an upstream
+    /// run that is not production-ready); never blocks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_production_ready: Vec<String>,
 }
 
 impl GateReport {
     /// All checks passed (or there were none).
     pub fn production_ready(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.not_production_ready.is_empty()
     }
 
     /// Strict mode and a failed check: nothing may be processed.
     pub fn blocks(&self) -> bool {
-        self.mode == Mode::Strict && !self.production_ready()
+        self.mode == Mode::Strict && !self.problems.is_empty()
     }
 
     pub fn summary(&self) -> String {
-        if self.problems.is_empty() {
+        let all: Vec<&str> = self
+            .problems
+            .iter()
+            .chain(&self.not_production_ready)
+            .map(String::as_str)
+            .collect();
+        if all.is_empty() {
             "all checks passed".to_string()
         } else {
-            self.problems.join("; ")
+            all.join("; ")
         }
     }
 }
@@ -84,6 +94,7 @@ pub async fn evaluate(
         historical_gaps: None,
         entity_completeness: None,
         problems: Vec::new(),
+        not_production_ready: Vec::new(),
     };
 
     for name in &checks.upstream {

@@ -4,10 +4,84 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    BigQuery, LEDGER_SCHEMA, LEDGER_TABLE, Row, date_param, param, parse_bool, parse_bq_ts,
-    ts_param,
+    BigQuery, CLAIMS_SCHEMA, CLAIMS_TABLE, LEDGER_SCHEMA, LEDGER_TABLE, Row, array_param,
+    date_param, param, parse_bool, parse_bq_ts, ts_param,
 };
-use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus, TriggerKind};
+use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus, TriggerKind};
+
+fn column_list(schema: &[(&str, &str, &str)]) -> String {
+    schema
+        .iter()
+        .map(|(c, t, mode)| {
+            if *mode == "REQUIRED" {
+                format!("{c} {t} NOT NULL")
+            } else {
+                format!("{c} {t}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl BigQuery {
+    /// The compare-and-set: make `run` the claims row's run when the row still names
+    /// `seen` (or does not exist) and its lease ran out or its run is done. BigQuery
+    /// serialises mutating DML on a table, so of two concurrent claims at most one matches.
+    async fn claim_row(&self, run: &RunRecord, seen: Option<&str>) -> Result<(), LedgerError> {
+        let sql = format!(
+            "MERGE {c} T
+             USING (SELECT @pipeline AS pipeline, @p AS processor_name, @d AS data_date) S
+             ON T.pipeline = S.pipeline AND T.processor_name = S.processor_name
+                AND T.data_date = S.data_date
+             WHEN MATCHED AND (T.run_id = @seen OR T.lease_until < CURRENT_TIMESTAMP()) THEN
+               UPDATE SET run_id = @r, lease_until = @until, claimed_at = CURRENT_TIMESTAMP()
+             WHEN NOT MATCHED THEN
+               INSERT (pipeline, processor_name, data_date, run_id, lease_until, claimed_at)
+               VALUES (@pipeline, @p, @d, @r, @until, CURRENT_TIMESTAMP())",
+            c = self.table(CLAIMS_TABLE)
+        );
+        let params = vec![
+            param("pipeline", "STRING", Some(self.pipeline.to_string())),
+            param("p", "STRING", Some(run.processor.clone())),
+            date_param("d", run.data_date),
+            param("seen", "STRING", Some(seen.unwrap_or("").to_string())),
+            param("r", "STRING", Some(run.run_id.clone())),
+            ts_param("until", run.lease_until.as_ref()),
+        ];
+        self.query(&sql, params)
+            .await
+            .map(|_| ())
+            .map_err(LedgerError)
+    }
+
+    /// The run the claims row names (the smallest id if a first-claim race left two rows).
+    async fn claim_holder(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Option<String>, LedgerError> {
+        let sql = format!(
+            "SELECT run_id FROM {c} WHERE pipeline = @pipeline AND processor_name = @p \
+             AND data_date = @d ORDER BY claimed_at, run_id LIMIT 1",
+            c = self.table(CLAIMS_TABLE)
+        );
+        let rows = self
+            .query(
+                &sql,
+                vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
+                    param("p", "STRING", Some(processor.to_string())),
+                    date_param("d", date),
+                ],
+            )
+            .await
+            .map_err(LedgerError)?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+}
 
 pub(super) fn record_from_row(r: Row) -> Result<RunRecord, LedgerError> {
     let get = |i: usize| r.get(i).cloned().flatten();
@@ -41,6 +115,12 @@ pub(super) fn record_from_row(r: Row) -> Result<RunRecord, LedgerError> {
         message_id: get(12),
         skip_downstream_trigger: parse_bool(r.get(13).and_then(Option::as_ref)),
         published_at: ts(14)?,
+        pipeline: get(15).unwrap_or_default(),
+        delivery_attempt: get(16).and_then(|s| s.parse().ok()),
+        upstream_runs: get(17)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        lease_until: ts(18)?,
     })
 }
 
@@ -48,25 +128,26 @@ pub(super) fn record_from_row(r: Row) -> Result<RunRecord, LedgerError> {
 impl Ledger for BigQuery {
     async fn ensure_schema(&self) -> Result<(), LedgerError> {
         self.ensure_dataset().await.map_err(LedgerError)?;
-        let columns = LEDGER_SCHEMA
-            .iter()
-            .map(|(c, t, mode)| {
-                if *mode == "REQUIRED" {
-                    format!("{c} {t} NOT NULL")
-                } else {
-                    format!("{c} {t}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {t} ({columns}) PARTITION BY data_date CLUSTER BY processor_name",
-            t = self.table(LEDGER_TABLE)
-        );
-        self.query(&sql, Vec::new())
-            .await
-            .map(|_| ())
-            .map_err(LedgerError)
+        for (table, schema, layout) in [
+            (
+                LEDGER_TABLE,
+                LEDGER_SCHEMA,
+                "PARTITION BY data_date CLUSTER BY pipeline, processor_name",
+            ),
+            (
+                CLAIMS_TABLE,
+                CLAIMS_SCHEMA,
+                "CLUSTER BY pipeline, processor_name",
+            ),
+        ] {
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {t} ({columns}) {layout}",
+                t = self.table(table),
+                columns = column_list(schema)
+            );
+            self.query(&sql, Vec::new()).await.map_err(LedgerError)?;
+        }
+        Ok(())
     }
 
     async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
@@ -74,7 +155,8 @@ impl Ledger for BigQuery {
             "INSERT INTO {t} ({cols}, recorded_at) VALUES (@run_id, @processor_name, @phase, \
              @data_date, @status, @started_at, @finished_at, @rows_affected, @errors, @findings, \
              @production_ready, @trigger_source, @message_id, @skip_downstream_trigger, \
-             @published_at, CURRENT_TIMESTAMP())",
+             @published_at, @pipeline, @delivery_attempt, @upstream_runs, @lease_until, \
+             CURRENT_TIMESTAMP())",
             t = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns()
         );
@@ -115,6 +197,20 @@ impl Ledger for BigQuery {
                 }),
             ),
             ts_param("published_at", r.published_at.as_ref()),
+            param("pipeline", "STRING", s(&self.pipeline)),
+            param(
+                "delivery_attempt",
+                "INT64",
+                r.delivery_attempt.map(|n| n.to_string()),
+            ),
+            param(
+                "upstream_runs",
+                "STRING",
+                (!r.upstream_runs.is_empty())
+                    .then(|| serde_json::to_string(&r.upstream_runs).ok())
+                    .flatten(),
+            ),
+            ts_param("lease_until", r.lease_until.as_ref()),
         ];
         self.query(&sql, params)
             .await
@@ -138,8 +234,9 @@ impl Ledger for BigQuery {
     ) -> Result<Vec<RunRecord>, LedgerError> {
         let mut runs = self
             .runs(
-                "processor_name = @p AND data_date = @d",
+                "pipeline = @pipeline AND processor_name = @p AND data_date = @d",
                 vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
                     param("p", "STRING", Some(processor.to_string())),
                     date_param("d", date),
                 ],
@@ -157,8 +254,9 @@ impl Ledger for BigQuery {
     ) -> Result<Vec<RunRecord>, LedgerError> {
         let runs = self
             .runs(
-                "processor_name = @p AND data_date BETWEEN @f AND @t",
+                "pipeline = @pipeline AND processor_name = @p AND data_date BETWEEN @f AND @t",
                 vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
                     param("p", "STRING", Some(processor.to_string())),
                     date_param("f", from),
                     date_param("t", to),
@@ -175,14 +273,111 @@ impl Ledger for BigQuery {
         Ok(out)
     }
 
-    async fn withdraw(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        // The one exception to append-only: a claim that did no work disappears. Rows
-        // written by DML (never streamed) can be deleted at once.
-        let sql = format!("DELETE FROM {} WHERE run_id = @r", self.table(LEDGER_TABLE));
-        self.query(&sql, vec![param("r", "STRING", Some(run.run_id.clone()))])
+    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+        self.claim_row(run, seen).await?;
+        let holder = self.claim_holder(&run.processor, run.data_date).await?;
+        if holder.as_deref() != Some(run.run_id.as_str()) {
+            let latest = self.latest(&run.processor, run.data_date).await?;
+            return Ok(Claim::Lost(Box::new(latest.unwrap_or_else(|| run.clone()))));
+        }
+        if let Some(cur) = self.latest(&run.processor, run.data_date).await?
+            && cur.status == RunStatus::Running
+            && cur.run_id != run.run_id
+        {
+            let mut dead = cur;
+            dead.finish(
+                RunStatus::Failed,
+                None,
+                Some(format!(
+                    "abandoned: lease ran out; taken over by run {}",
+                    run.run_id
+                )),
+            );
+            dead.lease_until = None;
+            self.record(&dead).await?;
+        }
+        self.record(run).await?;
+        Ok(Claim::Won)
+    }
+
+    async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
+        // Written only while the claims row still names this run (one conditional INSERT).
+        let holder = self.claim_holder(&run.processor, run.data_date).await?;
+        if holder.as_deref() != Some(run.run_id.as_str()) {
+            return Ok(false);
+        }
+        self.record(run).await?;
+        Ok(true)
+    }
+
+    async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
+        let sql = format!(
+            "UPDATE {c} SET lease_until = @until WHERE pipeline = @pipeline AND run_id = @r",
+            c = self.table(CLAIMS_TABLE)
+        );
+        let params = vec![
+            ts_param("until", Some(&until)),
+            param("pipeline", "STRING", Some(self.pipeline.to_string())),
+            param("r", "STRING", Some(run_id.to_string())),
+        ];
+        self.query(&sql, params).await.map_err(LedgerError)?;
+        Ok(true)
+    }
+
+    async fn claim_publication(
+        &self,
+        run_ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let sql = format!(
+            "UPDATE {c} SET lease_until = @until, publisher = @token \
+             WHERE pipeline = @pipeline AND run_id IN UNNEST(@ids) \
+               AND (lease_until IS NULL OR lease_until < CURRENT_TIMESTAMP())",
+            c = self.table(CLAIMS_TABLE)
+        );
+        let ids = array_param("ids", run_ids);
+        let params = vec![
+            ts_param("until", Some(&until)),
+            param("token", "STRING", Some(token.clone())),
+            param("pipeline", "STRING", Some(self.pipeline.to_string())),
+            ids,
+        ];
+        self.query(&sql, params).await.map_err(LedgerError)?;
+        let check = format!(
+            "SELECT COUNT(*) FROM {c} WHERE pipeline = @pipeline AND publisher = @token",
+            c = self.table(CLAIMS_TABLE)
+        );
+        let rows = self
+            .query(
+                &check,
+                vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
+                    param("token", "STRING", Some(token)),
+                ],
+            )
             .await
-            .map(|_| ())
-            .map_err(LedgerError)
+            .map_err(LedgerError)?;
+        let n: usize = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(n == run_ids.len())
+    }
+
+    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        let mut runs = self
+            .runs(
+                "pipeline = @pipeline AND status IN ('success', 'no_data') \
+                 AND NOT skip_downstream_trigger",
+                vec![param("pipeline", "STRING", Some(self.pipeline.to_string()))],
+            )
+            .await?;
+        let now = Utc::now();
+        runs.retain(|r| r.published_at.is_none() && !r.lease_alive(now));
+        runs.truncate(limit);
+        Ok(runs)
     }
 
     async fn mark_published(

@@ -55,7 +55,25 @@ pub const LEDGER_SCHEMA: &[(&str, &str, &str)] = &[
     ("skip_downstream_trigger", "BOOL", "REQUIRED"),
     ("published_at", "TIMESTAMP", "NULLABLE"),
     ("recorded_at", "TIMESTAMP", "REQUIRED"),
+    ("pipeline", "STRING", "REQUIRED"),
+    ("delivery_attempt", "INT64", "NULLABLE"),
+    ("upstream_runs", "STRING", "NULLABLE"),
+    ("lease_until", "TIMESTAMP", "NULLABLE"),
 ];
+
+/// The claims table: one row per pipeline, processor and date naming the run that holds
+/// it — the serialisation point of claims on BigQuery (a `MERGE` compare-and-set).
+pub const CLAIMS_SCHEMA: &[(&str, &str, &str)] = &[
+    ("pipeline", "STRING", "REQUIRED"),
+    ("processor_name", "STRING", "REQUIRED"),
+    ("data_date", "DATE", "REQUIRED"),
+    ("run_id", "STRING", "REQUIRED"),
+    ("lease_until", "TIMESTAMP", "NULLABLE"),
+    ("claimed_at", "TIMESTAMP", "REQUIRED"),
+    ("publisher", "STRING", "NULLABLE"),
+];
+
+const CLAIMS_TABLE: &str = "processor_run_claims";
 
 const LEDGER_TABLE: &str = "processor_run_history";
 
@@ -76,6 +94,10 @@ pub struct BigQuery {
     project: String,
     dataset: String,
     location: Option<String>,
+    /// The pipeline whose runs the ledger reads and writes.
+    pipeline: Arc<str>,
+    /// Jobs started through this handle (every statement is a billed job).
+    jobs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A named, typed query parameter (`None` binds NULL).
@@ -91,6 +113,36 @@ fn param(name: &str, kind: &str, value: Option<String>) -> QueryParameter {
             array_values: None,
             struct_values: None,
             value,
+        }),
+    }
+}
+
+/// An `ARRAY<STRING>` parameter (for `IN UNNEST(@name)`).
+fn array_param(name: &str, values: &[String]) -> QueryParameter {
+    QueryParameter {
+        name: Some(name.to_string()),
+        parameter_type: Some(QueryParameterType {
+            array_type: Some(Box::new(QueryParameterType {
+                array_type: None,
+                struct_types: None,
+                r#type: "STRING".to_string(),
+            })),
+            struct_types: None,
+            r#type: "ARRAY".to_string(),
+        }),
+        parameter_value: Some(QueryParameterValue {
+            array_values: Some(
+                values
+                    .iter()
+                    .map(|v| QueryParameterValue {
+                        array_values: None,
+                        struct_values: None,
+                        value: Some(v.clone()),
+                    })
+                    .collect(),
+            ),
+            struct_values: None,
+            value: None,
         }),
     }
 }
@@ -193,7 +245,20 @@ impl BigQuery {
             project,
             dataset,
             location: cfg.location.clone(),
+            pipeline: Arc::from(""),
+            jobs: Arc::default(),
         })
+    }
+
+    /// Scope the ledger to `pipeline` (every ledger row and query carries it).
+    pub fn for_pipeline(mut self, pipeline: &str) -> BigQuery {
+        self.pipeline = Arc::from(pipeline);
+        self
+    }
+
+    /// How many BigQuery jobs this handle (and its clones) started.
+    pub fn jobs_started(&self) -> u64 {
+        self.jobs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `` `project`.dataset `` — what `{dataset}` in configured SQL expands to.
@@ -228,7 +293,10 @@ impl BigQuery {
             dataset_id: self.dataset.clone(),
             project_id: self.project.clone(),
         });
-        // A request that never reached the server is safe to send again.
+        // One request id for every attempt: BigQuery runs a retried request at most once.
+        req.request_id = Some(uuid::Uuid::new_v4().to_string());
+        let jobs = self.jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        tracing::debug!(jobs_started = jobs, "bigquery job");
         let send = || self.client.job().query(&self.project, req.clone());
         let resp = send
             .retry(

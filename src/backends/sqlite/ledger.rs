@@ -1,47 +1,246 @@
 //! The run ledger on SQLite: `processor_run_history` in the same file as the warehouse.
+//!
+//! Every decision that must be exclusive (a claim, a take-over of an owed publication) is one
+//! `BEGIN IMMEDIATE` transaction on the writer connection: read, decide, write, commit. Two
+//! processes sharing the file serialise on SQLite's write lock; inside one process the writer
+//! thread runs one at a time.
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::{LEDGER_COLUMNS, LEDGER_DDL, Sqlite, record_from_row, ts};
-use crate::ledger::{Ledger, LedgerError, RunRecord};
+use super::{
+    LEDGER_COLUMNS, LEDGER_DDL, LEDGER_INDEXES, LEDGER_MIGRATIONS, Sqlite, record_from_row, ts,
+};
+use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus};
+
+const UPSERT: &str = "INSERT INTO processor_run_history (run_id, pipeline, processor_name, \
+    phase, data_date, status, started_at, finished_at, rows_affected, errors, findings, \
+    production_ready, trigger_source, message_id, delivery_attempt, skip_downstream_trigger, \
+    published_at, upstream_runs, lease_until) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+    ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, \
+    finished_at = excluded.finished_at, rows_affected = excluded.rows_affected, \
+    errors = excluded.errors, findings = excluded.findings, \
+    production_ready = excluded.production_ready, published_at = excluded.published_at, \
+    upstream_runs = excluded.upstream_runs, lease_until = excluded.lease_until";
+
+/// The final state of a run, written only while it is still `running` (its holder's).
+const COMPLETE: &str = "UPDATE processor_run_history SET status = ?2, finished_at = ?3, \
+    rows_affected = ?4, errors = ?5, findings = ?6, production_ready = ?7, \
+    upstream_runs = ?8, lease_until = ?9 \
+    WHERE run_id = ?1 AND status = 'running'";
+
+fn latest_sql() -> String {
+    format!(
+        "SELECT {LEDGER_COLUMNS} FROM processor_run_history \
+         WHERE pipeline = ?1 AND processor_name = ?2 AND data_date = ?3 \
+         ORDER BY started_at DESC, rowid DESC LIMIT 1"
+    )
+}
+
+pub(super) fn upsert(c: &Connection, pipeline: &str, r: &RunRecord) -> rusqlite::Result<()> {
+    c.prepare_cached(UPSERT)?
+        .execute(params![
+            r.run_id,
+            pipeline,
+            r.processor,
+            r.phase,
+            r.data_date.to_string(),
+            r.status.as_str(),
+            ts(&r.started_at),
+            r.finished_at.as_ref().map(ts),
+            r.rows_affected,
+            r.errors,
+            r.findings.as_ref().map(|f| f.to_string()),
+            r.production_ready,
+            r.trigger.as_str(),
+            r.message_id,
+            r.delivery_attempt,
+            r.skip_downstream_trigger,
+            r.published_at.as_ref().map(ts),
+            upstream_json(r),
+            r.lease_until.as_ref().map(ts),
+        ])
+        .map(|_| ())
+}
+
+fn upstream_json(r: &RunRecord) -> Option<String> {
+    (!r.upstream_runs.is_empty())
+        .then(|| serde_json::to_string(&r.upstream_runs).ok())
+        .flatten()
+}
+
+/// Write the final state of a run still `running`; false when it was taken over.
+pub(super) fn complete(c: &Connection, r: &RunRecord) -> rusqlite::Result<bool> {
+    let n = c.prepare_cached(COMPLETE)?.execute(params![
+        r.run_id,
+        r.status.as_str(),
+        r.finished_at.as_ref().map(ts),
+        r.rows_affected,
+        r.errors,
+        r.findings.as_ref().map(|f| f.to_string()),
+        r.production_ready,
+        upstream_json(r),
+        r.lease_until.as_ref().map(ts),
+    ])?;
+    Ok(n == 1)
+}
+
+fn latest(
+    c: &Connection,
+    pipeline: &str,
+    processor: &str,
+    date: NaiveDate,
+) -> rusqlite::Result<Option<RunRecord>> {
+    c.prepare_cached(&latest_sql())?
+        .query_row(
+            params![pipeline, processor, date.to_string()],
+            record_from_row,
+        )
+        .optional()
+}
+
+/// The claim decision, inside a write transaction.
+fn claim_in(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    run: &RunRecord,
+    seen: Option<&str>,
+) -> rusqlite::Result<Claim> {
+    let now = Utc::now();
+    let current = latest(tx, pipeline, &run.processor, run.data_date)?;
+    if let Some(cur) = &current {
+        let moved_on = Some(cur.run_id.as_str()) != seen;
+        let held = cur.status == RunStatus::Running && !cur.is_abandoned(now);
+        if moved_on || held {
+            return Ok(Claim::Lost(Box::new(cur.clone())));
+        }
+        if cur.status == RunStatus::Running {
+            let mut dead = cur.clone();
+            dead.finish(
+                RunStatus::Failed,
+                None,
+                Some(format!(
+                    "abandoned: its worker stopped renewing the claim (lease ran out at {}); \
+                     taken over by run {}",
+                    cur.lease_until.map(|l| ts(&l)).unwrap_or_default(),
+                    run.run_id
+                )),
+            );
+            dead.lease_until = None;
+            complete(tx, &dead)?;
+        }
+    } else if seen.is_some() {
+        return Ok(Claim::Lost(Box::new(run.clone())));
+    }
+    let mut mine = run.clone();
+    // Keep "latest = greatest started_at" true even if the clock stepped back.
+    if let Some(cur) = &current
+        && mine.started_at <= cur.started_at
+    {
+        mine.started_at = cur.started_at + chrono::Duration::microseconds(1);
+    }
+    upsert(tx, pipeline, &mine)?;
+    Ok(Claim::Won)
+}
+
+fn claim_publication_in(
+    tx: &Transaction<'_>,
+    run_ids: &[String],
+    until: DateTime<Utc>,
+) -> rusqlite::Result<bool> {
+    let now = ts(&Utc::now());
+    let mut stmt = tx.prepare_cached(
+        "UPDATE processor_run_history SET lease_until = ?2 WHERE run_id = ?1 \
+         AND published_at IS NULL AND status IN ('success', 'no_data') \
+         AND (lease_until IS NULL OR lease_until < ?3)",
+    )?;
+    for id in run_ids {
+        if stmt.execute(params![id, ts(&until), now])? != 1 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn ensure_schema(c: &mut Connection) -> rusqlite::Result<()> {
+    c.execute_batch(LEDGER_DDL)?;
+    let existing: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('processor_run_history')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, decl) in LEDGER_MIGRATIONS {
+        if !existing.iter().any(|e| e == column) {
+            c.execute_batch(&format!(
+                "ALTER TABLE processor_run_history ADD COLUMN {column} {decl}"
+            ))?;
+        }
+    }
+    c.execute_batch(LEDGER_INDEXES)
+}
 
 #[async_trait]
 impl Ledger for Sqlite {
     async fn ensure_schema(&self) -> Result<(), LedgerError> {
-        self.with(|c| c.execute_batch(LEDGER_DDL))
+        self.with(ensure_schema).await.map_err(LedgerError)
+    }
+
+    async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
+        let (r, pipeline) = (r.clone(), self.pipeline.clone());
+        self.with(move |c| upsert(c, &pipeline, &r))
             .await
             .map_err(LedgerError)
     }
 
-    async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
-        let r = r.clone();
+    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+        let (run, pipeline) = (run.clone(), self.pipeline.clone());
+        let seen = seen.map(str::to_string);
         self.with(move |c| {
-            c.execute(
-                &format!(
-                    "INSERT OR REPLACE INTO processor_run_history ({LEDGER_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-                ),
-                params![
-                    r.run_id,
-                    r.processor,
-                    r.phase,
-                    r.data_date.to_string(),
-                    r.status.as_str(),
-                    ts(&r.started_at),
-                    r.finished_at.as_ref().map(ts),
-                    r.rows_affected,
-                    r.errors,
-                    r.findings.as_ref().map(|f| f.to_string()),
-                    r.production_ready,
-                    r.trigger.as_str(),
-                    r.message_id,
-                    r.skip_downstream_trigger,
-                    r.published_at.as_ref().map(ts),
-                ],
-            )
-            .map(|_| ())
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let claim = claim_in(&tx, &pipeline, &run, seen.as_deref())?;
+            tx.commit()?;
+            Ok(claim)
+        })
+        .await
+        .map_err(LedgerError)
+    }
+
+    async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
+        let run = run.clone();
+        self.with(move |c| complete(c, &run))
+            .await
+            .map_err(LedgerError)
+    }
+
+    async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
+        let id = run_id.to_string();
+        self.with(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE processor_run_history SET lease_until = ?2 WHERE run_id = ?1 \
+                     AND (status = 'running' OR published_at IS NULL)",
+                )?
+                .execute(params![id, ts(&until)])?;
+            Ok(n == 1)
+        })
+        .await
+        .map_err(LedgerError)
+    }
+
+    async fn claim_publication(
+        &self,
+        run_ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        let ids = run_ids.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let won = claim_publication_in(&tx, &ids, until)?;
+            if won {
+                tx.commit()?;
+            }
+            Ok(won)
         })
         .await
         .map_err(LedgerError)
@@ -52,21 +251,10 @@ impl Ledger for Sqlite {
         processor: &str,
         date: NaiveDate,
     ) -> Result<Option<RunRecord>, LedgerError> {
-        let processor = processor.to_string();
-        self.with(move |c| {
-            c.query_row(
-                &format!(
-                    "SELECT {LEDGER_COLUMNS} FROM processor_run_history \
-                     WHERE processor_name = ?1 AND data_date = ?2 \
-                     ORDER BY started_at DESC, rowid DESC LIMIT 1"
-                ),
-                params![processor, date.to_string()],
-                record_from_row,
-            )
-            .optional()
-        })
-        .await
-        .map_err(LedgerError)
+        let (processor, pipeline) = (processor.to_string(), self.pipeline.clone());
+        self.read(move |c| latest(c, &pipeline, &processor, date))
+            .await
+            .map_err(LedgerError)
     }
 
     async fn history(
@@ -74,13 +262,17 @@ impl Ledger for Sqlite {
         processor: &str,
         date: NaiveDate,
     ) -> Result<Vec<RunRecord>, LedgerError> {
-        let processor = processor.to_string();
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!(
+        let (processor, pipeline) = (processor.to_string(), self.pipeline.clone());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT {LEDGER_COLUMNS} FROM processor_run_history \
-                 WHERE processor_name = ?1 AND data_date = ?2 ORDER BY started_at, rowid"
+                 WHERE pipeline = ?1 AND processor_name = ?2 AND data_date = ?3 \
+                 ORDER BY started_at, rowid"
             ))?;
-            let rows = stmt.query_map(params![processor, date.to_string()], record_from_row)?;
+            let rows = stmt.query_map(
+                params![pipeline, processor, date.to_string()],
+                record_from_row,
+            )?;
             rows.collect()
         })
         .await
@@ -93,18 +285,19 @@ impl Ledger for Sqlite {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<RunRecord>, LedgerError> {
-        let processor = processor.to_string();
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!(
+        let (processor, pipeline) = (processor.to_string(), self.pipeline.clone());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT {LEDGER_COLUMNS} FROM (
                     SELECT *, ROW_NUMBER() OVER (
                         PARTITION BY data_date ORDER BY started_at DESC, rowid DESC) AS rn
                     FROM processor_run_history
-                    WHERE processor_name = ?1 AND data_date BETWEEN ?2 AND ?3)
+                    WHERE pipeline = ?1 AND processor_name = ?2
+                      AND data_date BETWEEN ?3 AND ?4)
                  WHERE rn = 1 ORDER BY data_date"
             ))?;
             let rows = stmt.query_map(
-                params![processor, from.to_string(), to.to_string()],
+                params![pipeline, processor, from.to_string(), to.to_string()],
                 record_from_row,
             )?;
             rows.collect()
@@ -113,14 +306,20 @@ impl Ledger for Sqlite {
         .map_err(LedgerError)
     }
 
-    async fn withdraw(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        let id = run.run_id.clone();
-        self.with(move |c| {
-            c.execute(
-                "DELETE FROM processor_run_history WHERE run_id = ?1 AND status = 'running'",
-                params![id],
-            )
-            .map(|_| ())
+    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        let pipeline = self.pipeline.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM processor_run_history
+                 WHERE pipeline = ?1 AND published_at IS NULL AND skip_downstream_trigger = 0
+                   AND status IN ('success', 'no_data')
+                   AND (lease_until IS NULL OR lease_until < ?2)
+                 ORDER BY data_date, started_at LIMIT ?3"
+            ))?;
+            let rows =
+                stmt.query_map(params![pipeline, ts(&Utc::now()), limit], record_from_row)?;
+            rows.collect()
         })
         .await
         .map_err(LedgerError)
@@ -135,8 +334,9 @@ impl Ledger for Sqlite {
         self.with(move |c| {
             let tx = c.transaction()?;
             {
-                let mut stmt = tx.prepare(
-                    "UPDATE processor_run_history SET published_at = ?1 WHERE run_id = ?2",
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE processor_run_history SET published_at = ?1, lease_until = NULL \
+                     WHERE run_id = ?2",
                 )?;
                 for id in &ids {
                     stmt.execute(params![ts(&at), id])?;

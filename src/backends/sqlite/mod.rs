@@ -1,26 +1,36 @@
 //! The embedded warehouse and ledger: one SQLite file (rusqlite, bundled).
 //!
-//! Dates are stored as `YYYY-MM-DD` text, timestamps as RFC 3339 text in UTC. The connection
-//! sits behind a mutex and every call runs on tokio's blocking pool.
+//! Dates are stored as `YYYY-MM-DD` text, timestamps as RFC 3339 text in UTC. Writes go
+//! through one writer thread, reads through a pool of read connections ([`connection`]).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, Row};
 
-use crate::ledger::{RunRecord, RunStatus, TriggerKind};
+use crate::ledger::{RunRecord, RunStatus, TriggerKind, UpstreamRun};
 use crate::warehouse::WarehouseError;
 
-/// A SQLite database used as both warehouse and ledger.
+mod atomic;
+mod connection;
+mod ledger;
+mod warehouse;
+
+use connection::Connections;
+
+/// A SQLite database used as both warehouse and ledger (of one pipeline).
 #[derive(Clone)]
 pub struct Sqlite {
-    conn: Arc<Mutex<Connection>>,
+    conns: Arc<Connections>,
+    /// The pipeline whose runs this handle's ledger reads and writes.
+    pipeline: Arc<str>,
 }
 
 const LEDGER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS processor_run_history (
     run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL DEFAULT '',
     processor_name TEXT NOT NULL,
     phase TEXT NOT NULL,
     data_date TEXT NOT NULL,
@@ -33,16 +43,36 @@ CREATE TABLE IF NOT EXISTS processor_run_history (
     production_ready INTEGER NOT NULL,
     trigger_source TEXT NOT NULL,
     message_id TEXT,
+    delivery_attempt INTEGER,
     skip_downstream_trigger INTEGER NOT NULL,
-    published_at TEXT
+    published_at TEXT,
+    upstream_runs TEXT,
+    lease_until TEXT
 );
-CREATE INDEX IF NOT EXISTS processor_run_history_by_date
-    ON processor_run_history (processor_name, data_date, started_at);
 ";
 
-const LEDGER_COLUMNS: &str = "run_id, processor_name, phase, data_date, status, started_at, \
-    finished_at, rows_affected, errors, findings, production_ready, trigger_source, message_id, \
-    skip_downstream_trigger, published_at";
+/// Columns added after the first release, added to older files on open.
+const LEDGER_MIGRATIONS: &[(&str, &str)] = &[
+    ("pipeline", "TEXT NOT NULL DEFAULT ''"),
+    ("delivery_attempt", "INTEGER"),
+    ("upstream_runs", "TEXT"),
+    ("lease_until", "TEXT"),
+];
+
+const LEDGER_INDEXES: &str = "
+DROP INDEX IF EXISTS processor_run_history_by_date;
+CREATE INDEX IF NOT EXISTS processor_run_history_latest
+    ON processor_run_history (pipeline, processor_name, data_date, started_at);
+CREATE INDEX IF NOT EXISTS processor_run_history_owed
+    ON processor_run_history (pipeline, lease_until)
+    WHERE published_at IS NULL AND skip_downstream_trigger = 0
+      AND status IN ('success', 'no_data');
+";
+
+const LEDGER_COLUMNS: &str = "run_id, pipeline, processor_name, phase, data_date, status, \
+    started_at, finished_at, rows_affected, errors, findings, production_ready, trigger_source, \
+    message_id, delivery_attempt, skip_downstream_trigger, published_at, upstream_runs, \
+    lease_until";
 
 fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -54,6 +84,12 @@ fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
         .map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
         })
+}
+
+fn opt_ts(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    row.get::<_, Option<String>>(i)?
+        .map(|s| parse_ts(&s))
+        .transpose()
 }
 
 fn parse_day(s: &str) -> rusqlite::Result<NaiveDate> {
@@ -71,61 +107,60 @@ fn bad_column(what: &str, value: &str) -> rusqlite::Error {
 }
 
 fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
-    let status: String = row.get(4)?;
-    let trigger: String = row.get(11)?;
-    let findings: Option<String> = row.get(9)?;
+    let status: String = row.get(5)?;
+    let trigger: String = row.get(12)?;
+    let findings: Option<String> = row.get(10)?;
+    let upstream: Option<String> = row.get(17)?;
     Ok(RunRecord {
         run_id: row.get(0)?,
-        processor: row.get(1)?,
-        phase: row.get(2)?,
-        data_date: parse_day(&row.get::<_, String>(3)?)?,
+        pipeline: row.get(1)?,
+        processor: row.get(2)?,
+        phase: row.get(3)?,
+        data_date: parse_day(&row.get::<_, String>(4)?)?,
         status: RunStatus::parse(&status).ok_or_else(|| bad_column("status", &status))?,
-        started_at: parse_ts(&row.get::<_, String>(5)?)?,
-        finished_at: row
-            .get::<_, Option<String>>(6)?
-            .map(|s| parse_ts(&s))
-            .transpose()?,
-        rows_affected: row.get(7)?,
-        errors: row.get(8)?,
+        started_at: parse_ts(&row.get::<_, String>(6)?)?,
+        finished_at: opt_ts(row, 7)?,
+        rows_affected: row.get(8)?,
+        errors: row.get(9)?,
         findings: findings.and_then(|f| serde_json::from_str(&f).ok()),
-        production_ready: row.get(10)?,
+        production_ready: row.get(11)?,
         trigger: TriggerKind::parse(&trigger).ok_or_else(|| bad_column("trigger", &trigger))?,
-        message_id: row.get(12)?,
-        skip_downstream_trigger: row.get(13)?,
-        published_at: row
-            .get::<_, Option<String>>(14)?
-            .map(|s| parse_ts(&s))
-            .transpose()?,
+        message_id: row.get(13)?,
+        delivery_attempt: row.get(14)?,
+        skip_downstream_trigger: row.get(15)?,
+        published_at: opt_ts(row, 16)?,
+        upstream_runs: upstream
+            .and_then(|u| serde_json::from_str::<Vec<UpstreamRun>>(&u).ok())
+            .unwrap_or_default(),
+        lease_until: opt_ts(row, 18)?,
     })
 }
 
 impl Sqlite {
-    /// Open (or create) the database file.
-    pub fn open(path: &Path) -> Result<Sqlite, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    /// Open (or create) the database file; its ledger reads and writes `pipeline`'s runs.
+    pub fn open(path: &Path, pipeline: &str) -> Result<Sqlite, rusqlite::Error> {
         Ok(Sqlite {
-            conn: Arc::new(Mutex::new(conn)),
+            conns: Connections::open(path)?,
+            pipeline: Arc::from(pipeline),
         })
     }
 
-    /// Run `f` with the connection on the blocking pool.
+    /// Run `f` on the writer thread (one write at a time; `f` manages its transaction).
     async fn with<T, F>(&self, f: F) -> Result<T, String>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| "sqlite connection poisoned".to_string())?;
-            f(&mut guard).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("sqlite task failed: {e}"))?
+        self.conns.write(f).await
+    }
+
+    /// Run `f` with a read connection of the pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.conns.read(f).await
     }
 
     /// Run DDL or other parameterless statements (setup, sample data).
@@ -136,7 +171,8 @@ impl Sqlite {
             .map_err(WarehouseError)
     }
 
-    /// Direct access for tools that load data in bulk (the sample-data generator).
+    /// Direct access for tools that load data in bulk (the sample-data generator), on the
+    /// writer thread.
     pub async fn with_connection<T, F>(&self, f: F) -> Result<T, WarehouseError>
     where
         T: Send + 'static,
@@ -145,6 +181,3 @@ impl Sqlite {
         self.with(f).await.map_err(WarehouseError)
     }
 }
-
-mod ledger;
-mod warehouse;

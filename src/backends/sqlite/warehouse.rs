@@ -6,15 +6,20 @@ use rusqlite::params;
 
 use super::{Sqlite, parse_day};
 use crate::config::{EntityCompleteness, Reference};
-use crate::warehouse::{DatePresence, EntityCount, Warehouse, WarehouseError};
+use crate::ledger::{Ledger, RunRecord};
+use crate::warehouse::{
+    Committed, DatePresence, EntityCount, ProcessorRun, Warehouse, WarehouseError,
+};
 
 /// `{dataset}` in configured SQL is SQLite's main schema.
 pub(super) fn expand_dataset(sql: &str) -> String {
     sql.replace(crate::config::DATASET_PLACEHOLDER, "main")
 }
 
-/// Bound as `@data_date` in processor statements.
-const DATA_DATE_PARAM: &str = "@data_date";
+/// Rows of `table` on one date (`?1`).
+pub(super) fn count_rows_sql(table: &str, date_column: &str) -> String {
+    format!("SELECT COUNT(*) FROM {table} WHERE {date_column} = ?1")
+}
 
 #[async_trait]
 impl Warehouse for Sqlite {
@@ -26,27 +31,20 @@ impl Warehouse for Sqlite {
         let statements: Vec<String> = statements.iter().map(|s| expand_dataset(s)).collect();
         self.with(move |c| {
             let tx = c.transaction()?;
-            for sql in &statements {
-                let mut stmt = tx.prepare(sql)?;
-                let bound = match stmt.parameter_index(DATA_DATE_PARAM)? {
-                    Some(i) => {
-                        stmt.raw_bind_parameter(i, date.to_string())?;
-                        1
-                    }
-                    None => 0,
-                };
-                if stmt.parameter_count() != bound {
-                    return Err(rusqlite::Error::InvalidParameterName(format!(
-                        "statement uses parameters other than {DATA_DATE_PARAM}: {sql}"
-                    )));
-                }
-                let mut rows = stmt.raw_query();
-                while rows.next()?.is_some() {}
-            }
+            super::atomic::execute_statements(&tx, &statements, date)?;
             tx.commit()
         })
         .await
         .map_err(WarehouseError)
+    }
+
+    async fn run_and_record(
+        &self,
+        job: &ProcessorRun<'_>,
+        run: RunRecord,
+        _ledger: &dyn Ledger,
+    ) -> Result<Committed, WarehouseError> {
+        self.run_atomic(job, run).await
     }
 
     async fn count_rows(
@@ -55,8 +53,8 @@ impl Warehouse for Sqlite {
         date_column: &str,
         date: NaiveDate,
     ) -> Result<u64, WarehouseError> {
-        let sql = format!("SELECT COUNT(*) FROM {table} WHERE {date_column} = ?1");
-        self.with(move |c| c.query_row(&sql, params![date.to_string()], |r| r.get::<_, i64>(0)))
+        let sql = count_rows_sql(table, date_column);
+        self.read(move |c| c.query_row(&sql, params![date.to_string()], |r| r.get::<_, i64>(0)))
             .await
             .map(|n| n.max(0) as u64)
             .map_err(WarehouseError)
@@ -87,8 +85,8 @@ impl Warehouse for Sqlite {
              SELECT e.d, a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
              ORDER BY e.d"
         );
-        self.with(move |c| {
-            let mut stmt = c.prepare(&sql)?;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(
                 rusqlite::named_params! {":from": from.to_string(), ":to": to.to_string()},
                 |row| {
@@ -133,8 +131,8 @@ impl Warehouse for Sqlite {
             ud = spec.upstream_date_column,
             ut = spec.upstream_table,
         );
-        self.with(move |c| {
-            let mut stmt = c.prepare(&sql)?;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(
                 rusqlite::named_params! {
                     ":date": date.to_string(),

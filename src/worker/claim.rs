@@ -1,0 +1,189 @@
+//! Who runs a processor for a date: de-duplication, the atomic claim, and the guard that
+//! never leaves a claim behind.
+//!
+//! A delivery reads the latest run (and the latest upstream runs), decides — reuse it, wait
+//! for it, or run again — and, to run, claims with a compare-and-set on the ledger: the claim
+//! succeeds only if the latest run is still the one it saw. Whoever loses re-decides from
+//! what won. The [`Held`] guard releases a claim on every path that does not finish it
+//! (error, panic, dropped request, deadline) and renews its lease while the run is alive.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::task::JoinHandle;
+
+use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
+use crate::config::{LeasePolicy, Phase, Processor};
+use crate::ledger::{self, Claim, Ledger, LedgerError, RunRecord, RunStatus, UpstreamRun};
+
+/// Decisions re-taken after losing a claim before answering "in progress".
+const CLAIM_ROUNDS: usize = 3;
+
+/// A claimed run: released (recorded `failed`) if dropped before [`Held::complete`].
+pub(super) struct Held {
+    ledger: Arc<dyn Ledger>,
+    run: Option<RunRecord>,
+    renewer: Option<JoinHandle<()>>,
+}
+
+impl Held {
+    fn new(ledger: Arc<dyn Ledger>, run: RunRecord, policy: LeasePolicy) -> Held {
+        let renewer = policy.renew_every.map(|every| {
+            let (ledger, id) = (Arc::clone(&ledger), run.run_id.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let until = Utc::now() + policy.lease;
+                    match ledger.renew(&id, until).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => tracing::warn!(run_id = %id, error = %e, "lease renewal failed"),
+                    }
+                }
+            })
+        });
+        Held {
+            ledger,
+            run: Some(run),
+            renewer,
+        }
+    }
+
+    /// Record the run's final state (written only if the claim is still ours).
+    pub(super) async fn complete(mut self, run: &RunRecord) -> Result<bool, LedgerError> {
+        self.stop_renewing();
+        let result = self.ledger.complete(run).await;
+        // Finished or not, the outcome is decided here: don't release on drop.
+        self.run = None;
+        result
+    }
+
+    /// The run was completed elsewhere (inside the processor's own transaction).
+    pub(super) fn disarm(mut self) {
+        self.stop_renewing();
+        self.run = None;
+    }
+
+    fn stop_renewing(&mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop_renewing();
+        let Some(mut run) = self.run.take() else {
+            return;
+        };
+        run.finish(
+            RunStatus::Failed,
+            None,
+            Some(
+                "interrupted before it finished (request dropped, deadline, error or panic); \
+                 released for the next delivery"
+                    .into(),
+            ),
+        );
+        run.lease_until = None;
+        let ledger = Arc::clone(&self.ledger);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    match ledger.complete(&run).await {
+                        Ok(_) => tracing::warn!(run_id = %run.run_id, processor = %run.processor,
+                            data_date = %run.data_date, "unfinished run released"),
+                        Err(e) => tracing::error!(run_id = %run.run_id, error = %e,
+                            "could not release an unfinished run; its lease will expire"),
+                    }
+                });
+            }
+            Err(_) => tracing::error!(run_id = %run.run_id,
+                "no runtime to release an unfinished run; its lease will expire"),
+        }
+    }
+}
+
+/// What the latest run means for this delivery.
+enum Decision {
+    Reuse(RunRecord),
+    Wait(RunRecord),
+    Run { seen: Option<String> },
+}
+
+fn decide(req: &RunRequest, latest: Option<RunRecord>, lineage: &[UpstreamRun]) -> Decision {
+    let Some(run) = latest else {
+        return Decision::Run { seen: None };
+    };
+    let same_message = req.message_id.is_some() && run.message_id == req.message_id;
+    if run.status.is_done() && (same_message || (!req.force && !run.is_stale(lineage))) {
+        return Decision::Reuse(run);
+    }
+    if run.status == RunStatus::Running && !run.is_abandoned(Utc::now()) {
+        return Decision::Wait(run);
+    }
+    Decision::Run {
+        seen: Some(run.run_id),
+    }
+}
+
+impl Worker {
+    /// De-duplicate, claim and (if won) run one processor.
+    pub(super) async fn run_processor(
+        &self,
+        phase: &Phase,
+        p: &Processor,
+        req: &RunRequest,
+        deadline: Instant,
+    ) -> Result<Step, WorkerError> {
+        let policy = self.config.server.lease_policy(&self.config.backend.kind);
+        for _ in 0..CLAIM_ROUNDS {
+            let latest = self.ledger.latest(&p.name, req.data_date).await?;
+            let consumed =
+                ledger::latest_upstream(self.ledger.as_ref(), &p.checks.upstream, req.data_date)
+                    .await?;
+            let lineage: Vec<UpstreamRun> = consumed.iter().map(|(u, _)| u.clone()).collect();
+            let seen = match decide(req, latest, &lineage) {
+                Decision::Reuse(run) => return Ok(Step::Reused(Box::new(run))),
+                Decision::Wait(run) => {
+                    return Ok(Step::Stop(PhaseOutcome::InProgress { run: Box::new(run) }));
+                }
+                Decision::Run { seen } => seen,
+            };
+            let mut run = RunRecord::start(
+                &p.name,
+                &phase.name,
+                req.data_date,
+                req.trigger,
+                req.message_id.clone(),
+                req.skip_downstream,
+            );
+            run.delivery_attempt = req.delivery_attempt;
+            run.upstream_runs = lineage;
+            run.lease_until = Some(Utc::now() + policy.lease);
+            match self.ledger.claim(&run, seen.as_deref()).await? {
+                Claim::Won => {
+                    let held = Held::new(Arc::clone(&self.ledger), run.clone(), policy);
+                    let upstream: Vec<RunRecord> = consumed.into_iter().map(|(_, r)| r).collect();
+                    return self
+                        .run_claimed(p, req, run, held, &upstream, deadline)
+                        .await;
+                }
+                Claim::Lost(winner) => {
+                    tracing::debug!(processor = %p.name, data_date = %req.data_date,
+                        winner = %winner.run_id, "claim lost to a concurrent delivery");
+                }
+            }
+        }
+        match self.ledger.latest(&p.name, req.data_date).await? {
+            Some(run) if run.status.is_done() && !req.force => Ok(Step::Reused(Box::new(run))),
+            Some(run) => Ok(Step::Stop(PhaseOutcome::InProgress { run: Box::new(run) })),
+            None => Err(WorkerError::Ledger(LedgerError(format!(
+                "claim of {} for {} kept losing but no run is recorded",
+                p.name, req.data_date
+            )))),
+        }
+    }
+}

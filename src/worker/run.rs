@@ -1,0 +1,187 @@
+//! A claimed run: the gate, the processor and the outcome in the ledger.
+//!
+//! Every exit records an outcome for the claim — `blocked`, `failed`, `success`/`no_data` —
+//! or leaves it to the [`Held`] guard to release. Production-readiness is this run's gate
+//! result and that of every upstream run it consumed.
+
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::claim::Held;
+use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
+use crate::config::{Mode, Processor, ProcessorKind};
+use crate::gate::{self, GateReport};
+use crate::ledger::{RunRecord, RunStatus};
+use crate::processor;
+use crate::warehouse::{Committed, ProcessorRun};
+
+impl Worker {
+    pub(super) async fn run_claimed(
+        &self,
+        p: &Processor,
+        req: &RunRequest,
+        mut run: RunRecord,
+        held: Held,
+        upstream: &[RunRecord],
+        deadline: Instant,
+    ) -> Result<Step, WorkerError> {
+        let report = match gate::evaluate(
+            &self.config,
+            p,
+            req.data_date,
+            self.ledger.as_ref(),
+            self.warehouse.as_ref(),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                run.finish(
+                    RunStatus::Failed,
+                    None,
+                    Some(format!("the gate could not be evaluated: {e}")),
+                );
+                run.lease_until = None;
+                held.complete(&run).await?;
+                return Err(e.into());
+            }
+        };
+        let report = with_upstream_readiness(report, p, upstream);
+        if !p.checks.is_empty() {
+            run.findings = serde_json::to_value(&report).ok();
+        }
+        run.production_ready = report.production_ready();
+        if report.blocks() {
+            run.finish(RunStatus::Blocked, None, Some(report.summary()));
+            run.lease_until = None;
+            held.complete(&run).await?;
+            tracing::warn!(processor = %p.name, data_date = %req.data_date,
+                reason = %report.summary(), "blocked by strict gate");
+            return Ok(Step::Stop(PhaseOutcome::Blocked {
+                run: Box::new(run),
+                report: Box::new(report),
+            }));
+        }
+        if !report.production_ready() {
+            tracing::warn!(processor = %p.name, data_date = %req.data_date,
+                reason = %report.summary(), "soft gate: processing, not production-ready");
+        }
+        // A run that will announce itself keeps its lease until its event is out.
+        if !req.skip_downstream {
+            let lease = self
+                .config
+                .server
+                .lease_policy(&self.config.backend.kind)
+                .lease;
+            run.lease_until = Some(Utc::now() + lease);
+        } else {
+            run.lease_until = None;
+        }
+        let committed = self.execute(p, req, run.clone(), deadline).await;
+        self.settle(p, req, run, held, committed).await
+    }
+
+    /// Run the processor; SQL processors commit output and outcome together.
+    async fn execute(
+        &self,
+        p: &Processor,
+        req: &RunRequest,
+        run: RunRecord,
+        deadline: Instant,
+    ) -> Result<Committed, String> {
+        let require_rows = p
+            .output
+            .as_ref()
+            .filter(|o| o.require_rows)
+            .and_then(|o| o.expected.as_deref())
+            .and_then(|name| self.config.reference(name));
+        match p.kind {
+            ProcessorKind::Sql => {
+                let job = ProcessorRun {
+                    statements: p.sql.for_backend(&self.config.backend.kind),
+                    date: req.data_date,
+                    output: p.output.as_ref(),
+                    require_rows,
+                    deadline,
+                };
+                self.warehouse
+                    .run_and_record(&job, run, self.ledger.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            ProcessorKind::Command => {
+                processor::run_command_and_record(
+                    p,
+                    req.data_date,
+                    self.warehouse.as_ref(),
+                    self.ledger.as_ref(),
+                    require_rows,
+                    run,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Turn the processor's result into the step and the ledger's final word.
+    async fn settle(
+        &self,
+        p: &Processor,
+        req: &RunRequest,
+        mut run: RunRecord,
+        held: Held,
+        committed: Result<Committed, String>,
+    ) -> Result<Step, WorkerError> {
+        let error = match committed {
+            Ok(Committed::Done(done)) => {
+                held.disarm();
+                tracing::info!(processor = %p.name, data_date = %req.data_date,
+                    status = %done.status, rows = ?done.rows_affected, "processor finished");
+                return Ok(Step::Ran(done));
+            }
+            Ok(Committed::TakenOver) => {
+                held.disarm();
+                let latest = self.ledger.latest(&p.name, req.data_date).await?;
+                return Ok(Step::Stop(PhaseOutcome::InProgress {
+                    run: Box::new(latest.unwrap_or(run)),
+                }));
+            }
+            Ok(Committed::PostCondition(reason)) => reason,
+            Err(e) => e,
+        };
+        run.finish(RunStatus::Failed, None, Some(error.clone()));
+        run.lease_until = None;
+        held.complete(&run).await?;
+        tracing::error!(processor = %p.name, data_date = %req.data_date,
+            error = %error, "processor failed");
+        Ok(Step::Stop(PhaseOutcome::Failed { run: Box::new(run) }))
+    }
+}
+
+/// A run that consumes a not-production-ready upstream run is not production-ready; with
+/// `require_production_ready` in strict mode it is a problem that blocks.
+fn with_upstream_readiness(
+    mut report: GateReport,
+    p: &Processor,
+    upstream: &[RunRecord],
+) -> GateReport {
+    let not_ready: Vec<String> = upstream
+        .iter()
+        .filter(|r| !r.production_ready)
+        .map(|r| format!("{} (run {})", r.processor, r.run_id))
+        .collect();
+    if not_ready.is_empty() {
+        return report;
+    }
+    let sentence = format!(
+        "consumes upstream run(s) that are not production-ready: {}",
+        not_ready.join(", ")
+    );
+    if p.checks.mode == Mode::Strict && p.checks.require_production_ready {
+        report.problems.push(sentence);
+    } else {
+        report.not_production_ready.push(sentence);
+    }
+    report
+}
