@@ -20,6 +20,7 @@ const UPSERT: &str = "INSERT INTO processor_run_history (run_id, pipeline, proce
     published_at, upstream_runs, lease_until) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
     ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, \
+    skip_downstream_trigger = excluded.skip_downstream_trigger, \
     finished_at = excluded.finished_at, rows_affected = excluded.rows_affected, \
     errors = excluded.errors, findings = excluded.findings, \
     production_ready = excluded.production_ready, published_at = excluded.published_at, \

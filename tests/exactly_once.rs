@@ -1,0 +1,439 @@
+//! Fault injection: concurrent and repeated deliveries, a delivery paused between its look at
+//! the ledger and its claim, requests dropped mid-run, errors after the claim, a forced
+//! re-run whose post-condition fails, a worker that dies holding a claim. Every case checks
+//! what a user relies on: one run and one completion event per processor, phase and date,
+//! and no date stranded.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use common::{TestEnv, d};
+use phasegate::bus::{PublishError, Publisher};
+use phasegate::envelope::PushEnvelope;
+use phasegate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus};
+use phasegate::worker::{PhaseOutcome, PushOutcome, RunRequest, Worker};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// Counts completion events per (topic, data_date); delivers nothing.
+#[derive(Default)]
+struct Counting {
+    events: Mutex<HashMap<(String, String), usize>>,
+}
+
+impl Counting {
+    fn count(&self, topic: &str, date: NaiveDate) -> usize {
+        let events = self.events.lock().unwrap();
+        events
+            .get(&(topic.to_string(), date.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Publisher for Counting {
+    async fn publish(
+        &self,
+        topic: &str,
+        _: &Value,
+        attributes: BTreeMap<String, String>,
+    ) -> Result<String, PublishError> {
+        let date = attributes.get("data_date").cloned().unwrap_or_default();
+        *self
+            .events
+            .lock()
+            .unwrap()
+            .entry((topic.to_string(), date))
+            .or_default() += 1;
+        Ok("counted".into())
+    }
+}
+
+/// A ledger that can hold one `claim` until released, or fail one call after the claim.
+struct Faulty {
+    inner: Arc<dyn Ledger>,
+    pause_next_claim: AtomicBool,
+    paused: Notify,
+    release: Notify,
+    fail_next_latest_after_claim: AtomicBool,
+    pause_next_latest_after_claim: AtomicBool,
+    claimed: AtomicBool,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn Ledger>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            pause_next_claim: AtomicBool::new(false),
+            paused: Notify::new(),
+            release: Notify::new(),
+            fail_next_latest_after_claim: AtomicBool::new(false),
+            pause_next_latest_after_claim: AtomicBool::new(false),
+            claimed: AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait]
+impl Ledger for Faulty {
+    async fn ensure_schema(&self) -> Result<(), LedgerError> {
+        self.inner.ensure_schema().await
+    }
+    async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
+        self.inner.record(r).await
+    }
+    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+        if self.pause_next_claim.swap(false, Ordering::SeqCst) {
+            self.paused.notify_one();
+            self.release.notified().await;
+        }
+        let claim = self.inner.claim(run, seen).await;
+        self.claimed.store(true, Ordering::SeqCst);
+        claim
+    }
+    async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
+        self.inner.complete(run).await
+    }
+    async fn renew(&self, id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
+        self.inner.renew(id, until).await
+    }
+    async fn claim_publication(
+        &self,
+        ids: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        self.inner.claim_publication(ids, until).await
+    }
+    async fn latest(&self, p: &str, date: NaiveDate) -> Result<Option<RunRecord>, LedgerError> {
+        if self.claimed.load(Ordering::SeqCst)
+            && self
+                .fail_next_latest_after_claim
+                .swap(false, Ordering::SeqCst)
+        {
+            return Err(LedgerError("injected: connection reset".into()));
+        }
+        if self.claimed.load(Ordering::SeqCst)
+            && self
+                .pause_next_latest_after_claim
+                .swap(false, Ordering::SeqCst)
+        {
+            self.paused.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.latest(p, date).await
+    }
+    async fn history(&self, p: &str, date: NaiveDate) -> Result<Vec<RunRecord>, LedgerError> {
+        self.inner.history(p, date).await
+    }
+    async fn latest_in_range(
+        &self,
+        p: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        self.inner.latest_in_range(p, from, to).await
+    }
+    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        self.inner.owed_events(limit).await
+    }
+    async fn mark_published(
+        &self,
+        runs: &[RunRecord],
+        at: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.inner.mark_published(runs, at).await
+    }
+}
+
+fn push_body(date: NaiveDate, message_id: &str) -> Vec<u8> {
+    let envelope = PushEnvelope::wrap(
+        &json!({ "data_date": date }),
+        BTreeMap::new(),
+        message_id.into(),
+        "s".into(),
+    );
+    serde_json::to_vec(&envelope).unwrap()
+}
+
+fn worker_on(env: &TestEnv, ledger: Arc<dyn Ledger>, publisher: Arc<dyn Publisher>) -> Arc<Worker> {
+    Arc::new(Worker::new(
+        env.app.config.clone(),
+        ledger,
+        env.app.warehouse().clone(),
+        publisher,
+    ))
+}
+
+const PHASES: [(&str, &str, &str); 4] = [
+    ("raw", "ingest", "test-raw-done"),
+    ("analytics", "summary", "test-analytics-done"),
+    ("precompute", "features", "test-precompute-done"),
+    ("predictions", "preds", "test-predictions-done"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_deliveries_run_once_and_publish_once_every_round() {
+    const ROUNDS: u32 = 8;
+    const CONCURRENCY: usize = 50;
+    let env = TestEnv::new("soft").await;
+    let days = common::dates("2024-01-01", ROUNDS);
+    env.season(&days).await;
+    let counting = Arc::new(Counting::default());
+    let worker = worker_on(&env, env.app.ledger().clone(), counting.clone());
+    for day in &days {
+        for (phase, processor, topic) in PHASES {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..CONCURRENCY {
+                // Half distinct message ids, half one id delivered 25 times.
+                let id = if i % 2 == 0 {
+                    format!("m-{i}")
+                } else {
+                    "same".into()
+                };
+                let body = push_body(*day, &format!("{phase}-{day}-{id}"));
+                let (w, phase) = (worker.clone(), phase.to_string());
+                tasks.spawn(async move { w.handle_push(&phase, &body).await.http_status() });
+            }
+            let statuses: Vec<u16> = tasks.join_all().await;
+            assert!(
+                statuses.iter().all(|s| *s == 200 || *s == 409),
+                "{phase} {day}: {statuses:?}"
+            );
+            let history = env.app.ledger().history(processor, *day).await.unwrap();
+            assert_eq!(history.len(), 1, "{processor} {day}: one run, {history:?}");
+            assert!(history[0].status.is_done());
+            assert_eq!(counting.count(topic, *day), 1, "{phase} {day}: one event");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_paused_before_its_claim_does_not_run_the_date_again() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let faulty = Faulty::new(env.app.ledger().clone());
+    let counting = Arc::new(Counting::default());
+    let worker = worker_on(&env, faulty.clone(), counting.clone());
+
+    // Delivery A looks at the ledger (nothing there) and is held just before its claim.
+    faulty.pause_next_claim.store(true, Ordering::SeqCst);
+    let paused = faulty.paused.notified();
+    let a = {
+        let w = worker.clone();
+        tokio::spawn(async move { w.handle_push("raw", &push_body(day, "a")).await })
+    };
+    paused.await;
+    // Delivery B runs the date to the end meanwhile.
+    let b = worker.handle_push("raw", &push_body(day, "b")).await;
+    assert_eq!(b.http_status(), 200);
+    faulty.release.notify_one();
+    let a = a.await.unwrap();
+    assert_eq!(a.http_status(), 200, "{:?}", a.body());
+    assert_eq!(a.label(), "already_done", "A sees B's run and reuses it");
+
+    let history = env.app.ledger().history("ingest", day).await.unwrap();
+    assert_eq!(history.len(), 1, "one run: {history:?}");
+    assert_eq!(counting.count("test-raw-done", day), 1, "one event");
+}
+
+#[tokio::test]
+async fn a_request_dropped_mid_run_is_released_and_its_redelivery_succeeds() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let faulty = Faulty::new(env.app.ledger().clone());
+    let counting = Arc::new(Counting::default());
+    let worker = worker_on(&env, faulty.clone(), counting.clone());
+
+    worker
+        .handle_push("raw", &push_body(day, "raw"))
+        .await
+        .http_status();
+    faulty.claimed.store(false, Ordering::SeqCst);
+    // analytics claims the date, then its gate reads the ledger: the request is dropped
+    // right there (client gone, hyper drops the future) and never resumes.
+    faulty
+        .pause_next_latest_after_claim
+        .store(true, Ordering::SeqCst);
+    let paused = faulty.paused.notified();
+    let dropped = {
+        let w = worker.clone();
+        tokio::spawn(async move { w.handle_push("analytics", &push_body(day, "m")).await })
+    };
+    paused.await;
+    assert_eq!(
+        env.status("summary", day).await,
+        Some(RunStatus::Running),
+        "claimed and held"
+    );
+    dropped.abort();
+    let _ = dropped.await;
+
+    // The redelivery is never told "in progress" by the abandoned claim.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = worker
+            .handle_push("analytics", &push_body(day, "m"))
+            .await
+            .http_status();
+        if status != 409 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    let latest = env.latest("summary", day).await.unwrap();
+    assert!(latest.status.is_done(), "{latest:?}");
+    assert!(
+        env.app
+            .ledger()
+            .history("summary", day)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.status != RunStatus::Running),
+        "no running row left behind"
+    );
+    assert_eq!(counting.count("test-analytics-done", day), 1);
+}
+
+#[tokio::test]
+async fn an_error_after_the_claim_releases_it_for_the_redelivery() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let worker0 = worker_on(
+        &env,
+        env.app.ledger().clone(),
+        Arc::new(Counting::default()),
+    );
+    assert_eq!(
+        worker0
+            .handle_push("raw", &push_body(day, "r"))
+            .await
+            .http_status(),
+        200
+    );
+    let faulty = Faulty::new(env.app.ledger().clone());
+    let worker = worker_on(&env, faulty.clone(), Arc::new(Counting::default()));
+    // analytics' gate reads the upstream run after the claim: that read fails once.
+    faulty
+        .fail_next_latest_after_claim
+        .store(true, Ordering::SeqCst);
+    let first = worker.handle_push("analytics", &push_body(day, "x")).await;
+    assert_eq!(first.http_status(), 503, "{:?}", first.body());
+    assert!(matches!(first, PushOutcome::StoreUnavailable(_)));
+    let second = worker.handle_push("analytics", &push_body(day, "x")).await;
+    assert_eq!(second.http_status(), 200, "{:?}", second.body());
+    let history = env.app.ledger().history("summary", day).await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![RunStatus::Failed, RunStatus::Success],
+        "the interrupted attempt is recorded failed, the redelivery succeeded"
+    );
+}
+
+#[tokio::test]
+async fn a_forced_rerun_whose_post_condition_fails_keeps_the_previous_output() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let w = &env.app.worker;
+    let mut req = RunRequest::new("raw", day, phasegate::ledger::TriggerKind::Cli);
+    req.skip_downstream = true;
+    assert!(matches!(
+        w.run_phase(&req).await.unwrap(),
+        PhaseOutcome::Done { .. }
+    ));
+    assert_eq!(env.count("raw", "game_date", day).await, 2);
+    env.lose_feed(day).await;
+    req.force = true;
+    let outcome = w.run_phase(&req).await.unwrap();
+    assert!(
+        matches!(outcome, PhaseOutcome::Failed { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        env.count("raw", "game_date", day).await,
+        2,
+        "the failed run rolled back: the good rows are still there"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_died_holding_a_claim_is_taken_over_after_its_lease() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    // A claim whose holder is gone: running, lease already over.
+    let mut dead = RunRecord::start(
+        "ingest",
+        "raw",
+        day,
+        phasegate::ledger::TriggerKind::Pubsub,
+        Some("crashed".into()),
+        false,
+    );
+    dead.lease_until = Some(Utc::now() - chrono::Duration::seconds(1));
+    env.app.ledger().record(&dead).await.unwrap();
+
+    let counting = Arc::new(Counting::default());
+    let worker = worker_on(&env, env.app.ledger().clone(), counting.clone());
+    let outcome = worker.handle_push("raw", &push_body(day, "crashed")).await;
+    assert_eq!(outcome.http_status(), 200, "{:?}", outcome.body());
+    let history = env.app.ledger().history("ingest", day).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].status, RunStatus::Failed);
+    assert!(
+        history[0]
+            .errors
+            .as_deref()
+            .unwrap_or_default()
+            .contains("abandoned")
+    );
+    assert!(history[1].status.is_done());
+    assert_eq!(counting.count("test-raw-done", day), 1);
+}
+
+#[tokio::test]
+async fn an_owed_event_whose_owner_died_is_published_once_by_the_sweep() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let counting = Arc::new(Counting::default());
+    let worker = worker_on(&env, env.app.ledger().clone(), counting.clone());
+    let mut req = RunRequest::new("raw", day, phasegate::ledger::TriggerKind::Cli);
+    req.skip_downstream = true;
+    worker.run_phase(&req).await.unwrap();
+    // Simulate "succeeded, crashed before publishing": owed, lease over.
+    let mut run = env.latest("ingest", day).await.unwrap();
+    run.skip_downstream_trigger = false;
+    run.lease_until = Some(Utc::now() - chrono::Duration::seconds(1));
+    env.app.ledger().record(&run).await.unwrap();
+
+    let sweeps = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (w, n) = (worker.clone(), sweeps.clone());
+        tasks.spawn(async move {
+            n.fetch_add(w.relay_owed_events().await.unwrap(), Ordering::SeqCst);
+        });
+    }
+    tasks.join_all().await;
+    assert_eq!(sweeps.load(Ordering::SeqCst), 1);
+    assert_eq!(counting.count("test-raw-done", day), 1);
+    assert!(
+        env.latest("ingest", day)
+            .await
+            .unwrap()
+            .published_at
+            .is_some()
+    );
+}

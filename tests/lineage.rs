@@ -1,0 +1,110 @@
+//! Lineage and staleness: a corrected upstream run flows downstream; with the cascade off,
+//! the downstream date is stale until it is re-run; not-production-ready propagates; and two
+//! pipelines sharing one ledger do not see each other's runs.
+
+mod common;
+
+use common::{TestEnv, d};
+use phasegate::ledger::{RunStatus, TriggerKind, UpstreamRun};
+use phasegate::worker::{PhaseOutcome, RunRequest};
+
+async fn run(env: &TestEnv, phase: &str, date: chrono::NaiveDate, force: bool, skip: bool) {
+    let mut req = RunRequest::new(phase, date, TriggerKind::Cli);
+    req.force = force;
+    req.skip_downstream = skip;
+    let outcome = env.app.worker.run_phase(&req).await.unwrap();
+    assert!(matches!(outcome, PhaseOutcome::Done { .. }), "{outcome:?}");
+    if let Some(bus) = &env.app.bus {
+        bus.wait_idle().await;
+    }
+}
+
+async fn latest_upstream(
+    env: &TestEnv,
+    processor: &str,
+    date: chrono::NaiveDate,
+) -> Vec<UpstreamRun> {
+    let run = env.latest(processor, date).await.unwrap();
+    vec![UpstreamRun {
+        processor: processor.to_string(),
+        run_id: run.run_id,
+    }]
+}
+
+#[tokio::test]
+async fn a_forced_upstream_rerun_with_the_cascade_on_reruns_downstream_with_the_correction() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    env.trigger(day, false).await;
+    assert_eq!(env.count("summary", "game_date", day).await, 2);
+    let old_summary = env.latest("summary", day).await.unwrap();
+
+    // The source is corrected (a late team C), raw is re-run without the skip flag.
+    env.exec_for(
+        "INSERT INTO {dataset}.feed (game_date, team) VALUES (@data_date, 'C')",
+        &[day],
+    )
+    .await;
+    run(&env, "raw", day, true, false).await;
+
+    let new_summary = env.latest("summary", day).await.unwrap();
+    assert_ne!(new_summary.run_id, old_summary.run_id, "summary re-ran");
+    assert_eq!(
+        new_summary.upstream_runs,
+        latest_upstream(&env, "ingest", day).await,
+        "and consumed the corrected run"
+    );
+    assert_eq!(env.count("summary", "game_date", day).await, 3);
+    assert_eq!(env.status("preds", day).await, Some(RunStatus::Success));
+}
+
+#[tokio::test]
+async fn with_the_skip_flag_the_downstream_date_is_stale_until_rerun() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    env.trigger(day, false).await;
+    env.exec_for(
+        "INSERT INTO {dataset}.feed (game_date, team) VALUES (@data_date, 'C')",
+        &[day],
+    )
+    .await;
+    run(&env, "raw", day, true, true).await;
+
+    let summary = env.latest("summary", day).await.unwrap();
+    let upstream = latest_upstream(&env, "ingest", day).await;
+    assert!(
+        summary.is_stale(&upstream),
+        "summary consumed the old raw run"
+    );
+    assert_eq!(env.count("summary", "game_date", day).await, 2);
+
+    // Re-running analytics without --force repairs it: a stale date is not done.
+    run(&env, "analytics", day, false, true).await;
+    let summary = env.latest("summary", day).await.unwrap();
+    assert!(!summary.is_stale(&upstream));
+    assert_eq!(env.count("summary", "game_date", day).await, 3);
+}
+
+#[tokio::test]
+async fn not_production_ready_propagates_two_phases_down() {
+    let env = TestEnv::new("soft").await;
+    // Day 2 has a hole in its history (day 1's raw feed missing): features is soft-checked.
+    let days = common::dates("2024-01-01", 3);
+    env.season(&days).await;
+    env.lose_feed(days[0]).await;
+    for day in &days[1..] {
+        env.trigger(*day, false).await;
+    }
+    let features = env.latest("features", days[2]).await.unwrap();
+    assert!(!features.production_ready, "soft gap: {features:?}");
+    let preds = env.latest("preds", days[2]).await.unwrap();
+    assert!(preds.status.is_done());
+    assert!(
+        !preds.production_ready,
+        "preds consumed a not-production-ready run"
+    );
+    let summary = env.latest("summary", days[2]).await.unwrap();
+    assert!(summary.production_ready);
+}
