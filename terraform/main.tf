@@ -7,6 +7,7 @@ locals {
   apis = toset([
     "bigquery.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",

@@ -10,7 +10,7 @@ variable "region" {
 }
 
 variable "image" {
-  description = "phasegate image by digest; deploy/deploy.sh sets it on each release."
+  description = "phasegate image by digest; deploy/deploy.sh records it in image.auto.tfvars on each release."
   type        = string
 }
 
