@@ -380,6 +380,16 @@ for kind, rname, body in all_resources():
         check("local.labels" in str(body.get("labels")), f"{kind}.{rname} must carry local.labels")
 
 
+# ── Documentation ─────────────────────────────────────────────────────────────────────────
+
+readme = (root / "terraform/README.md").read_text()
+outputs = [n.strip('"') for block in tf.get("output", []) for n in block]
+for var in variables:
+    check(f"| `{var}` |" in readme, f"terraform/README.md: the inputs table lacks {var}")
+for out in outputs:
+    check(f"| `{out}` |" in readme, f"terraform/README.md: the outputs table lacks {out}")
+
+
 # ── The example root module ───────────────────────────────────────────────────────────────
 
 example = load(root / "terraform/examples/daily")
