@@ -24,9 +24,14 @@ Asserts what the deployment relies on and what a reviewer would otherwise check 
   compared with the code by tests/terraform_schema.rs);
 - terraform/examples/daily is a root module calling this one.
 """
+import json
+import os
 import pathlib
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import tomllib
 
 import hcl2
@@ -401,10 +406,83 @@ for block in example.get("terraform", []):
         example_providers.update(rp)
 check({"google", "google-beta"} <= set(example_providers), "the example root module must configure google and google-beta")
 
+# ── The validation blocks, evaluated by Terraform itself ──────────────────────────────────
+# A root module holding only variables.tf needs no provider, so `terraform plan` runs offline
+# and evaluates every validation block: each case must be accepted or rejected as GCP would.
+
+DIGEST = "us-central1-docker.pkg.dev/my-project/phasegate/phasegate@sha256:" + "a" * 64
+GOOD = {"project_id": "my-project", "image": DIGEST, "config_file": str(root / "examples/nba/pipeline.toml")}
+VALIDATION_CASES = [
+    ({}, None),
+    ({"image": "us-docker.pkg.dev/p/r/phasegate:v1", "phases": ["a", "b-2"], "pipeline_name": "x"}, None),
+    ({"max_delivery_attempts": 5, "retry_minimum_backoff_seconds": 0, "retry_maximum_backoff_seconds": 0}, None),
+    ({"max_delivery_attempts": 100, "processing_timeout_seconds": 10, "output_tables": {"raw": ["raw_player_boxscores"]}}, None),
+    ({"pipeline_name": "abcdefghijklmnopqrst", "phases": ["a"]}, None),  # 20: pg-<20>-pusher is 30
+    ({"project_id": "My_Project"}, "project_id must be"),
+    ({"pipeline_name": "nba_2"}, "pipeline_name must be"),
+    ({"pipeline_name": "abcdefghijklmnopqrstu"}, "pipeline_name must be"),  # 21
+    ({"pipeline_name": "nba-"}, "pipeline_name must be"),
+    ({"pipeline_name": "google"}, "pipeline_name must be"),
+    ({"phases": ["raw", "Raw_2"]}, "Each phase name"),
+    ({"phases": ["pusher"]}, "Each phase name"),
+    ({"phases": ["raw", "raw"]}, "each once"),
+    ({"phases": []}, "each once"),
+    ({"phases": ["a" * 24]}, "Service account ids"),  # pg-nba- + 24 = 31
+    ({"max_delivery_attempts": 4}, "max_delivery_attempts must be"),
+    ({"max_delivery_attempts": 101}, "max_delivery_attempts must be"),
+    ({"retry_minimum_backoff_seconds": 601}, "retry_minimum_backoff_seconds must be"),
+    ({"retry_maximum_backoff_seconds": 601}, "retry_maximum_backoff_seconds must be"),
+    ({"retry_minimum_backoff_seconds": 20, "retry_maximum_backoff_seconds": 10}, "must not exceed"),
+    ({"processing_timeout_seconds": 9}, "processing_timeout_seconds must be"),
+    ({"processing_timeout_seconds": 601}, "processing_timeout_seconds must be"),
+    ({"cpu": "0.5"}, "cpu must be"),
+    ({"memory": "512MB"}, "memory must be"),
+    ({"worker_concurrency": 0}, "worker_concurrency must be"),
+    ({"min_instances": 3, "max_instances": 2}, "max_instances must be"),
+    ({"ingress": "all"}, "ingress must be"),
+    ({"dataset_id": "my-dataset"}, "dataset_id must be"),
+    ({"output_tables": {"nope": ["t"]}}, "output_tables keys"),
+    ({"output_tables": {"raw": ["processor_run_history"]}}, "never the ledger"),
+    ({"labels": {"Env": "prod"}}, "labels:"),
+    ({"config_file": "/nonexistent/pipeline.toml"}, "config_file must be"),
+    ({"image": "phasegate:latest"}, "image must be"),
+    ({"schedule": "0 6 * *"}, "schedule must be"),
+    ({"schedule_time_zone": "New York"}, "schedule_time_zone must be"),
+    ({"notification_channels": ["oncall"]}, "notification_channels must be"),
+    ({"config_mount_dir": "/etc"}, "config_mount_dir must be"),
+]
+
+
+def run_validation_cases():
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        return "skipped (no terraform binary)"
+    env = dict(os.environ, TF_IN_AUTOMATION="1", CHECKPOINT_DISABLE="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(root / "terraform/variables.tf", tmp)
+        subprocess.run([terraform, "init", "-input=false", "-no-color"], cwd=tmp, env=env,
+                       check=True, capture_output=True)
+        for overrides, expected in VALIDATION_CASES:
+            values = {**GOOD, **overrides}
+            (pathlib.Path(tmp) / "case.auto.tfvars.json").write_text(json.dumps(values))
+            out = subprocess.run([terraform, "plan", "-input=false", "-no-color", "-lock=false", "-refresh=false"],
+                                 cwd=tmp, env=env, capture_output=True, text=True)
+            text = re.sub(r"\s+", " ", out.stdout + out.stderr)
+            if expected is None:
+                check(out.returncode == 0, f"terraform rejects valid inputs {overrides}: {text[-400:]}")
+            else:
+                check(out.returncode != 0 and expected in text,
+                      f"terraform must reject {overrides} with {expected!r}; got: {text[-400:]}")
+    return f"{len(VALIDATION_CASES)} cases"
+
+
+validation_result = run_validation_cases()
+
 if failures:
     print("terraform structure check FAILED:")
     for f in failures:
         print(" -", f)
     sys.exit(1)
 print(f"terraform structure check: ok ({len(phases)} phases, {len(variables)} variables, "
-      f"{len(apis)} APIs, {len(policies)} alert policy resources, config from Secret Manager, no baked config)")
+      f"{len(apis)} APIs, {len(policies)} alert policy resources, config from Secret Manager, no baked config; "
+      f"validation blocks under terraform plan: {validation_result})")

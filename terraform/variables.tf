@@ -63,6 +63,8 @@ variable "phases" {
     error_message = "Service account ids pg-<pipeline_name>-<phase> must be at most 30 characters: shorten pipeline_name or the phase name."
   }
   validation {
+    # Implied today by the service-account limit above (the service name is 7 characters
+    # longer); kept so that changing either naming cannot produce a name Cloud Run rejects.
     condition     = alltrue([for p in var.phases : length("phasegate-${var.pipeline_name}-${p}") <= 49])
     error_message = "Cloud Run service names phasegate-<pipeline_name>-<phase> must be at most 49 characters: shorten pipeline_name or the phase name."
   }
@@ -215,7 +217,8 @@ variable "dataset_id" {
   type        = string
   default     = "nba"
   validation {
-    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.dataset_id))
+    # (RE2 caps a repetition count at 1000, hence the length test beside the pattern.)
+    condition     = can(regex("^[A-Za-z0-9_]+$", var.dataset_id)) && length(var.dataset_id) <= 1024
     error_message = "dataset_id must be letters, digits and underscores only (at most 1024)."
   }
 }
@@ -239,7 +242,7 @@ variable "output_tables" {
     error_message = "output_tables keys must be phase names from var.phases."
   }
   validation {
-    condition     = alltrue(flatten([for p, ts in var.output_tables : [for t in ts : can(regex("^[A-Za-z0-9_]{1,1024}$", t)) && t != "processor_run_history"]]))
+    condition     = alltrue(flatten([for p, ts in var.output_tables : [for t in ts : can(regex("^[A-Za-z0-9_]+$", t)) && length(t) <= 1024 && t != "processor_run_history"]]))
     error_message = "output_tables must name tables (letters, digits, underscores), never the ledger processor_run_history (its rights are fixed by the module)."
   }
 }
