@@ -332,6 +332,13 @@ check(any("num_undelivered_messages" in f and "google_pubsub_subscription.dead_l
       "an alert policy must watch the dead-letter subscriptions' backlog")
 check(any("google_logging_metric.blocked_or_failed" in f for f in filters.values()),
       "an alert policy must watch the blocked/failed log-based metric")
+check(any("google_logging_metric.ledger_rewrite" in f for f in filters.values()),
+      "an alert policy must watch rewrites of the ledger (what IAM cannot forbid)")
+rewrite = resources("google_logging_metric").get("ledger_rewrite")
+check(rewrite is not None and "google_bigquery_table.processor_run_history" in str(rewrite.get("filter"))
+      and all(s in str(rewrite.get("filter")) for s in ("UPDATE", "MERGE", "TRUNCATE_TABLE"))
+      and "DELETE" not in str(rewrite.get("filter")),
+      "the ledger-rewrite metric must count UPDATE/MERGE/TRUNCATE on the ledger (not DELETE: phasegate withdraws claims)")
 metric = resources("google_logging_metric").get("blocked_or_failed")
 check(metric is not None, "google_logging_metric.blocked_or_failed is missing")
 if metric:
