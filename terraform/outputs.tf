@@ -52,9 +52,15 @@ output "scheduler_job" {
 }
 
 output "alert_policies" {
-  description = "Alert policy ids: dead letters per phase, and blocked or failed runs."
+  description = "Alert policy ids: dead letters per phase, blocked or failed runs, rewrites of the ledger."
   value = {
     dead_letter       = { for p, a in google_monitoring_alert_policy.dead_letter_backlog : p => a.id }
     blocked_or_failed = google_monitoring_alert_policy.blocked_or_failed.id
+    ledger_rewrite    = google_monitoring_alert_policy.ledger_rewrite.id
   }
+}
+
+output "project_id" {
+  description = "The project, known only once the module's APIs are enabled: give it to resources outside the module that need those APIs (e.g. notification channels), so they wait for them."
+  value       = local.project
 }

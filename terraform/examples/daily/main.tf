@@ -33,7 +33,8 @@ provider "google-beta" {
 }
 
 resource "google_monitoring_notification_channel" "email" {
-  project      = var.project_id
+  # From the module: created only after the module has enabled the Monitoring API.
+  project      = module.phasegate.project_id
   display_name = "phasegate nba on-call"
   type         = "email"
   labels = {
