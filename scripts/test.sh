@@ -9,7 +9,8 @@
 #    emulator and bqemulator on free ports, and always stops them):
 #    - the shared behavioural suite (gate, cascade, backfill) again, on BigQuery;
 #    - end to end: one worker process per phase behind Pub/Sub push subscriptions;
-# 4. the Terraform module: structure and schema checks (python-hcl2) and checkov.
+# 4. the deployment: terraform fmt, structure checks and validation cases (python-hcl2,
+#    terraform plan), hadolint on deploy/Dockerfile, checkov (scripts/check-terraform.sh).
 # Set PHASEGATE_SKIP_EMULATORS=1 to skip step 3 locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."

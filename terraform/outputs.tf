@@ -1,5 +1,5 @@
 output "trigger_topic" {
-  description = "Topic the scheduler (or `phasegate backfill --via-pubsub` for the first phase) publishes to."
+  description = "Topic the scheduler job publishes the daily trigger to (the first phase's input)."
   value       = google_pubsub_topic.trigger.id
 }
 
@@ -13,17 +13,54 @@ output "dead_letter_subscriptions" {
   value       = { for p, s in google_pubsub_subscription.dead_letter : p => s.id }
 }
 
+output "worker_services" {
+  description = "Cloud Run service name of each phase (for `gcloud run services describe`)."
+  value       = { for p, s in google_cloud_run_v2_service.worker : p => s.name }
+}
+
 output "worker_urls" {
-  description = "Cloud Run URL of each phase's worker."
+  description = "Cloud Run URL of each phase's worker (reachable only as the ingress setting allows)."
   value       = { for p, s in google_cloud_run_v2_service.worker : p => s.uri }
 }
 
+output "worker_service_accounts" {
+  description = "Service account of each phase's worker (grant it access to anything a command processor needs)."
+  value       = { for p, s in google_service_account.worker : p => s.email }
+}
+
 output "push_service_account" {
-  description = "The identity that signs push tokens (allowed in PHASEGATE_AUTH_ALLOWED_EMAILS)."
+  description = "The identity that signs push tokens (PHASEGATE_AUTH_ALLOWED_EMAILS of every worker)."
   value       = google_service_account.pusher.email
 }
 
 output "ledger_table" {
   description = "The processor_run_history table."
-  value       = "${var.project_id}.${google_bigquery_dataset.pipeline.dataset_id}.${google_bigquery_table.processor_run_history.table_id}"
+  value       = "${local.project}.${google_bigquery_dataset.pipeline.dataset_id}.${google_bigquery_table.processor_run_history.table_id}"
+}
+
+output "config_secret" {
+  description = "Secret Manager secret holding the pipeline file, and the version the services mount."
+  value = {
+    secret  = google_secret_manager_secret.config.id
+    version = google_secret_manager_secret_version.config.version
+  }
+}
+
+output "scheduler_job" {
+  description = "The Cloud Scheduler job of the daily trigger (null when enable_scheduler is false)."
+  value       = one(google_cloud_scheduler_job.daily_trigger[*].id)
+}
+
+output "alert_policies" {
+  description = "Alert policy ids: dead letters per phase, blocked or failed runs, rewrites of the ledger."
+  value = {
+    dead_letter       = { for p, a in google_monitoring_alert_policy.dead_letter_backlog : p => a.id }
+    blocked_or_failed = google_monitoring_alert_policy.blocked_or_failed.id
+    ledger_rewrite    = google_monitoring_alert_policy.ledger_rewrite.id
+  }
+}
+
+output "project_id" {
+  description = "The project, known only once the module's APIs are enabled: give it to resources outside the module that need those APIs (e.g. notification channels), so they wait for them."
+  value       = local.project
 }

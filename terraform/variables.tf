@@ -1,85 +1,296 @@
+# Every value Google Cloud would reject at apply time is rejected here, at plan time.
+
+# ── Where ─────────────────────────────────────────────────────────────────────────────────
+
 variable "project_id" {
-  description = "Google Cloud project that hosts the pipeline."
+  description = "Google Cloud project that hosts the pipeline (every resource of the module lives in it)."
   type        = string
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project ID (6-30 characters: lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen)."
+  }
 }
 
 variable "region" {
-  description = "Region of the Cloud Run services."
+  description = "Region of the Cloud Run services (and of the scheduler job unless scheduler_region is set)."
   type        = string
   default     = "us-central1"
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a Google Cloud region such as us-central1 or europe-west4."
+  }
 }
 
-variable "image" {
-  description = "Container image of phasegate (deploy/Dockerfile), e.g. us-docker.pkg.dev/P/phasegate/phasegate:TAG."
-  type        = string
+variable "labels" {
+  description = "Labels added to every labelled resource (services, topics, subscriptions, dataset, table, secret), beside app = phasegate and pipeline = <pipeline_name>."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition = alltrue([
+      for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))
+    ])
+    error_message = "labels: keys must start with a lowercase letter and be at most 63 lowercase letters, digits, _ or -; values at most 63 of the same characters."
+  }
 }
+
+# ── The pipeline ──────────────────────────────────────────────────────────────────────────
 
 variable "pipeline_name" {
-  description = "Pipeline name: topics are <name>-trigger and <name>-<phase>-complete, as in pipeline.toml."
+  description = "Pipeline name, as [pipeline] name in pipeline.toml: topics are <name>-trigger and <name>-<phase>-complete."
   type        = string
   default     = "nba"
+  validation {
+    # 20 = 30 (service account id) - len("pg-") - len("-pusher").
+    condition     = can(regex("^[a-z]([a-z0-9-]*[a-z0-9])?$", var.pipeline_name)) && length(var.pipeline_name) <= 20 && !startswith(var.pipeline_name, "goog")
+    error_message = "pipeline_name must be 1-20 lowercase letters, digits or hyphens, start with a letter, not end with a hyphen, and not start with \"goog\" (it names service accounts, topics and Cloud Run services)."
+  }
 }
 
 variable "phases" {
   description = "Phase names in order, exactly as in pipeline.toml. Each phase subscribes to the previous phase's completion topic; the first to the trigger topic."
   type        = list(string)
   default     = ["raw", "analytics", "precompute", "predictions"]
-}
-
-variable "dataset_id" {
-  description = "BigQuery dataset holding the pipeline tables and processor_run_history."
-  type        = string
-  default     = "nba"
-}
-
-variable "dataset_location" {
-  description = "BigQuery dataset location."
-  type        = string
-  default     = "US"
-}
-
-variable "processing_timeout_seconds" {
-  description = "Longest a worker may take for one date; the Cloud Run request timeout and the push ack deadline (at most 600 s, Pub/Sub's limit)."
-  type        = number
-  default     = 600
   validation {
-    condition     = var.processing_timeout_seconds >= 10 && var.processing_timeout_seconds <= 600
-    error_message = "processing_timeout_seconds must be between 10 and 600 (Pub/Sub's maximum ack deadline)."
+    condition     = length(var.phases) > 0 && length(distinct(var.phases)) == length(var.phases)
+    error_message = "phases must list at least one phase, each once."
+  }
+  validation {
+    condition     = alltrue([for p in var.phases : can(regex("^[a-z]([a-z0-9-]*[a-z0-9])?$", p)) && p != "pusher"])
+    error_message = "Each phase name must be lowercase letters, digits or hyphens, start with a letter and not end with a hyphen (it names a Cloud Run service and a service account), and must not be \"pusher\" (the push identity's name)."
+  }
+  validation {
+    condition     = alltrue([for p in var.phases : length("pg-${var.pipeline_name}-${p}") <= 30])
+    error_message = "Service account ids pg-<pipeline_name>-<phase> must be at most 30 characters: shorten pipeline_name or the phase name."
+  }
+  validation {
+    # Implied today by the service-account limit above (the service name is 7 characters
+    # longer); kept so that changing either naming cannot produce a name Cloud Run rejects.
+    condition     = alltrue([for p in var.phases : length("phasegate-${var.pipeline_name}-${p}") <= 49])
+    error_message = "Cloud Run service names phasegate-<pipeline_name>-<phase> must be at most 49 characters: shorten pipeline_name or the phase name."
   }
 }
 
-variable "max_delivery_attempts" {
-  description = "Deliveries of one message before it is dead-lettered (5-100)."
-  type        = number
-  default     = 10
+variable "config_file" {
+  description = "Path of the pipeline file (pipeline.toml) on the machine running Terraform. Its content becomes a Secret Manager secret version mounted into every service; there is no default and the image carries none."
+  type        = string
+  validation {
+    condition     = can(file(var.config_file))
+    error_message = "config_file must be a readable text file (the pipeline's pipeline.toml)."
+  }
+  validation {
+    condition     = try(length(file(var.config_file)) <= 65536, true)
+    error_message = "config_file is larger than a Secret Manager secret version may be (64 KiB)."
+  }
 }
 
-variable "retry_minimum_backoff" {
-  description = "Exponential retry policy: first delay after a nack."
+variable "config_mount_dir" {
+  description = "Directory in the container where the pipeline file is mounted; PHASEGATE_CONFIG is <dir>/pipeline.toml."
   type        = string
-  default     = "10s"
+  default     = "/etc/phasegate"
+  validation {
+    condition     = can(regex("^(/[a-z0-9_.-]+)+$", var.config_mount_dir)) && !contains(["/dev", "/proc", "/sys", "/etc", "/usr", "/bin", "/lib", "/var"], var.config_mount_dir)
+    error_message = "config_mount_dir must be an absolute directory of its own (not /, /dev, /proc, /sys, /etc, /usr, /bin, /lib or /var, which a volume would hide)."
+  }
 }
 
-variable "retry_maximum_backoff" {
-  description = "Exponential retry policy: longest delay after a nack."
+# ── Image and workers ─────────────────────────────────────────────────────────────────────
+
+variable "image" {
+  description = "Container image of phasegate (deploy/Dockerfile), best by digest: REGION-docker.pkg.dev/PROJECT/REPO/phasegate@sha256:... (deploy/deploy.sh builds it and sets this variable)."
   type        = string
-  default     = "600s"
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+)?(@sha256:[a-f0-9]{64})?$", var.image))
+    error_message = "image must be a full image reference such as us-docker.pkg.dev/P/phasegate/phasegate@sha256:<64 hex> or ...:TAG."
+  }
+}
+
+variable "ingress" {
+  description = "Cloud Run ingress. INGRESS_TRAFFIC_INTERNAL_ONLY (default) is enough: Pub/Sub push from a subscription in the same project to the run.app URL counts as internal. See README, \"Network and identity\"."
+  type        = string
+  default     = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  validation {
+    condition     = contains(["INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER", "INGRESS_TRAFFIC_ALL"], var.ingress)
+    error_message = "ingress must be INGRESS_TRAFFIC_INTERNAL_ONLY, INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER or INGRESS_TRAFFIC_ALL."
+  }
+}
+
+variable "cpu" {
+  description = "CPU limit of each worker instance."
+  type        = string
+  default     = "1"
+  validation {
+    condition     = contains(["1", "2", "4", "6", "8"], var.cpu)
+    error_message = "cpu must be 1, 2, 4, 6 or 8 (fractional CPUs would force a concurrency of 1)."
+  }
+}
+
+variable "memory" {
+  description = "Memory limit of each worker instance (Cloud Run quantity, e.g. 512Mi or 2Gi)."
+  type        = string
+  default     = "512Mi"
+  validation {
+    condition     = can(regex("^[1-9][0-9]*(Mi|Gi)$", var.memory))
+    error_message = "memory must be a quantity in Mi or Gi, such as 512Mi or 2Gi."
+  }
 }
 
 variable "worker_concurrency" {
   description = "Concurrent pushes per Cloud Run instance."
   type        = number
   default     = 8
+  validation {
+    condition     = var.worker_concurrency >= 1 && var.worker_concurrency <= 1000 && floor(var.worker_concurrency) == var.worker_concurrency
+    error_message = "worker_concurrency must be a whole number from 1 to 1000."
+  }
+}
+
+variable "min_instances" {
+  description = "Instances kept warm per phase (0: scale to zero between runs)."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.min_instances >= 0 && floor(var.min_instances) == var.min_instances
+    error_message = "min_instances must be a whole number, 0 or more."
+  }
 }
 
 variable "max_instances" {
   description = "Upper bound of Cloud Run instances per phase."
   type        = number
   default     = 5
+  validation {
+    condition     = var.max_instances >= 1 && var.max_instances <= 1000 && floor(var.max_instances) == var.max_instances && var.max_instances >= var.min_instances
+    error_message = "max_instances must be a whole number from 1 to 1000 and at least min_instances."
+  }
 }
 
-variable "config_path" {
-  description = "Path of pipeline.toml inside the image."
+# ── Delivery ──────────────────────────────────────────────────────────────────────────────
+
+variable "processing_timeout_seconds" {
+  description = "Longest a worker may take for one date: the Cloud Run request timeout and the push subscription's ack deadline."
+  type        = number
+  default     = 600
+  validation {
+    condition     = var.processing_timeout_seconds >= 10 && var.processing_timeout_seconds <= 600 && floor(var.processing_timeout_seconds) == var.processing_timeout_seconds
+    error_message = "processing_timeout_seconds must be a whole number from 10 to 600 (Pub/Sub's ack deadline range)."
+  }
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of one message before it is dead-lettered."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100 && floor(var.max_delivery_attempts) == var.max_delivery_attempts
+    error_message = "max_delivery_attempts must be a whole number from 5 to 100 (Pub/Sub's range)."
+  }
+}
+
+variable "retry_minimum_backoff_seconds" {
+  description = "Exponential retry policy: first delay after a nack, in seconds."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.retry_minimum_backoff_seconds >= 0 && var.retry_minimum_backoff_seconds <= 600
+    error_message = "retry_minimum_backoff_seconds must be from 0 to 600."
+  }
+}
+
+variable "retry_maximum_backoff_seconds" {
+  description = "Exponential retry policy: longest delay after a nack, in seconds."
+  type        = number
+  default     = 600
+  validation {
+    condition     = var.retry_maximum_backoff_seconds >= 0 && var.retry_maximum_backoff_seconds <= 600
+    error_message = "retry_maximum_backoff_seconds must be from 0 to 600."
+  }
+  validation {
+    condition     = var.retry_minimum_backoff_seconds <= var.retry_maximum_backoff_seconds
+    error_message = "retry_minimum_backoff_seconds must not exceed retry_maximum_backoff_seconds."
+  }
+}
+
+# ── BigQuery ──────────────────────────────────────────────────────────────────────────────
+
+variable "dataset_id" {
+  description = "BigQuery dataset holding the pipeline tables and processor_run_history (PHASEGATE_BIGQUERY_DATASET)."
   type        = string
-  default     = "/etc/phasegate/pipeline.toml"
+  default     = "nba"
+  validation {
+    # (RE2 caps a repetition count at 1000, hence the length test beside the pattern.)
+    condition     = can(regex("^[A-Za-z0-9_]+$", var.dataset_id)) && length(var.dataset_id) <= 1024
+    error_message = "dataset_id must be letters, digits and underscores only (at most 1024)."
+  }
+}
+
+variable "dataset_location" {
+  description = "BigQuery dataset location (a multi-region such as US or EU, or a region)."
+  type        = string
+  default     = "US"
+  validation {
+    condition     = can(regex("^([A-Z]{2}|[a-z]+-[a-z]+[0-9]+)$", var.dataset_location))
+    error_message = "dataset_location must be a multi-region (US, EU) or a region (europe-west4)."
+  }
+}
+
+variable "output_tables" {
+  description = "Per phase, the tables (in dataset_id) its processors write. Each worker gets insert/delete-rows rights on its own tables only (no drop, no schema change). The tables must exist before apply: they are the pipeline's, created by its `setup` statements (README, \"First deployment\")."
+  type        = map(list(string))
+  default     = {}
+  validation {
+    condition     = alltrue([for p in keys(var.output_tables) : contains(var.phases, p)])
+    error_message = "output_tables keys must be phase names from var.phases."
+  }
+  validation {
+    condition     = alltrue(flatten([for p, ts in var.output_tables : [for t in ts : can(regex("^[A-Za-z0-9_]+$", t)) && length(t) <= 1024 && t != "processor_run_history"]]))
+    error_message = "output_tables must name tables (letters, digits, underscores), never the ledger processor_run_history (its rights are fixed by the module)."
+  }
+}
+
+# ── Operations ────────────────────────────────────────────────────────────────────────────
+
+variable "enable_scheduler" {
+  description = "Create the Cloud Scheduler job that publishes the daily trigger."
+  type        = bool
+  default     = true
+}
+
+variable "schedule" {
+  description = "Cron schedule of the daily trigger (in schedule_time_zone)."
+  type        = string
+  default     = "0 6 * * *"
+  validation {
+    condition     = length(split(" ", trimspace(var.schedule))) == 5
+    error_message = "schedule must be a five-field cron expression, e.g. \"0 6 * * *\"."
+  }
+}
+
+variable "schedule_time_zone" {
+  description = "IANA time zone of the schedule (use the same zone as [trigger] timezone in pipeline.toml, so the derived date is the intended one)."
+  type        = string
+  default     = "Etc/UTC"
+  validation {
+    condition     = can(regex("^[A-Za-z_]+(/[A-Za-z0-9_+-]+)*$", var.schedule_time_zone))
+    error_message = "schedule_time_zone must be an IANA time zone such as Etc/UTC or America/New_York."
+  }
+}
+
+variable "scheduler_region" {
+  description = "Region of the Cloud Scheduler job (null: var.region). Cloud Scheduler is not offered in every Cloud Run region."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.scheduler_region == null || can(regex("^[a-z]+-[a-z]+[0-9]+$", var.scheduler_region))
+    error_message = "scheduler_region must be a Google Cloud region such as us-central1."
+  }
+}
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) the alert policies notify. Empty: incidents are opened but nobody is notified."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "notification_channels must be ids of the form projects/PROJECT/notificationChannels/ID."
+  }
 }

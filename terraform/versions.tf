@@ -1,9 +1,23 @@
+# Provider range, checked against the provider changelogs (terraform/README.md, "Versions"):
+# - google >= 6.0: `deletion_protection` on google_cloud_run_v2_service arrived in 6.0 (the
+#   newest attribute this module uses; everything else is older). 7.0 changed nothing used
+#   here (its one relevant change, google_project_service's disable_on_destroy default, is
+#   set explicitly below). < 8.0: 8.0 is a major release with breaking removals that this
+#   module has not been reviewed against.
+# - google-beta: google_project_service_identity (the Pub/Sub service agent, created before
+#   anything is granted to it) exists only in the beta provider; same range.
+# - Terraform >= 1.9: variable validations that refer to other variables (name lengths that
+#   combine pipeline_name and phases, retry minimum <= maximum).
 terraform {
-  required_version = ">= 1.5"
+  required_version = ">= 1.9"
   required_providers {
     google = {
       source  = "hashicorp/google"
-      version = ">= 5.40, < 7.0"
+      version = ">= 6.0, < 8.0"
+    }
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = ">= 6.0, < 8.0"
     }
   }
 }

@@ -1,0 +1,19 @@
+output "trigger_topic" {
+  description = "Topic of the daily trigger."
+  value       = module.phasegate.trigger_topic
+}
+
+output "worker_services" {
+  description = "Cloud Run service of each phase."
+  value       = module.phasegate.worker_services
+}
+
+output "dead_letter_subscriptions" {
+  description = "Dead-letter subscription of each phase."
+  value       = module.phasegate.dead_letter_subscriptions
+}
+
+output "ledger_table" {
+  description = "The processor_run_history table."
+  value       = module.phasegate.ledger_table
+}

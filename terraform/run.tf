@@ -1,0 +1,127 @@
+# The Cloud Run workers: one service per phase, same image, `phasegate serve --phase P`, the
+# pipeline file mounted from Secret Manager, invoked only by the push identity.
+
+resource "google_service_account" "worker" {
+  for_each     = toset(var.phases)
+  project      = local.project
+  account_id   = "pg-${var.pipeline_name}-${each.key}"
+  display_name = "phasegate ${var.pipeline_name} ${each.key} worker"
+}
+
+resource "google_cloud_run_v2_service" "worker" {
+  for_each = toset(var.phases)
+  project  = local.project
+  name     = "phasegate-${var.pipeline_name}-${each.key}"
+  location = var.region
+  labels   = merge(local.labels, { phase = each.key })
+  # Internal only by default: Pub/Sub push from this project's subscriptions to the run.app URL
+  # is internal traffic; nothing else needs to reach a worker. IAM (run.invoker for the push
+  # identity only) and the OIDC audience check in the worker apply on top, whatever the ingress.
+  ingress          = var.ingress
+  custom_audiences = [local.audience[each.key]]
+  # Terraform is the only owner and may replace a service; workers hold no state (the ledger
+  # and the data live in BigQuery, which is protected).
+  deletion_protection = false
+
+  template {
+    service_account                  = google_service_account.worker[each.key].email
+    timeout                          = "${var.processing_timeout_seconds}s"
+    max_instance_request_concurrency = var.worker_concurrency
+    labels                           = merge(local.labels, { phase = each.key })
+
+    scaling {
+      min_instance_count = var.min_instances
+      max_instance_count = var.max_instances
+    }
+
+    # The pipeline file, pinned to a secret version: a new config is a new version, hence a
+    # new revision (never a silent change under running instances).
+    volumes {
+      name = "pipeline-config"
+      secret {
+        secret = google_secret_manager_secret.config.secret_id
+        items {
+          version = google_secret_manager_secret_version.config.version
+          path    = "pipeline.toml"
+        }
+      }
+    }
+
+    containers {
+      image = var.image
+      args  = ["serve", "--phase", each.key]
+      ports {
+        container_port = 8080
+      }
+      resources {
+        limits = {
+          cpu    = var.cpu
+          memory = var.memory
+        }
+      }
+      volume_mounts {
+        name       = "pipeline-config"
+        mount_path = var.config_mount_dir
+      }
+      env {
+        name  = "PHASEGATE_CONFIG"
+        value = local.config_path
+      }
+      env {
+        name  = "PHASEGATE_BACKEND"
+        value = "bigquery"
+      }
+      env {
+        name  = "PHASEGATE_BUS"
+        value = "pubsub"
+      }
+      env {
+        name  = "GOOGLE_CLOUD_PROJECT"
+        value = local.project
+      }
+      env {
+        name  = "PHASEGATE_BIGQUERY_DATASET"
+        value = google_bigquery_dataset.pipeline.dataset_id
+      }
+      env {
+        name  = "PHASEGATE_AUTH_MODE"
+        value = "oidc"
+      }
+      env {
+        name  = "PHASEGATE_AUTH_AUDIENCE"
+        value = local.audience[each.key]
+      }
+      env {
+        name  = "PHASEGATE_AUTH_ALLOWED_EMAILS"
+        value = google_service_account.pusher.email
+      }
+      env {
+        name  = "PHASEGATE_LOG_FORMAT"
+        value = "json"
+      }
+      startup_probe {
+        http_get {
+          path = "/healthz"
+        }
+      }
+      liveness_probe {
+        http_get {
+          path = "/healthz"
+        }
+      }
+    }
+  }
+
+  # The worker must be able to read the pipeline file before its first revision starts.
+  depends_on = [google_secret_manager_secret_iam_member.worker_config_accessor]
+}
+
+# Only the push identity may invoke a worker.
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  for_each = toset(var.phases)
+  project  = local.project
+  location = var.region
+  name     = google_cloud_run_v2_service.worker[each.key].name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.pusher.email}"
+}
