@@ -26,7 +26,21 @@ resource "google_bigquery_table" "processor_run_history" {
     type  = "DAY"
     field = "data_date"
   }
-  clustering = ["processor_name"]
+  clustering = ["pipeline", "processor_name"]
+}
+
+# The claims table: one row per pipeline, processor and date naming the run that holds it.
+# Workers MERGE into it (the compare-and-set that makes claims exclusive on BigQuery).
+resource "google_bigquery_table" "processor_run_claims" {
+  #checkov:skip=CKV_GCP_80:Google-managed encryption; CMEK is optional here (add encryption_configuration in a fork where required)
+  project             = local.project
+  dataset_id          = google_bigquery_dataset.pipeline.dataset_id
+  table_id            = "processor_run_claims"
+  description         = "phasegate claims: which run holds each pipeline/processor/date (MERGE compare-and-set)."
+  deletion_protection = true
+  labels              = local.labels
+  schema              = jsonencode(local.claims_schema)
+  clustering          = ["pipeline", "processor_name"]
 }
 
 # Rows, not tables: read, insert and delete rows of one table. Without bigquery.tables.delete,
@@ -70,6 +84,16 @@ resource "google_bigquery_table_iam_member" "worker_ledger_writer" {
   project    = local.project
   dataset_id = google_bigquery_dataset.pipeline.dataset_id
   table_id   = google_bigquery_table.processor_run_history.table_id
+  role       = google_project_iam_custom_role.table_writer.name
+  member     = "serviceAccount:${google_service_account.worker[each.key].email}"
+}
+
+# ... the claims table (rows only) ...
+resource "google_bigquery_table_iam_member" "worker_claims_writer" {
+  for_each   = toset(var.phases)
+  project    = local.project
+  dataset_id = google_bigquery_dataset.pipeline.dataset_id
+  table_id   = google_bigquery_table.processor_run_claims.table_id
   role       = google_project_iam_custom_role.table_writer.name
   member     = "serviceAccount:${google_service_account.worker[each.key].email}"
 }

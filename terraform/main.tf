@@ -28,6 +28,7 @@ locals {
   audience         = { for p in var.phases : p => "phasegate-${var.pipeline_name}-${p}" }
   config_path      = "${var.config_mount_dir}/pipeline.toml"
   ledger_schema    = jsondecode(file("${path.module}/ledger_schema.json"))
+  claims_schema    = jsondecode(file("${path.module}/claims_schema.json"))
 }
 
 resource "google_project_service" "api" {
