@@ -169,7 +169,12 @@ async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<Exit
         phase,
         auth,
     });
+    // The outbox: events owed by runs whose deliveries gave up are published at start-up and
+    // every minute (a take-over that waits for their holders' leases).
+    let sweep =
+        crate::worker::spawn_outbox_sweep(app.worker.clone(), std::time::Duration::from_secs(60));
     serve(listener, state, shutdown_signal()).await?;
+    sweep.abort();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -175,3 +175,20 @@ pub fn completion_event(phase: &Phase, runs: &[RunRecord]) -> CompletionEvent {
         production_ready: runs.iter().all(|r| r.production_ready),
     }
 }
+
+/// Run the outbox sweep now and then every `every` until the handle is aborted (`serve`).
+pub fn spawn_outbox_sweep(
+    worker: std::sync::Arc<Worker>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match worker.relay_owed_events().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "outbox sweep published owed events"),
+                Err(e) => tracing::warn!(error = %e, "outbox sweep failed; retried later"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}
