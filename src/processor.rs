@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use tokio::io::AsyncReadExt;
 
-use crate::config::{BackendKind, Processor, ProcessorKind, Reference};
+use crate::config::{BackendKind, Config, Output, Processor, ProcessorKind, Reference};
 use crate::warehouse::Warehouse;
 
 /// How much of a failed command's stderr the ledger keeps (the end of it).
@@ -22,8 +22,8 @@ pub struct Produced {
 
 /// Run `processor` for `date`. An `Err` is the reason the run failed, for the ledger.
 ///
-/// `expected` is the output's reference when it `require_rows`: 0 rows on a date it lists
-/// is a failure, not a legitimate empty date.
+/// `expected` is the output's reference when it requires rows ([`rows_reference`]): 0 rows
+/// on a date it lists is a failure, not a legitimate empty date.
 pub async fn run(
     processor: &Processor,
     date: NaiveDate,
@@ -41,28 +41,61 @@ pub async fn run(
         }
     }
     let rows = match &processor.output {
-        Some(o) => Some(
-            warehouse
-                .count_rows(&o.table, &o.date_column, date)
-                .await
-                .map_err(|e| format!("counting output rows: {e}"))?,
-        ),
+        Some(o) => Some(output_rows(warehouse, o, expected, date).await?),
         None => None,
     };
-    if let (Some(0), Some(reference)) = (rows, expected) {
-        let scheduled = warehouse
-            .count_rows(&reference.table, &reference.date_column, date)
-            .await
-            .map_err(|e| format!("reading reference {}: {e}", reference.table))?;
-        if scheduled > 0 {
-            return Err(format!(
-                "{} expects {date} ({scheduled} reference rows) but the run produced 0 rows: \
-                 the input for this date is missing",
-                reference.table
-            ));
-        }
-    }
     Ok(Produced { rows })
+}
+
+/// The reference whose dates need rows in `processor`'s output, when it requires rows (by
+/// default whenever the output declares `expected`; `require_rows = false` opts out).
+pub fn rows_reference<'a>(config: &'a Config, processor: &Processor) -> Option<&'a Reference> {
+    let output = processor.output.as_ref().filter(|o| o.requires_rows())?;
+    config.reference(output.expected.as_deref()?)
+}
+
+/// The post-condition of a run: the output's rows for `date` (one query), and — only when
+/// there are none and `expected` is given — the reference's rows for the date (a second
+/// query), failing when the reference lists the date.
+pub async fn output_rows(
+    warehouse: &dyn Warehouse,
+    output: &Output,
+    expected: Option<&Reference>,
+    date: NaiveDate,
+) -> Result<u64, String> {
+    let rows = warehouse
+        .count_rows(&output.table, &output.date_column, date)
+        .await
+        .map_err(|e| format!("counting output rows: {e}"))?;
+    let Some(reference) = expected.filter(|_| rows == 0) else {
+        return Ok(rows);
+    };
+    let scheduled = warehouse
+        .count_rows(&reference.table, &reference.date_column, date)
+        .await
+        .map_err(|e| format!("reading reference {}: {e}", reference.table))?;
+    match empty_output_failure(reference, date, rows, scheduled) {
+        Some(error) => Err(error),
+        None => Ok(rows),
+    }
+}
+
+/// Is this output a failure? `rows` output rows on `date`, which the rows-requiring
+/// `reference` lists `scheduled` times: 0 rows on a listed date is (the input is missing);
+/// anything else is not (0 rows on an unlisted date is a legitimate `no_data`).
+pub fn empty_output_failure(
+    reference: &Reference,
+    date: NaiveDate,
+    rows: u64,
+    scheduled: u64,
+) -> Option<String> {
+    (rows == 0 && scheduled > 0).then(|| {
+        format!(
+            "{} expects {date} ({scheduled} reference rows) but the run produced 0 rows: \
+             the input for this date is missing",
+            reference.table
+        )
+    })
 }
 
 /// Run a program with `{data_date}` substituted in its arguments and `PHASEGATE_DATA_DATE`
