@@ -319,7 +319,7 @@ pub struct Output {
     /// Reference whose dates are expected in this table (default: every calendar day).
     #[serde(default)]
     pub expected: Option<String>,
-    /// As written: `require_rows = false` opts out of failing on 0 rows. See [`Output::require_rows`].
+    /// `require_rows` as written (`false` opts out); see [`Output::require_rows`].
     #[serde(default, rename = "require_rows")]
     pub require_rows_setting: Option<bool>,
     /// Resolved by [`Config::validate`]: a run that writes 0 rows on a date the `expected`
