@@ -381,10 +381,22 @@ pub struct Output {
     /// Reference whose dates are expected in this table (default: every calendar day).
     #[serde(default)]
     pub expected: Option<String>,
-    /// With `expected`: a run that writes 0 rows on a date the reference expects fails
-    /// instead of recording `no_data` (the feed is missing, not the games).
-    #[serde(default)]
+    /// `require_rows` as written (`false` opts out); see [`Output::require_rows`].
+    #[serde(default, rename = "require_rows")]
+    pub require_rows_setting: Option<bool>,
+    /// Resolved by [`Config::validate`]: a run that writes 0 rows on a date the `expected`
+    /// reference lists fails instead of recording `no_data` (the feed is missing, not the
+    /// games). On by default whenever `expected` is set; `require_rows = false` turns it off.
+    #[serde(skip)]
     pub require_rows: bool,
+}
+
+impl Output {
+    /// Does 0 rows on a date the reference lists fail the run? (Fail closed: yes whenever
+    /// an `expected` reference is declared, unless `require_rows = false` says otherwise.)
+    pub fn requires_rows(&self) -> bool {
+        self.expected.is_some() && self.require_rows_setting.unwrap_or(true)
+    }
 }
 
 /// Soft records findings and goes on; strict blocks the run.
@@ -421,17 +433,14 @@ impl Checks {
             && self.entity_completeness.is_none()
     }
 
-    /// How many days before a date the checks look at (0 when none look back).
+    /// How many calendar days before a date the checks look at (0 when none look back): the
+    /// one definition the gate's windows and the backfill planner share.
     pub fn lookback_days(&self) -> u32 {
         let gaps = self.historical_gaps.as_ref().map_or(0, |g| g.lookback_days);
         let entity = self
             .entity_completeness
             .as_ref()
-            .map_or(0, |e| match e.window {
-                // A window of N games can reach back further than N days; bound it generously.
-                WindowKind::Games => e.lookback.saturating_mul(7),
-                WindowKind::Days => e.lookback,
-            });
+            .map_or(0, EntityCompleteness::window_days);
         gaps.max(entity)
     }
 }
@@ -451,10 +460,15 @@ pub struct HistoricalGaps {
     pub not_before: Option<NaiveDate>,
 }
 
+/// How an entity-completeness window is measured.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowKind {
-    Games,
+    /// Each entity's last `lookback` reference dates (games, readings, …), within
+    /// `window_days` calendar days. `games` is accepted as an alias.
+    #[serde(alias = "games")]
+    Occurrences,
+    /// The reference dates of the last `lookback` calendar days.
     Days,
 }
 
@@ -467,12 +481,14 @@ pub struct EntityCompleteness {
     pub upstream_entity_column: String,
     pub upstream_date_column: String,
     pub window: WindowKind,
-    /// Window size: the last N games of each entity, or the last N days.
+    /// Window size: each entity's last N occurrences, or the last N days.
     pub lookback: u32,
-    /// How many days an N-game window reaches back at most (default 2N); backfill uses it to
-    /// order and skip dates that look back over others.
+    /// `occurrences` windows only: how many calendar days before the date the window reaches
+    /// at most (default [`DEFAULT_WINDOW_DAYS_PER_OCCURRENCE`] × `lookback`). Entities with
+    /// no reference date in these days are not expected. See [`EntityCompleteness::window_days`].
     #[serde(default)]
     pub window_days: Option<u32>,
+    /// No reference date before this one is expected (e.g. the season's first day).
     #[serde(default)]
     pub season_start: Option<NaiveDate>,
     /// An entity is production-ready at or above this completeness (percent).
@@ -482,6 +498,24 @@ pub struct EntityCompleteness {
 
 fn default_threshold_pct() -> f64 {
     90.0
+}
+
+/// Default time bound of an `occurrences` window: this many days per occurrence (an entity
+/// that plays every other day fills a 10-game window in ~20 days; 40 leaves room for breaks).
+pub const DEFAULT_WINDOW_DAYS_PER_OCCURRENCE: u32 = 4;
+
+impl EntityCompleteness {
+    /// The window's reach in calendar days before the date: `lookback` for a `days` window,
+    /// `window_days` (default 4 × `lookback`) for an `occurrences` window.
+    pub fn window_days(&self) -> u32 {
+        match self.window {
+            WindowKind::Days => self.lookback,
+            WindowKind::Occurrences => self.window_days.unwrap_or_else(|| {
+                self.lookback
+                    .saturating_mul(DEFAULT_WINDOW_DAYS_PER_OCCURRENCE)
+            }),
+        }
+    }
 }
 
 impl Config {
@@ -663,6 +697,9 @@ impl Config {
                 let pkey = format!("{key}.processors[{j}]");
                 self.validate_processor(&pkey, p, &seen_processors)?;
                 seen_processors.insert(p.name.clone(), phase.name.clone());
+                if let Some(o) = &mut self.phases[i].processors[j].output {
+                    o.require_rows = o.requires_rows();
+                }
             }
         }
         Ok(())
@@ -710,7 +747,7 @@ impl Config {
                 o.expected.as_deref(),
                 false,
             )?;
-            if o.require_rows && o.expected.is_none() {
+            if o.require_rows_setting == Some(true) && o.expected.is_none() {
                 return Err(self.invalid(
                     format!("{key}.output.require_rows"),
                     "require_rows needs `expected` (the reference that says which dates need rows)",
@@ -752,6 +789,7 @@ impl Config {
             if e.lookback == 0 {
                 return Err(self.invalid(format!("{ekey}.lookback"), "must be at least 1"));
             }
+            self.check_window_days(&ekey, e)?;
             if !(0.0..=100.0).contains(&e.threshold_pct) {
                 return Err(self.invalid(
                     format!("{ekey}.threshold_pct"),
@@ -760,6 +798,27 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `window_days` bounds an `occurrences` window; it can hold `lookback` occurrences only
+    /// if it is at least `lookback` days long (an entity appears at most once a day).
+    fn check_window_days(&self, ekey: &str, e: &EntityCompleteness) -> Result<(), ConfigError> {
+        let key = format!("{ekey}.window_days");
+        match (e.window, e.window_days) {
+            (WindowKind::Days, Some(_)) => Err(self.invalid(
+                key,
+                "only an `occurrences` window takes window_days; a `days` window is `lookback` days",
+            )),
+            (WindowKind::Occurrences, Some(n)) if n < e.lookback => Err(self.invalid(
+                key,
+                format!(
+                    "{n} days cannot hold {} occurrences (at most one a day); use at least \
+                     `lookback` days, or window = \"days\"",
+                    e.lookback
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn check_reference(

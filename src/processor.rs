@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use tokio::io::AsyncReadExt;
 
-use crate::config::{Processor, Reference};
+use crate::config::{Config, Processor, Reference};
 use crate::ledger::{Ledger, RunRecord};
 use crate::warehouse::{Committed, Warehouse, finished, post_condition};
 
@@ -36,7 +36,7 @@ pub async fn run_command_and_record(
         ),
         None => None,
     };
-    if let Some(reference) = require_rows {
+    if let Some(reference) = require_rows.filter(|_| rows == Some(0)) {
         let scheduled = warehouse
             .count_rows(&reference.table, &reference.date_column, date)
             .await
@@ -51,6 +51,13 @@ pub async fn run_command_and_record(
         Ok(false) => Ok(Committed::TakenOver),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The reference whose dates need rows in `processor`'s output, when it requires rows (by
+/// default whenever the output declares `expected`; `require_rows = false` opts out).
+pub fn rows_reference<'a>(config: &'a Config, processor: &Processor) -> Option<&'a Reference> {
+    let output = processor.output.as_ref().filter(|o| o.requires_rows())?;
+    config.reference(output.expected.as_deref()?)
 }
 
 /// Run a program with `{data_date}` substituted in its arguments and `PHASEGATE_DATA_DATE`

@@ -139,13 +139,17 @@ pub fn render_gate(report: &GateReport) -> String {
     if let Some(g) = &report.historical_gaps {
         let _ = writeln!(
             out,
-            "  historical gaps in {} {}..{}: {} of {} expected dates missing ({:.1}% coverage){}",
+            "  historical gaps in {} {}..{}: {} of {} expected dates missing ({}){}",
             g.table,
             g.date_range.0,
             g.date_range.1,
             g.gap_count,
             g.expected_dates,
-            g.coverage_pct,
+            match g.coverage_pct {
+                Some(pct) => format!("{pct:.1}% coverage"),
+                None if g.reference_empty => "the reference lists no date".to_string(),
+                None => "nothing to check".to_string(),
+            },
             if g.has_gaps {
                 format!(": {}", format_ranges(&g.missing_dates))
             } else {
@@ -156,12 +160,19 @@ pub fn render_gate(report: &GateReport) -> String {
     if let Some(e) = &report.entity_completeness {
         let _ = writeln!(
             out,
-            "  entity completeness (last {} {:?}, threshold {}%): {} of {} below threshold",
+            "  entity completeness ({} {:?} in {}..{}, threshold {}%): {} of {} below threshold{}",
             e.lookback,
             e.window,
+            e.window_range.0,
+            e.window_range.1,
             e.threshold_pct,
             e.not_ready_count,
-            e.entities.len()
+            e.entities.len(),
+            if e.reference_empty {
+                " (the reference lists no entity)"
+            } else {
+                ""
+            }
         );
         for r in e.entities.iter().filter(|r| !r.is_complete) {
             let _ = writeln!(

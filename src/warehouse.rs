@@ -1,14 +1,16 @@
 //! The warehouse: where processors write and where the gate counts.
 //!
 //! Each method is one query. Table and column names come from the validated configuration
-//! and are spliced as identifiers; every value (dates, names) is a bound parameter.
+//! and are spliced as identifiers; every value (dates, names) is a bound parameter. Every
+//! date column is read as a date (`date(col)` on SQLite, `DATE(col)` on BigQuery), so DATE,
+//! DATETIME, TIMESTAMP and datetime-text columns all count by calendar day.
 
 use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use crate::config::{EntityCompleteness, Output, Reference, WindowKind};
+use crate::config::{EntityCompleteness, Output, Reference};
 use crate::ledger::{Ledger, RunRecord, RunStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +106,7 @@ pub trait Warehouse: Send + Sync {
             Some(o) => Some(self.count_rows(&o.table, &o.date_column, job.date).await?),
             None => None,
         };
-        if let Some(reference) = job.require_rows {
+        if let Some(reference) = job.require_rows.filter(|_| rows == Some(0)) {
             let scheduled = self
                 .count_rows(&reference.table, &reference.date_column, job.date)
                 .await?;
@@ -128,7 +130,7 @@ pub trait Warehouse: Send + Sync {
         date: NaiveDate,
     ) -> Result<(), WarehouseError>;
 
-    /// Rows of `table` whose `date_column` equals `date`.
+    /// Rows of `table` whose `date_column`, as a date, equals `date`.
     async fn count_rows(
         &self,
         table: &str,
@@ -137,7 +139,8 @@ pub trait Warehouse: Send + Sync {
     ) -> Result<u64, WarehouseError>;
 
     /// Expected dates of the range (every day, or the reference's dates) each with whether
-    /// `table` has rows on it — one query: expected dates LEFT JOIN actual dates.
+    /// `table` has rows on it — one query: expected dates LEFT JOIN actual dates. An empty
+    /// result for a non-empty range means the reference lists no date in it.
     async fn date_presence(
         &self,
         table: &str,
@@ -147,8 +150,8 @@ pub trait Warehouse: Send + Sync {
         expected: Option<&Reference>,
     ) -> Result<Vec<DatePresence>, WarehouseError>;
 
-    /// Per entity of the reference, expected vs actual appearances in the lookback window
-    /// ending the day before `date` — one query for all entities.
+    /// Per entity with a reference date in the [`entity_window`] of `date`, expected vs
+    /// actual appearances — one query for all entities.
     async fn entity_counts(
         &self,
         spec: &EntityCompleteness,
@@ -157,14 +160,26 @@ pub trait Warehouse: Send + Sync {
     ) -> Result<Vec<EntityCount>, WarehouseError>;
 }
 
-/// An entity-completeness window ending the day before the processed date, as every
-/// backend's query binds it.
+/// An entity-completeness window: the reference dates `floor ..= last` (the day before the
+/// processed date), of which each entity keeps its latest `max_dates`. Both backends bind it,
+/// and the gate reports it, so the query and the findings say the same thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntityWindow<'a> {
     pub entity_column: &'a str,
-    /// The window's first date.
+    /// The window's first date: `window_days` before the date, not before `season_start`.
     pub floor: NaiveDate,
-    /// How many of each entity's latest reference dates it keeps.
+    /// The window's last date: the day before the processed date.
+    pub last: NaiveDate,
+    /// How many of each entity's latest reference dates it keeps (`lookback`; for a `days`
+    /// window no entity can have more, so it is no limit there).
     pub max_dates: i64,
+}
+
+impl EntityWindow<'_> {
+    /// The window has no day at all (the date is at or before `season_start`).
+    pub fn is_empty(&self) -> bool {
+        self.floor > self.last
+    }
 }
 
 pub fn entity_window<'a>(
@@ -178,17 +193,14 @@ pub fn entity_window<'a>(
             reference.table
         ))
     })?;
-    let season = spec.season_start.unwrap_or_else(crate::dates::earliest);
-    let (floor, max_dates) = match spec.window {
-        WindowKind::Games => (season, i64::from(spec.lookback)),
-        WindowKind::Days => (
-            crate::dates::minus_days(date, spec.lookback).max(season),
-            i64::MAX,
-        ),
-    };
+    let mut floor = crate::dates::minus_days(date, spec.window_days());
+    if let Some(season) = spec.season_start {
+        floor = floor.max(season);
+    }
     Ok(EntityWindow {
         entity_column,
         floor,
-        max_dates,
+        last: date.pred_opt().unwrap_or(date),
+        max_dates: i64::from(spec.lookback),
     })
 }

@@ -181,12 +181,13 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
     let mut cloud = Cloud::new("e2e").await;
     let config = cloud.env.app.config.clone();
     // Day 2 is the blocked-then-fixed date, day 3 the duplicate, day 4 (a week later, out of
-    // every other day's look-back) the skip-flagged one.
+    // every other day's look-back) the skip-flagged one. Day 1 is the fixture's season start
+    // (`not_before`): no history is expected before it.
     let days = [
-        d("2024-03-01"),
-        d("2024-03-02"),
-        d("2024-03-03"),
-        d("2024-03-10"),
+        d("2024-01-01"),
+        d("2024-01-02"),
+        d("2024-01-03"),
+        d("2024-01-10"),
     ];
     cloud.env.season(&days).await;
     // One worker process per phase, each with a push subscription from its input topic.
@@ -238,7 +239,7 @@ async fn the_cascade_runs_through_pubsub_push_workers_into_bigquery() {
         Command::new(env!("CARGO_BIN_EXE_phasegate"))
             .arg("--config")
             .arg(env.config_path())
-            .args("run --phase raw --date 2024-03-02 --skip-downstream-trigger".split(' '))
+            .args("run --phase raw --date 2024-01-02 --skip-downstream-trigger".split(' '))
             .output()
             .expect("run raw")
     };

@@ -35,7 +35,7 @@ async fn gap_detection_finds_missing_dates() {
         vec![d("2024-01-05"), d("2024-01-06"), d("2024-01-12")]
     );
     assert_eq!(r.expected_dates, 20);
-    assert!((r.coverage_pct - 85.0).abs() < 1e-9);
+    assert!((r.coverage_pct.unwrap() - 85.0).abs() < 1e-9);
     assert_eq!(r.date_range, (d("2024-01-01"), d("2024-01-20")));
 }
 
@@ -60,7 +60,7 @@ async fn complete_range_is_continuous_at_100_percent() {
     assert!(!r.has_gaps);
     assert!(r.is_continuous);
     assert_eq!(r.gap_count, 0);
-    assert_eq!(r.coverage_pct, 100.0);
+    assert_eq!(r.coverage_pct, Some(100.0));
 }
 
 #[tokio::test]

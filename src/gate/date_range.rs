@@ -1,7 +1,8 @@
 //! Date-range completeness (gap detection): which expected dates of a range have no rows.
 //!
 //! Expected dates are every calendar day, or a reference's dates (the schedule), so an
-//! off-day is not a gap. One query covers the whole range.
+//! off-day is not a gap. One query covers the whole range. A reference that lists no date in
+//! a non-empty range is reported as such (`reference_empty`), never as 100 % coverage.
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -12,14 +13,20 @@ use crate::warehouse::{Warehouse, WarehouseError};
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DateRangeCompleteness {
     pub table: String,
+    /// The reference table whose dates were expected; `None`: every calendar day.
+    pub reference: Option<String>,
+    /// The checked range, both ends included (`from > to`: nothing to check).
+    pub date_range: (NaiveDate, NaiveDate),
+    pub expected_dates: usize,
+    /// The range has days but the reference lists none of them (empty or missing reference).
+    pub reference_empty: bool,
     pub has_gaps: bool,
     pub missing_dates: Vec<NaiveDate>,
     pub gap_count: usize,
-    /// Percent of expected dates present (100 when nothing was expected).
-    pub coverage_pct: f64,
+    /// Percent of expected dates present; `None` when no date was expected.
+    pub coverage_pct: Option<f64>,
+    /// No gap and not an empty reference.
     pub is_continuous: bool,
-    pub date_range: (NaiveDate, NaiveDate),
-    pub expected_dates: usize,
 }
 
 pub async fn date_range_completeness(
@@ -44,19 +51,18 @@ pub async fn date_range_completeness(
         .collect();
     let expected_dates = presence.len();
     let present = expected_dates - missing_dates.len();
-    let coverage_pct = if expected_dates == 0 {
-        100.0
-    } else {
-        present as f64 * 100.0 / expected_dates as f64
-    };
+    let coverage_pct = (expected_dates > 0).then(|| present as f64 * 100.0 / expected_dates as f64);
+    let reference_empty = from <= to && expected_dates == 0;
     Ok(DateRangeCompleteness {
         table: table.to_string(),
-        has_gaps: !missing_dates.is_empty(),
-        gap_count: missing_dates.len(),
-        is_continuous: missing_dates.is_empty(),
-        missing_dates,
-        coverage_pct,
+        reference: expected.map(|r| r.table.clone()),
         date_range: (from, to),
         expected_dates,
+        reference_empty,
+        has_gaps: !missing_dates.is_empty(),
+        gap_count: missing_dates.len(),
+        is_continuous: missing_dates.is_empty() && !reference_empty,
+        missing_dates,
+        coverage_pct,
     })
 }

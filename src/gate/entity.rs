@@ -1,11 +1,11 @@
-//! Entity completeness: for each entity (team, player, …) expected appearances in a lookback
-//! window (from a reference such as the schedule) against what the upstream table holds.
+//! Entity completeness: for each entity (team, station, …) the reference expects in the
+//! window before a date, its expected appearances against what the upstream table holds.
 
 use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::config::{EntityCompleteness, Reference, WindowKind};
-use crate::warehouse::{Warehouse, WarehouseError};
+use crate::warehouse::{Warehouse, WarehouseError, entity_window};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EntityResult {
@@ -20,9 +20,19 @@ pub struct EntityResult {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EntityCompletenessReport {
+    /// The reference table the expected appearances come from.
+    pub reference: String,
+    pub upstream_table: String,
     pub window: WindowKind,
     pub lookback: u32,
+    /// The window's reach in calendar days (see `EntityCompleteness::window_days`).
+    pub window_days: u32,
+    /// The reference dates considered, both ends included (`from > to`: nothing to check).
+    pub window_range: (NaiveDate, NaiveDate),
     pub threshold_pct: f64,
+    /// The window has days but the reference lists no entity in it (empty or missing).
+    pub reference_empty: bool,
+    /// Only the entities with a reference date in the window.
     pub entities: Vec<EntityResult>,
     pub not_ready_count: usize,
 }
@@ -33,7 +43,12 @@ pub async fn entity_completeness(
     reference: &Reference,
     date: NaiveDate,
 ) -> Result<EntityCompletenessReport, WarehouseError> {
-    let counts = warehouse.entity_counts(spec, reference, date).await?;
+    let window = entity_window(spec, reference, date)?;
+    let counts = if window.is_empty() {
+        Vec::new()
+    } else {
+        warehouse.entity_counts(spec, reference, date).await?
+    };
     let entities: Vec<EntityResult> = counts
         .into_iter()
         .map(|c| {
@@ -56,9 +71,14 @@ pub async fn entity_completeness(
         .collect();
     let not_ready_count = entities.iter().filter(|e| !e.is_production_ready).count();
     Ok(EntityCompletenessReport {
+        reference: reference.table.clone(),
+        upstream_table: spec.upstream_table.clone(),
         window: spec.window,
         lookback: spec.lookback,
+        window_days: spec.window_days(),
+        window_range: (window.floor, window.last),
         threshold_pct: spec.threshold_pct,
+        reference_empty: !window.is_empty() && entities.is_empty(),
         entities,
         not_ready_count,
     })

@@ -1,7 +1,8 @@
 //! The integrity gate: the checks a processor declares, run before it touches a date.
 //!
-//! [`evaluate`] runs each declared check (one query each) and gathers the findings in a
-//! [`GateReport`]. The report says whether the date is production-ready and, in strict mode,
+//! [`evaluate`] runs each declared check (one query each: one ledger read per upstream
+//! processor, one warehouse query per completeness check) and gathers the findings in a
+//! [`GateReport`]. A check that cannot tell (an empty reference) is a finding, never a pass. The report says whether the date is production-ready and, in strict mode,
 //! whether the run must be blocked. Checks never write anything.
 
 mod date_range;
@@ -15,7 +16,7 @@ pub use upstream::{UpstreamStatus, upstream_status};
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use crate::config::{Config, Mode, Processor};
+use crate::config::{Config, EntityCompleteness, HistoricalGaps, Mode, Processor, Reference};
 use crate::dates::minus_days;
 use crate::ledger::{Ledger, LedgerError};
 use crate::warehouse::{Warehouse, WarehouseError};
@@ -96,7 +97,6 @@ pub async fn evaluate(
         problems: Vec::new(),
         not_production_ready: Vec::new(),
     };
-
     for name in &checks.upstream {
         let status = upstream_status(ledger, name, date).await?;
         if !status.safe_to_process {
@@ -107,58 +107,98 @@ pub async fn evaluate(
         }
         report.upstream.push(status);
     }
-
     if let Some(gaps) = &checks.historical_gaps {
-        let expected = match &gaps.expected {
-            Some(name) => Some(
-                config
-                    .reference(name)
-                    .ok_or_else(|| GateError::UnknownReference(name.clone()))?,
-            ),
-            None => None,
-        };
-        let mut from = minus_days(date, gaps.lookback_days);
-        if let Some(floor) = gaps.not_before {
-            from = from.max(floor);
-        }
-        let to = date.pred_opt().unwrap_or(date);
-        let result = date_range_completeness(
-            warehouse,
-            &gaps.table,
-            &gaps.date_column,
-            from,
-            to,
-            expected,
-        )
-        .await?;
-        if result.has_gaps {
-            report.problems.push(format!(
-                "{} has {} missing date(s) in the {} days before {date}: {}",
-                gaps.table,
-                result.gap_count,
-                gaps.lookback_days,
-                crate::dates::format_ranges(&result.missing_dates)
-            ));
-        }
+        let (result, problem) = historical_gaps(config, gaps, date, warehouse).await?;
+        report.problems.extend(problem);
         report.historical_gaps = Some(result);
     }
-
     if let Some(spec) = &checks.entity_completeness {
-        let reference = config
-            .reference(&spec.reference)
-            .ok_or_else(|| GateError::UnknownReference(spec.reference.clone()))?;
-        let result = entity_completeness(warehouse, spec, reference, date).await?;
-        if result.not_ready_count > 0 {
-            report.problems.push(format!(
-                "{} of {} entities below {}% complete in {}",
-                result.not_ready_count,
-                result.entities.len(),
-                spec.threshold_pct,
-                spec.upstream_table
-            ));
-        }
+        let (result, problem) = entities(config, spec, date, warehouse).await?;
+        report.problems.extend(problem);
         report.entity_completeness = Some(result);
     }
-
     Ok(report)
+}
+
+fn reference<'a>(config: &'a Config, name: &str) -> Result<&'a Reference, GateError> {
+    config
+        .reference(name)
+        .ok_or_else(|| GateError::UnknownReference(name.to_string()))
+}
+
+/// Date-range completeness over the `lookback_days` before `date` (clipped at `not_before`).
+async fn historical_gaps(
+    config: &Config,
+    gaps: &HistoricalGaps,
+    date: NaiveDate,
+    warehouse: &dyn Warehouse,
+) -> Result<(DateRangeCompleteness, Option<String>), GateError> {
+    let expected = match &gaps.expected {
+        Some(name) => Some(reference(config, name)?),
+        None => None,
+    };
+    let mut from = minus_days(date, gaps.lookback_days);
+    if let Some(floor) = gaps.not_before {
+        from = from.max(floor);
+    }
+    let to = date.pred_opt().unwrap_or(date);
+    let result = date_range_completeness(
+        warehouse,
+        &gaps.table,
+        &gaps.date_column,
+        from,
+        to,
+        expected,
+    )
+    .await?;
+    let problem = if result.reference_empty {
+        Some(format!(
+            "{} lists no date in {from}..{to} (the {} days before {date}): an empty or missing \
+             reference, so {} cannot be checked for gaps",
+            result.reference.as_deref().unwrap_or_default(),
+            gaps.lookback_days,
+            gaps.table
+        ))
+    } else if result.has_gaps {
+        Some(format!(
+            "{} has {} missing date(s) in the {} days before {date}: {}",
+            gaps.table,
+            result.gap_count,
+            gaps.lookback_days,
+            crate::dates::format_ranges(&result.missing_dates)
+        ))
+    } else {
+        None
+    };
+    Ok((result, problem))
+}
+
+/// Entity completeness of the entities the reference expects in the window before `date`.
+async fn entities(
+    config: &Config,
+    spec: &EntityCompleteness,
+    date: NaiveDate,
+    warehouse: &dyn Warehouse,
+) -> Result<(EntityCompletenessReport, Option<String>), GateError> {
+    let reference = reference(config, &spec.reference)?;
+    let result = entity_completeness(warehouse, spec, reference, date).await?;
+    let (from, to) = result.window_range;
+    let problem = if result.reference_empty {
+        Some(format!(
+            "{} lists no entity in {from}..{to}: an empty or missing reference, so {} cannot \
+             be checked for entity completeness",
+            reference.table, spec.upstream_table
+        ))
+    } else if result.not_ready_count > 0 {
+        Some(format!(
+            "{} of {} entities below {}% complete in {} ({from}..{to})",
+            result.not_ready_count,
+            result.entities.len(),
+            spec.threshold_pct,
+            spec.upstream_table
+        ))
+    } else {
+        None
+    };
+    Ok((result, problem))
 }

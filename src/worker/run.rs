@@ -90,12 +90,7 @@ impl Worker {
         run: RunRecord,
         deadline: Instant,
     ) -> Result<Committed, String> {
-        let require_rows = p
-            .output
-            .as_ref()
-            .filter(|o| o.require_rows)
-            .and_then(|o| o.expected.as_deref())
-            .and_then(|name| self.config.reference(name));
+        let require_rows = processor::rows_reference(&self.config, p);
         match p.kind {
             ProcessorKind::Sql => {
                 let job = ProcessorRun {

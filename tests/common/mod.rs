@@ -92,8 +92,8 @@ sql.sqlite = [
 [phases.processors.checks]
 mode = "{MODE}"
 upstream = ["summary"]
-historical_gaps = { table = "summary", date_column = "game_date", lookback_days = 7, expected = "schedule" }
-entity_completeness = { reference = "schedule", upstream_table = "summary", upstream_entity_column = "team", upstream_date_column = "game_date", window = "games", lookback = 5, threshold_pct = 90.0 }
+historical_gaps = { table = "summary", date_column = "game_date", lookback_days = 7, expected = "schedule", not_before = "2024-01-01" }
+entity_completeness = { reference = "schedule", upstream_table = "summary", upstream_entity_column = "team", upstream_date_column = "game_date", window = "games", lookback = 5, threshold_pct = 90.0, season_start = "2024-01-01" }
 
 [[phases]]
 name = "predictions"

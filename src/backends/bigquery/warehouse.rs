@@ -37,8 +37,9 @@ impl Warehouse for BigQuery {
         date: NaiveDate,
     ) -> Result<u64, WarehouseError> {
         let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE {date_column} = @d",
-            self.table(t)
+            "SELECT COUNT(*) FROM {} WHERE {} = @d",
+            self.table(t),
+            day(date_column)
         );
         let rows = self
             .query(&sql, vec![date_param("d", date)])
@@ -65,15 +66,16 @@ impl Warehouse for BigQuery {
             }
             Some(r) => format!(
                 "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {c} BETWEEN @f AND @t)",
-                c = r.date_column,
+                c = day(&r.date_column),
                 t = self.table(&r.table)
             ),
         };
         let sql = format!(
             "WITH {expected_cte},
-             actual AS (SELECT DISTINCT {date_column} AS d FROM {t} WHERE {date_column} BETWEEN @f AND @t)
+             actual AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {c} BETWEEN @f AND @t)
              SELECT CAST(e.d AS STRING), a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
              ORDER BY e.d",
+            c = day(date_column),
             t = self.table(t)
         );
         let rows = self
@@ -99,34 +101,33 @@ impl Warehouse for BigQuery {
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         let window = crate::warehouse::entity_window(spec, reference, date)?;
-        let (floor, max_games) = (window.floor, window.max_dates);
         let sql = format!(
             "WITH ref AS (
                 SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}
-                WHERE {rd} < @date AND {rd} >= @floor),
+                WHERE {rd} BETWEEN @floor AND @last),
              ranked AS (
                 SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn FROM ref),
-             expected AS (SELECT entity, d FROM ranked WHERE rn <= @max_games),
+             expected AS (SELECT entity, d FROM ranked WHERE rn <= @max_dates),
              actual AS (
                 SELECT DISTINCT CAST({ue} AS STRING) AS entity, {ud} AS d FROM {ut}
-                WHERE {ud} < @date AND {ud} >= @floor)
+                WHERE {ud} BETWEEN @floor AND @last)
              SELECT e.entity, COUNT(*), COUNT(a.d)
              FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
              GROUP BY e.entity ORDER BY e.entity",
             re = window.entity_column,
-            rd = reference.date_column,
+            rd = day(&reference.date_column),
             rt = self.table(&reference.table),
             ue = spec.upstream_entity_column,
-            ud = spec.upstream_date_column,
+            ud = day(&spec.upstream_date_column),
             ut = self.table(&spec.upstream_table),
         );
         let rows = self
             .query(
                 &sql,
                 vec![
-                    date_param("date", date),
-                    date_param("floor", floor),
-                    param("max_games", "INT64", Some(max_games.to_string())),
+                    date_param("floor", window.floor),
+                    date_param("last", window.last),
+                    param("max_dates", "INT64", Some(window.max_dates.to_string())),
                 ],
             )
             .await
@@ -149,4 +150,10 @@ impl Warehouse for BigQuery {
             })
             .collect())
     }
+}
+
+/// A date column read as a DATE: `DATE()` of a DATE is the date itself, of a DATETIME its
+/// day, of a TIMESTAMP its day in UTC.
+fn day(column: &str) -> String {
+    format!("DATE({column})")
 }

@@ -82,7 +82,7 @@ fn run_in_transaction(c: &mut rusqlite::Connection, job: Job) -> rusqlite::Resul
             Some(o) => Some(count(&tx, &o.table, &o.date_column, job.date)?),
             None => None,
         };
-        if let Some(reference) = &job.require_rows {
+        if let Some(reference) = job.require_rows.as_ref().filter(|_| rows == Some(0)) {
             let scheduled = count(&tx, &reference.table, &reference.date_column, job.date)?;
             if let Some(reason) = post_condition(rows, scheduled, reference, job.date) {
                 return Ok(Committed::PostCondition(reason)); // dropped: rolled back

@@ -18,7 +18,10 @@ pub(super) fn expand_dataset(sql: &str) -> String {
 
 /// Rows of `table` on one date (`?1`).
 pub(super) fn count_rows_sql(table: &str, date_column: &str) -> String {
-    format!("SELECT COUNT(*) FROM {table} WHERE {date_column} = ?1")
+    format!(
+        "SELECT COUNT(*) FROM {table} WHERE {} = ?1",
+        day(date_column)
+    )
 }
 
 #[async_trait]
@@ -74,16 +77,16 @@ impl Warehouse for Sqlite {
                 .to_string(),
             Some(r) => format!(
                 "expected(d) AS (SELECT DISTINCT {c} FROM {t} WHERE {c} BETWEEN :from AND :to)",
-                c = r.date_column,
+                c = day(&r.date_column),
                 t = r.table
             ),
         };
         let sql = format!(
             "WITH RECURSIVE {expected_cte},
-             actual(d) AS (SELECT DISTINCT {date_column} FROM {table}
-                           WHERE {date_column} BETWEEN :from AND :to)
+             actual(d) AS (SELECT DISTINCT {c} FROM {table} WHERE {c} BETWEEN :from AND :to)
              SELECT e.d, a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
-             ORDER BY e.d"
+             ORDER BY e.d",
+            c = day(date_column)
         );
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&sql)?;
@@ -109,35 +112,35 @@ impl Warehouse for Sqlite {
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         let window = crate::warehouse::entity_window(spec, reference, date)?;
-        let (floor, max_games) = (window.floor, window.max_dates);
         let sql = format!(
             "WITH ref AS (
                 SELECT DISTINCT CAST({re} AS TEXT) AS entity, {rd} AS d FROM {rt}
-                WHERE {rd} < :date AND {rd} >= :floor),
+                WHERE {rd} BETWEEN :floor AND :last),
              ranked AS (
                 SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn
                 FROM ref),
-             expected AS (SELECT entity, d FROM ranked WHERE rn <= :max_games),
+             expected AS (SELECT entity, d FROM ranked WHERE rn <= :max_dates),
              actual AS (
                 SELECT DISTINCT CAST({ue} AS TEXT) AS entity, {ud} AS d FROM {ut}
-                WHERE {ud} < :date AND {ud} >= :floor)
+                WHERE {ud} BETWEEN :floor AND :last)
              SELECT e.entity, COUNT(*), COUNT(a.d)
              FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
              GROUP BY e.entity ORDER BY e.entity",
             re = window.entity_column,
-            rd = reference.date_column,
+            rd = day(&reference.date_column),
             rt = reference.table,
             ue = spec.upstream_entity_column,
-            ud = spec.upstream_date_column,
+            ud = day(&spec.upstream_date_column),
             ut = spec.upstream_table,
         );
+        let (floor, last, max_dates) = (window.floor, window.last, window.max_dates);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(
                 rusqlite::named_params! {
-                    ":date": date.to_string(),
                     ":floor": floor.to_string(),
-                    ":max_games": max_games,
+                    ":last": last.to_string(),
+                    ":max_dates": max_dates,
                 },
                 |row| {
                     Ok(EntityCount {
@@ -152,4 +155,10 @@ impl Warehouse for Sqlite {
         .await
         .map_err(WarehouseError)
     }
+}
+
+/// A date column read as a `YYYY-MM-DD` day: dates stored as text, datetimes stored as text
+/// (`2024-01-05 18:30:00`, `2024-01-05T18:30:00Z`) and both count by calendar day.
+fn day(column: &str) -> String {
+    format!("date({column})")
 }
