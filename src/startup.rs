@@ -1,5 +1,6 @@
 //! Building the application from its configuration: the backends, the bus, the worker.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::backends::bigquery::BigQuery;
@@ -87,6 +88,23 @@ impl App {
     }
 }
 
+/// The in-process bus, its queue in the SQLite store. Beside BigQuery there is no file to
+/// keep it in: the queue is in memory and not durable (use Pub/Sub there).
+async fn open_bus(config: &Arc<Config>, store: &Store) -> Result<Arc<InProcessBus>, StartupError> {
+    let queue = match store {
+        Store::Sqlite(db) => db.clone(),
+        Store::BigQuery(_) => {
+            Sqlite::open(Path::new(":memory:")).map_err(|e| StartupError::Sqlite {
+                path: ":memory:".into(),
+                message: e.to_string(),
+            })?
+        }
+    };
+    InProcessBus::open(config.clone(), queue)
+        .await
+        .map_err(|e| StartupError::Backend(e.to_string()))
+}
+
 /// Build the application; on SQLite the ledger table is created if missing.
 pub async fn build(config: Config) -> Result<App, StartupError> {
     let config = Arc::new(config);
@@ -109,7 +127,7 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
         Store::BigQuery(bq) => (Arc::new(bq.clone()), Arc::new(bq.clone())),
     };
     let (bus, pubsub) = match config.bus.kind {
-        BusKind::InProcess => (Some(InProcessBus::new(config.clone())), None),
+        BusKind::InProcess => (Some(open_bus(&config, &store).await?), None),
         BusKind::Pubsub => (
             None,
             Some(Arc::new(

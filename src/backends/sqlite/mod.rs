@@ -147,4 +147,5 @@ impl Sqlite {
 }
 
 mod ledger;
+pub mod queue;
 mod warehouse;
