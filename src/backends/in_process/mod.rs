@@ -67,7 +67,7 @@ impl From<QueuedMessage> for PublishedMessage {
 struct Shared {
     config: Arc<Config>,
     queue: Sqlite,
-    /// This bus's name in `lease_owner`: unique per process and bus.
+    /// This bus's name in `claimed_by`: unique per process and bus.
     owner: String,
     /// The phases this bus delivers to.
     phases: Vec<String>,
@@ -145,7 +145,7 @@ impl InProcessBus {
         self.deliveries.lock().is_ok_and(|d| d.is_some())
     }
 
-    /// This bus's `lease_owner` name in the queue table.
+    /// The name this bus claims messages under (`claimed_by` in the queue table).
     pub fn owner(&self) -> &str {
         &self.shared.owner
     }

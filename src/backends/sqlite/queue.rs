@@ -3,10 +3,11 @@
 //!
 //! Claim protocol: a deliverer claims due messages in one `BEGIN IMMEDIATE` transaction
 //! (SQLite's single writer serialises claims between connections and processes). A claim
-//! increments `attempts`, names the `lease_owner` and moves `next_attempt_at` to the lease's
-//! expiry, so a message whose deliverer died becomes due again when its lease runs out; a
-//! live deliverer renews the lease while the handler works. `(lease_owner, attempts)` is the
-//! claim's token: renewals, retries and dead letters apply only while the token still holds.
+//! increments `attempts`, records the deliverer in `claimed_by` and moves `next_attempt_at`
+//! to the lease's expiry, so a message whose deliverer died becomes due again when its lease
+//! runs out; a live deliverer renews the lease while the handler works. `(claimed_by,
+//! attempts)` is the claim's token: renewals, retries and dead letters apply only while the
+//! token still holds. An acknowledgement always counts (the handler did take the message).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,7 +28,7 @@ CREATE TABLE IF NOT EXISTS bus_messages (
     state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead', 'unrouted')),
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TEXT NOT NULL,
-    lease_owner TEXT,
+    claimed_by TEXT,
     last_status INTEGER,
     last_reason TEXT,
     created_at TEXT NOT NULL,
@@ -38,7 +39,7 @@ CREATE INDEX IF NOT EXISTS bus_messages_due ON bus_messages (state, next_attempt
 ";
 
 const COLUMNS: &str = "id, topic, phase, data, attributes, event_id, state, attempts, \
-    next_attempt_at, lease_owner, last_status, last_reason, created_at, delivered_at";
+    next_attempt_at, claimed_by, last_status, last_reason, created_at, delivered_at";
 
 /// The attribute whose value makes a publish idempotent per topic.
 pub const EVENT_ID: &str = "event_id";
@@ -100,8 +101,10 @@ pub struct QueuedMessage {
     pub state: MessageState,
     /// Deliveries started so far (a claim counts as one).
     pub attempts: u32,
+    /// When it is due: the retry time, or the expiry of the current delivery's lease.
     pub next_attempt_at: DateTime<Utc>,
-    pub lease_owner: Option<String>,
+    /// The deliverer of the latest attempt.
+    pub claimed_by: Option<String>,
     pub last_status: Option<u16>,
     pub last_reason: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -184,7 +187,7 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<QueuedMessage> {
         state: MessageState::parse(&state).ok_or_else(|| bad_row("state", &state))?,
         attempts: row.get(7)?,
         next_attempt_at: parse_ts(&row.get::<_, String>(8)?)?,
-        lease_owner: row.get(9)?,
+        claimed_by: row.get(9)?,
         last_status: row.get(10)?,
         last_reason: row.get(11)?,
         created_at: parse_ts(&row.get::<_, String>(12)?)?,
@@ -266,7 +269,7 @@ pub fn claim_due(
     let phases = phases_json(&req.phases);
     let expired = {
         let mut stmt = tx.prepare(&format!(
-            "UPDATE bus_messages SET state = 'dead', lease_owner = NULL, \
+            "UPDATE bus_messages SET state = 'dead', \
              last_reason = 'no answer: the lease of the last attempt expired' \
              WHERE state = 'pending' AND next_attempt_at <= ?1 AND attempts >= ?2 \
              AND phase IN (SELECT value FROM json_each(?3)) RETURNING {COLUMNS}"
@@ -279,7 +282,7 @@ pub fn claim_due(
     };
     let due = {
         let mut stmt = tx.prepare(&format!(
-            "UPDATE bus_messages SET attempts = attempts + 1, lease_owner = ?1, \
+            "UPDATE bus_messages SET attempts = attempts + 1, claimed_by = ?1, \
              next_attempt_at = ?2 WHERE id IN (SELECT id FROM bus_messages \
              WHERE state = 'pending' AND next_attempt_at <= ?3 \
              AND phase IN (SELECT value FROM json_each(?4)) \
@@ -308,7 +311,7 @@ pub fn renew(
 ) -> rusqlite::Result<bool> {
     let n = conn.execute(
         "UPDATE bus_messages SET next_attempt_at = ?1 \
-         WHERE id = ?2 AND state = 'pending' AND lease_owner = ?3 AND attempts = ?4",
+         WHERE id = ?2 AND state = 'pending' AND claimed_by = ?3 AND attempts = ?4",
         params![ts(&until), token.id, token.owner, token.attempt],
     )?;
     Ok(n == 1)
@@ -317,7 +320,7 @@ pub fn renew(
 /// The handler acknowledged the message: it is delivered, whoever holds the claim now.
 pub fn ack(conn: &Connection, id: i64, status: u16, now: DateTime<Utc>) -> rusqlite::Result<bool> {
     let n = conn.execute(
-        "UPDATE bus_messages SET state = 'delivered', delivered_at = ?1, lease_owner = NULL, \
+        "UPDATE bus_messages SET state = 'delivered', delivered_at = ?1, \
          last_status = ?2, last_reason = NULL WHERE id = ?3 AND state = 'pending'",
         params![ts(&now), status, id],
     )?;
@@ -338,8 +341,8 @@ pub fn settle(
     };
     let n = conn.execute(
         "UPDATE bus_messages SET state = ?1, next_attempt_at = COALESCE(?2, next_attempt_at), \
-         lease_owner = NULL, last_status = ?3, last_reason = ?4 \
-         WHERE id = ?5 AND state = 'pending' AND lease_owner = ?6 AND attempts = ?7",
+         last_status = ?3, last_reason = ?4 \
+         WHERE id = ?5 AND state = 'pending' AND claimed_by = ?6 AND attempts = ?7",
         params![
             state.as_str(),
             at,
