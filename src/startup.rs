@@ -105,8 +105,25 @@ async fn open_bus(config: &Arc<Config>, store: &Store) -> Result<Arc<InProcessBu
         .map_err(|e| StartupError::Backend(e.to_string()))
 }
 
-/// Build the application; on SQLite the ledger table is created if missing.
+/// Whether an in-process bus delivers in the built application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deliveries {
+    /// Deliver, starting with the messages owed from before (`serve`, `run`, `backfill`,
+    /// the demo).
+    Start,
+    /// Only publish and inspect: for commands that read and exit, which must not claim
+    /// messages they would abandon mid-delivery.
+    Hold,
+}
+
+/// Build the application, delivering on the in-process bus; on SQLite the ledger table is
+/// created if missing.
 pub async fn build(config: Config) -> Result<App, StartupError> {
+    build_with(config, Deliveries::Start).await
+}
+
+/// Build the application; `deliveries` says whether an in-process bus delivers.
+pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, StartupError> {
     let config = Arc::new(config);
     let store = match config.backend.kind {
         BackendKind::Sqlite => {
@@ -151,7 +168,7 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
             .map_err(|e| StartupError::Backend(e.to_string()))?;
     }
     let worker = Arc::new(Worker::new(config.clone(), ledger, warehouse, publisher));
-    if let Some(bus) = &bus {
+    if let (Some(bus), Deliveries::Start) = (&bus, deliveries) {
         bus.attach(&worker);
     }
     let sqlite = match &store {

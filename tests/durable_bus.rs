@@ -6,8 +6,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{TestEnv, d, dates};
 use phasegate::backends::in_process::InProcessBus;
@@ -17,7 +18,7 @@ use phasegate::bus::Publisher;
 use phasegate::config::Config;
 use phasegate::envelope::SKIP_DOWNSTREAM_TRIGGER;
 use phasegate::ledger::RunStatus;
-use phasegate::startup::{self, App};
+use phasegate::startup::{self, App, Deliveries};
 use serde_json::json;
 
 const PROCESSORS: [&str; 4] = ["ingest", "summary", "features", "preds"];
@@ -114,6 +115,102 @@ async fn a_message_published_before_a_stop_is_delivered_once_after_the_restart()
     assert_eq!(trigger.attempts, 1);
     assert!(trigger.delivered_at.is_some());
     assert_eq!(bus.published_to("test-predictions-done").len(), 1);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary: a `serve` started on a file with an owed trigger delivers it (and the
+/// cascade it causes) before its graceful shutdown completes.
+#[tokio::test]
+async fn a_restarted_serve_delivers_what_was_owed() {
+    let stopped = Stopped::new().await;
+    let bus = stopped.publisher_only().await;
+    bus.publish("test-trigger", &trigger_data("2024-01-01"), BTreeMap::new())
+        .await
+        .expect("publish");
+    drop(bus);
+
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(&stopped.config_path)
+        .arg("serve")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A graceful shutdown waits until the bus is idle.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(child.wait().unwrap().success(), "{stderr}");
+    assert!(
+        stderr.contains("messages owed from before start-up"),
+        "{stderr}"
+    );
+
+    let config = Config::load(&stopped.config_path).expect("config");
+    let reader = startup::build_with(config, Deliveries::Hold)
+        .await
+        .expect("build");
+    for p in PROCESSORS {
+        assert_eq!(
+            runs(&reader, p, "2024-01-01").await,
+            [RunStatus::Success],
+            "{p}"
+        );
+    }
+    let messages = reader.bus.as_ref().unwrap().messages();
+    assert_eq!(messages.len(), 5, "the trigger and four completion events");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.state != MessageState::Pending && m.attempts <= 1),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_built_to_read_only_leaves_owed_messages_alone() {
+    let stopped = Stopped::new().await;
+    let bus = stopped.publisher_only().await;
+    bus.publish("test-trigger", &trigger_data("2024-01-01"), BTreeMap::new())
+        .await
+        .expect("publish");
+    drop(bus);
+
+    let config = Config::load(&stopped.config_path).expect("config");
+    let reader = startup::build_with(config, Deliveries::Hold)
+        .await
+        .expect("build");
+    let bus = reader.bus.as_ref().expect("in-process bus");
+    bus.wait_idle().await;
+    let owed = &bus.messages()[0];
+    assert_eq!(owed.state, MessageState::Pending);
+    assert_eq!(owed.attempts, 0, "not claimed");
+    assert_eq!(runs(&reader, "ingest", "2024-01-01").await, []);
 }
 
 #[tokio::test]

@@ -19,8 +19,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut running = JoinSet::new();
     announce_backlog(&shared).await;
     while shared.worker().is_some() {
-        claim_and_start(&shared, &permits, &mut running).await;
-        let pause = pause_before_next(&shared).await;
+        let pause = match claim_and_start(&shared, &permits, &mut running).await {
+            Ok(()) => pause_before_next(&shared).await,
+            // The store is failing: try again after a poll interval, not in a busy loop.
+            Err(()) => shared.poll_interval(),
+        };
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep(pause), if permits.available_permits() > 0 => {}
@@ -45,21 +48,22 @@ async fn announce_backlog(shared: &Shared) {
     }
 }
 
-/// Claim as many due messages as there are free delivery slots and start delivering them.
+/// Claim as many due messages as there are free delivery slots and start delivering them;
+/// `Err` when the claim failed (it is logged).
 async fn claim_and_start(
     shared: &Arc<Shared>,
     permits: &Arc<Semaphore>,
     running: &mut JoinSet<()>,
-) {
+) -> Result<(), ()> {
     let free = permits.available_permits();
     if free == 0 {
-        return;
+        return Ok(());
     }
     let claimed = match shared.queue.bus_claim_due(shared.claim_request(free)).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "in-process bus: cannot claim messages");
-            return;
+            return Err(());
         }
     };
     for m in &claimed.expired {
@@ -79,6 +83,7 @@ async fn claim_and_start(
         };
         running.spawn(deliver(shared.clone(), message, permit));
     }
+    Ok(())
 }
 
 /// How long the loop may sleep: until the next message is due, at most the poll interval
