@@ -252,6 +252,45 @@ async fn a_delivery_cut_off_by_a_crash_is_redelivered_when_its_lease_expires() {
     }
 }
 
+#[tokio::test]
+async fn a_last_attempt_that_never_answered_is_dead_lettered() {
+    let stopped = Stopped::new().await;
+    let bus = stopped.publisher_only().await;
+    bus.publish("test-trigger", &trigger_data("2024-01-01"), BTreeMap::new())
+        .await
+        .expect("publish");
+    drop(bus);
+    // The fixture allows 2 attempts; two deliverers claimed it and died (a zero lease
+    // expires at once).
+    for owner in ["crashed-1", "crashed-2"] {
+        let claimed = stopped
+            .db()
+            .bus_claim_due(ClaimRequest {
+                owner: owner.into(),
+                lease: Duration::ZERO,
+                limit: 10,
+                max_attempts: 2,
+                phases: vec!["raw".into()],
+            })
+            .await
+            .expect("claim");
+        assert_eq!(claimed.due.len(), 1, "{owner}");
+    }
+
+    let app = restart(&stopped.config_path).await;
+    let bus = app.bus.as_ref().expect("in-process bus");
+    bus.wait_idle().await;
+    let dead = bus.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(
+        dead[0].last_reason.contains("no answer"),
+        "{}",
+        dead[0].last_reason
+    );
+    assert_eq!(runs(&app, "ingest", "2024-01-01").await, []);
+}
+
 /// A one-phase pipeline whose command fails until it has run `succeed_on` times (never
 /// when 0), counting its runs in `count`.
 fn flaky_pipeline(dir: &Path, succeed_on: u32, max_attempts: u32) -> String {

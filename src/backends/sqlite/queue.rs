@@ -270,7 +270,7 @@ pub fn claim_due(
     let expired = {
         let mut stmt = tx.prepare(&format!(
             "UPDATE bus_messages SET state = 'dead', \
-             last_reason = 'no answer: the lease of the last attempt expired' \
+             last_reason = 'attempts exhausted: the last one got no answer before its lease expired' \
              WHERE state = 'pending' AND next_attempt_at <= ?1 AND attempts >= ?2 \
              AND phase IN (SELECT value FROM json_each(?3)) RETURNING {COLUMNS}"
         ))?;
