@@ -138,6 +138,17 @@ pub struct BusConfig {
     /// In-process bus: pause before a nacked message is delivered again.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// In-process bus: deliveries running at once.
+    #[serde(default = "default_max_concurrent_deliveries")]
+    pub max_concurrent_deliveries: usize,
+    /// In-process bus: how long a delivery's claim holds without renewal; a message whose
+    /// deliverer died is redelivered after it.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// In-process bus: how often the queue is polled for messages other processes published
+    /// or whose lease expired.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
     /// Pub/Sub project of the topics.
     #[serde(default)]
     pub project: Option<String>,
@@ -152,6 +163,9 @@ impl Default for BusConfig {
             kind: BusKind::InProcess,
             max_delivery_attempts: default_max_delivery_attempts(),
             retry_backoff_ms: default_retry_backoff_ms(),
+            max_concurrent_deliveries: default_max_concurrent_deliveries(),
+            lease_secs: default_lease_secs(),
+            poll_interval_ms: default_poll_interval_ms(),
             project: None,
             emulator_host: None,
         }
@@ -163,6 +177,15 @@ fn default_max_delivery_attempts() -> u32 {
 }
 fn default_retry_backoff_ms() -> u64 {
     100
+}
+fn default_max_concurrent_deliveries() -> usize {
+    8
+}
+fn default_lease_secs() -> u64 {
+    30
+}
+fn default_poll_interval_ms() -> u64 {
+    500
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -648,6 +671,15 @@ impl Config {
         }
         if self.bus.max_delivery_attempts == 0 {
             return Err(self.invalid("bus.max_delivery_attempts", "must be at least 1"));
+        }
+        if self.bus.max_concurrent_deliveries == 0 {
+            return Err(self.invalid("bus.max_concurrent_deliveries", "must be at least 1"));
+        }
+        if self.bus.lease_secs == 0 {
+            return Err(self.invalid("bus.lease_secs", "must be at least 1"));
+        }
+        if self.bus.poll_interval_ms == 0 {
+            return Err(self.invalid("bus.poll_interval_ms", "must be at least 1"));
         }
         let mut seen_phases = std::collections::HashSet::new();
         let mut seen_processors = std::collections::HashMap::new();

@@ -1,5 +1,6 @@
 //! Building the application from its configuration: the backends, the bus, the worker.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::backends::bigquery::BigQuery;
@@ -87,8 +88,42 @@ impl App {
     }
 }
 
-/// Build the application; on SQLite the ledger table is created if missing.
+/// The in-process bus, its queue in the SQLite store. Beside BigQuery there is no file to
+/// keep it in: the queue is in memory and not durable (use Pub/Sub there).
+async fn open_bus(config: &Arc<Config>, store: &Store) -> Result<Arc<InProcessBus>, StartupError> {
+    let queue =
+        match store {
+            Store::Sqlite(db) => db.clone(),
+            Store::BigQuery(_) => Sqlite::open(Path::new(":memory:"), &config.pipeline.name)
+                .map_err(|e| StartupError::Sqlite {
+                    path: ":memory:".into(),
+                    message: e.to_string(),
+                })?,
+        };
+    InProcessBus::open(config.clone(), queue)
+        .await
+        .map_err(|e| StartupError::Backend(e.to_string()))
+}
+
+/// Whether an in-process bus delivers in the built application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deliveries {
+    /// Deliver, starting with the messages owed from before (`serve`, `run`, `backfill`,
+    /// the demo).
+    Start,
+    /// Only publish and inspect: for commands that read and exit, which must not claim
+    /// messages they would abandon mid-delivery.
+    Hold,
+}
+
+/// Build the application, delivering on the in-process bus; on SQLite the ledger table is
+/// created if missing.
 pub async fn build(config: Config) -> Result<App, StartupError> {
+    build_with(config, Deliveries::Start).await
+}
+
+/// Build the application; `deliveries` says whether an in-process bus delivers.
+pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, StartupError> {
     let config = Arc::new(config);
     let store = match config.backend.kind {
         BackendKind::Sqlite => {
@@ -112,7 +147,7 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
         Store::BigQuery(bq) => (Arc::new(bq.clone()), Arc::new(bq.clone())),
     };
     let (bus, pubsub) = match config.bus.kind {
-        BusKind::InProcess => (Some(InProcessBus::new(config.clone())), None),
+        BusKind::InProcess => (Some(open_bus(&config, &store).await?), None),
         BusKind::Pubsub => (
             None,
             Some(Arc::new(
@@ -136,7 +171,7 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
             .map_err(|e| StartupError::Backend(e.to_string()))?;
     }
     let worker = Arc::new(Worker::new(config.clone(), ledger, warehouse, publisher));
-    if let Some(bus) = &bus {
+    if let (Some(bus), Deliveries::Start) = (&bus, deliveries) {
         bus.attach(&worker);
     }
     let sqlite = match &store {

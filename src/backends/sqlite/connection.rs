@@ -85,6 +85,44 @@ impl Connections {
             .map_err(|_| "sqlite writer dropped the request".to_string())?
     }
 
+    /// Run `f` on the calling thread: with a pooled read connection, or (in memory) on the
+    /// writer thread, waiting for it. For short synchronous reads only.
+    pub(super) fn read_blocking<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let Some(path) = &self.path else {
+            let (tx, rx) = mpsc::channel();
+            let job: Job = Box::new(move |conn| {
+                let _ = tx.send(f(conn).map_err(|e| e.to_string()));
+            });
+            self.writer
+                .send(job)
+                .map_err(|_| "sqlite writer thread is gone".to_string())?;
+            return rx
+                .recv()
+                .map_err(|_| "sqlite writer dropped the request".to_string())?;
+        };
+        let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(path).map_err(|e| e.to_string())?;
+                configure(&c).map_err(|e| e.to_string())?;
+                c
+            }
+        };
+        let result = f(&mut conn).map_err(|e| e.to_string());
+        if conn.is_autocommit()
+            && let Ok(mut pool) = self.readers.lock()
+            && pool.len() < READ_POOL
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
     /// Run `f` with a read connection on the blocking pool.
     pub(super) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, String>
     where

@@ -15,6 +15,7 @@ use crate::warehouse::WarehouseError;
 mod atomic;
 mod connection;
 mod ledger;
+pub mod queue;
 mod warehouse;
 
 use connection::Connections;
@@ -152,6 +153,15 @@ impl Sqlite {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         self.conns.write(f).await
+    }
+
+    /// Run `f` with a read connection on the calling thread (short synchronous reads).
+    fn read_blocking<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.conns.read_blocking(f)
     }
 
     /// Run `f` with a read connection of the pool.
