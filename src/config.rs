@@ -178,6 +178,26 @@ pub struct ServerConfig {
     /// README, "Concurrent deliveries"). Default: 0 on SQLite, 250 ms on BigQuery.
     #[serde(default)]
     pub claim_settle_ms: Option<u64>,
+    /// Time a client has to send a request's headers; it also closes a kept-alive connection
+    /// that sends no next request for this long.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Open connections at most; beyond it new ones wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Pushes handled at once at most; beyond it a push is answered 503 with Retry-After.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Push bodies held in memory at once, all requests together, in MiB.
+    #[serde(default = "default_max_buffered_body_mib")]
+    pub max_buffered_body_mib: usize,
+    /// On SIGTERM: stop accepting, then wait at most this long for connections and pushes
+    /// (keep it below Cloud Run's 10 s grace period).
+    #[serde(default = "default_shutdown_drain_secs")]
+    pub shutdown_drain_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -186,8 +206,64 @@ impl Default for ServerConfig {
             port: default_port(),
             stale_running_secs: default_stale_running_secs(),
             claim_settle_ms: None,
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_in_flight: default_max_in_flight(),
+            max_buffered_body_mib: default_max_buffered_body_mib(),
+            shutdown_drain_secs: default_shutdown_drain_secs(),
         }
     }
+}
+
+impl ServerConfig {
+    /// The HTTP limits' sanity: `(key, message)` of the first that is off.
+    pub fn check_limits(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(100..=300_000).contains(&self.header_timeout_ms) {
+            return Err(("server.header_timeout_ms", "must be between 100 and 300000"));
+        }
+        if !(100..=600_000).contains(&self.body_timeout_ms) {
+            return Err(("server.body_timeout_ms", "must be between 100 and 600000"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(("server.max_in_flight", "must be at least 1"));
+        }
+        if self.max_connections < self.max_in_flight {
+            return Err((
+                "server.max_connections",
+                "must be at least server.max_in_flight",
+            ));
+        }
+        if self.max_buffered_body_mib < 10 {
+            return Err((
+                "server.max_buffered_body_mib",
+                "must be at least 10 (one push body may be 10 MiB)",
+            ));
+        }
+        if !(1..=3600).contains(&self.shutdown_drain_secs) {
+            return Err(("server.shutdown_drain_secs", "must be between 1 and 3600"));
+        }
+        Ok(())
+    }
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_in_flight() -> usize {
+    80
+}
+fn default_max_buffered_body_mib() -> usize {
+    64
+}
+fn default_shutdown_drain_secs() -> u64 {
+    8
 }
 
 fn default_port() -> u16 {
@@ -542,6 +618,9 @@ impl Config {
             if let Some(e) = &r.entity_column {
                 check_ident(self, &format!("{key}.entity_column"), e)?;
             }
+        }
+        if let Err((key, message)) = self.server.check_limits() {
+            return Err(self.invalid(key, message));
         }
         if self.bus.max_delivery_attempts == 0 {
             return Err(self.invalid("bus.max_delivery_attempts", "must be at least 1"));
