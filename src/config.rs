@@ -191,7 +191,8 @@ pub struct ServerConfig {
     /// Pushes handled at once at most; beyond it a push is answered 503 with Retry-After.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Push bodies held in memory at once, all requests together, in MiB.
+    /// Memory for push bodies at once, all requests together, in MiB; a body is charged four
+    /// times its size (its decoded copies included), so the default holds three 10 MB bodies.
     #[serde(default = "default_max_buffered_body_mib")]
     pub max_buffered_body_mib: usize,
     /// On SIGTERM: stop accepting, then wait at most this long for connections and pushes
@@ -234,10 +235,10 @@ impl ServerConfig {
                 "must be at least server.max_in_flight",
             ));
         }
-        if self.max_buffered_body_mib < 10 {
+        if self.max_buffered_body_mib < 40 {
             return Err((
                 "server.max_buffered_body_mib",
-                "must be at least 10 (one push body may be 10 MiB)",
+                "must be at least 40 (one 10 MiB push body is charged four times its size)",
             ));
         }
         if !(1..=3600).contains(&self.shutdown_drain_secs) {
@@ -260,7 +261,7 @@ fn default_max_in_flight() -> usize {
     80
 }
 fn default_max_buffered_body_mib() -> usize {
-    64
+    128
 }
 fn default_shutdown_drain_secs() -> u64 {
     8

@@ -1,6 +1,7 @@
 //! Reading a push body: declared length checked first, streamed with a cap and a deadline,
 //! and counted against a budget shared by all requests, so N concurrent 10 MB bodies cannot
-//! hold N × 10 MB.
+//! hold N × 10 MB. A body is charged [`DECODE_FACTOR`] times its size: decoding copies
+//! `message.data`, its base64-decoded payload and the parsed payload while the body is held.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,9 @@ use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::limits::MAX_BODY_BYTES;
+
+/// Bytes of memory a push body costs per byte received, decoding included.
+pub const DECODE_FACTOR: usize = 4;
 
 /// A body in memory, holding its share of the budget until dropped.
 pub(super) struct BufferedBody {
@@ -79,7 +83,7 @@ async fn reserve(
     n: usize,
     deadline: Duration,
 ) -> Result<OwnedSemaphorePermit, BodyError> {
-    let n = u32::try_from(n).map_err(|_| BodyError::TooLarge)?;
+    let n = u32::try_from(n.saturating_mul(DECODE_FACTOR)).map_err(|_| BodyError::TooLarge)?;
     match tokio::time::timeout(deadline, budget.clone().acquire_many_owned(n)).await {
         Ok(Ok(p)) => Ok(p),
         _ => Err(BodyError::Busy),
@@ -103,7 +107,7 @@ async fn stream(
         }
         if declared.is_none() {
             // Chunked: take the budget as the bytes arrive.
-            let more = u32::try_from(chunk.len()).map_err(|_| BodyError::TooLarge)?;
+            let more = u32::try_from(chunk.len() * DECODE_FACTOR).map_err(|_| BodyError::TooLarge)?;
             let p = budget
                 .clone()
                 .acquire_many_owned(more)

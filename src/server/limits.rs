@@ -20,7 +20,8 @@ pub struct ServerLimits {
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_in_flight: usize,
-    /// Push body bytes held in memory at once, all requests together.
+    /// Memory for push bodies at once, all requests together, decoding included (a body is
+    /// charged [`DECODE_FACTOR`](super::body::DECODE_FACTOR) times its size).
     pub body_budget_bytes: usize,
     /// Bound on the graceful-shutdown drain.
     pub shutdown_drain: Duration,
@@ -36,7 +37,7 @@ impl From<&ServerConfig> for ServerLimits {
             body_budget_bytes: c
                 .max_buffered_body_mib
                 .saturating_mul(1024 * 1024)
-                .max(MAX_BODY_BYTES),
+                .max(MAX_BODY_BYTES * super::body::DECODE_FACTOR),
             shutdown_drain: Duration::from_secs(c.shutdown_drain_secs),
         }
     }
