@@ -107,7 +107,8 @@ async fn stream(
         }
         if declared.is_none() {
             // Chunked: take the budget as the bytes arrive.
-            let more = u32::try_from(chunk.len() * DECODE_FACTOR).map_err(|_| BodyError::TooLarge)?;
+            let more =
+                u32::try_from(chunk.len() * DECODE_FACTOR).map_err(|_| BodyError::TooLarge)?;
             let p = budget
                 .clone()
                 .acquire_many_owned(more)
