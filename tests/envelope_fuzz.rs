@@ -84,7 +84,15 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             .to_string()
             .into_bytes()
     });
+    let near_valid =
+        (1850..2250i32, 0..14u32, 0..33u32, "[a-z0-9]{1,8}").prop_map(|(y, m, d, id)| {
+            let payload = json!({ "data_date": format!("{y:04}-{m:02}-{d:02}") });
+            json!({ "message": { "data": b64(payload.to_string().as_bytes()), "messageId": id } })
+                .to_string()
+                .into_bytes()
+        });
     prop_oneof![
+        3 => near_valid,
         4 => envelope,
         2 => mangled,
         1 => prop::collection::vec(any::<u8>(), 0..256),
