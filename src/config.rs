@@ -885,3 +885,44 @@ fn check_topic(config: &Config, key: &str, value: &str) -> Result<(), ConfigErro
         ))
     }
 }
+
+#[cfg(test)]
+mod server_limit_tests {
+    use super::ServerConfig;
+
+    #[test]
+    fn server_limits_are_checked() {
+        assert_eq!(ServerConfig::default().check_limits(), Ok(()));
+        let bad = [
+            ServerConfig {
+                header_timeout_ms: 0,
+                ..Default::default()
+            },
+            ServerConfig {
+                body_timeout_ms: 10_000_000,
+                ..Default::default()
+            },
+            ServerConfig {
+                max_in_flight: 0,
+                ..Default::default()
+            },
+            ServerConfig {
+                max_connections: 10,
+                max_in_flight: 20,
+                ..Default::default()
+            },
+            ServerConfig {
+                max_buffered_body_mib: 39,
+                ..Default::default()
+            },
+            ServerConfig {
+                shutdown_drain_secs: 0,
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            let (key, _) = c.check_limits().unwrap_err();
+            assert!(key.starts_with("server."), "{key}");
+        }
+    }
+}
