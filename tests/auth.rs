@@ -460,3 +460,30 @@ fn oidc_mode_needs_an_audience_and_allowed_emails() {
     .unwrap();
     assert!(e.to_string().contains("auth.allowed_emails"));
 }
+
+#[tokio::test]
+async fn no_keys_ever_loaded_is_503_not_401_and_writes_nothing() {
+    let f = fixture_with(Timing {
+        fetch_timeout: Duration::from_millis(200),
+        ..Timing::default()
+    })
+    .await;
+    f.jwks.hang.store(true, Ordering::SeqCst);
+    assert_eq!(
+        push(&f, Some(valid())).await,
+        503,
+        "retryable: the JWKS never answered"
+    );
+    assert_eq!(ledger_rows(&f.env), 0);
+    f.jwks.hang.store(false, Ordering::SeqCst);
+    // Once the endpoint answers, the redelivery passes (cold retries are at most 1 s apart).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match push(&f, Some(valid())).await {
+            200 => break,
+            503 => assert!(std::time::Instant::now() < deadline, "keys never loaded"),
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
