@@ -21,7 +21,7 @@ pub struct ServerLimits {
     pub max_connections: usize,
     pub max_in_flight: usize,
     /// Memory for push bodies at once, all requests together, decoding included (a body is
-    /// charged [`DECODE_FACTOR`](super::body::DECODE_FACTOR) times its size).
+    /// charged four times its size).
     pub body_budget_bytes: usize,
     /// Bound on the graceful-shutdown drain.
     pub shutdown_drain: Duration,
