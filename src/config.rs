@@ -206,6 +206,27 @@ pub struct ServerConfig {
     /// push deadline (default: the deadline + 60 s).
     #[serde(default, alias = "stale_running_secs")]
     pub run_lease_secs: Option<u64>,
+    /// Time a client has to send a request's headers; it also closes a kept-alive connection
+    /// that sends no next request for this long.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Open connections at most; beyond it new ones wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Pushes handled at once at most; beyond it a push is answered 503 with Retry-After.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Memory for push bodies at once, all requests together, in MiB; a body is charged four
+    /// times its size (its decoded copies included), so the default holds three 10 MB bodies.
+    #[serde(default = "default_max_buffered_body_mib")]
+    pub max_buffered_body_mib: usize,
+    /// On SIGTERM: stop accepting, then wait at most this long for connections and pushes
+    /// (keep it below Cloud Run's 10 s grace period).
+    #[serde(default = "default_shutdown_drain_secs")]
+    pub shutdown_drain_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -214,6 +235,12 @@ impl Default for ServerConfig {
             port: default_port(),
             push_deadline_secs: default_push_deadline_secs(),
             run_lease_secs: None,
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_in_flight: default_max_in_flight(),
+            max_buffered_body_mib: default_max_buffered_body_mib(),
+            shutdown_drain_secs: default_shutdown_drain_secs(),
         }
     }
 }
@@ -273,6 +300,54 @@ impl ServerConfig {
         }
         Ok(())
     }
+
+    /// The HTTP limits' sanity: `(key, message)` of the first that is off.
+    pub fn check_limits(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(100..=300_000).contains(&self.header_timeout_ms) {
+            return Err(("server.header_timeout_ms", "must be between 100 and 300000"));
+        }
+        if !(100..=600_000).contains(&self.body_timeout_ms) {
+            return Err(("server.body_timeout_ms", "must be between 100 and 600000"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(("server.max_in_flight", "must be at least 1"));
+        }
+        if self.max_connections < self.max_in_flight {
+            return Err((
+                "server.max_connections",
+                "must be at least server.max_in_flight",
+            ));
+        }
+        if self.max_buffered_body_mib < 40 {
+            return Err((
+                "server.max_buffered_body_mib",
+                "must be at least 40 (one 10 MiB push body is charged four times its size)",
+            ));
+        }
+        if !(1..=3600).contains(&self.shutdown_drain_secs) {
+            return Err(("server.shutdown_drain_secs", "must be between 1 and 3600"));
+        }
+        Ok(())
+    }
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_in_flight() -> usize {
+    80
+}
+fn default_max_buffered_body_mib() -> usize {
+    128
+}
+fn default_shutdown_drain_secs() -> u64 {
+    8
 }
 
 fn default_port() -> u16 {
@@ -669,6 +744,9 @@ impl Config {
         if let Err((key, message)) = self.server.validate(&self.backend.kind) {
             return Err(self.invalid(key, message));
         }
+        if let Err((key, message)) = self.server.check_limits() {
+            return Err(self.invalid(key, message));
+        }
         if self.bus.max_delivery_attempts == 0 {
             return Err(self.invalid("bus.max_delivery_attempts", "must be at least 1"));
         }
@@ -963,5 +1041,46 @@ fn check_topic(config: &Config, key: &str, value: &str) -> Result<(), ConfigErro
                  letter, of letters, digits and - _ . ~ + %)"
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod server_limit_tests {
+    use super::ServerConfig;
+
+    #[test]
+    fn server_limits_are_checked() {
+        assert_eq!(ServerConfig::default().check_limits(), Ok(()));
+        let bad = [
+            ServerConfig {
+                header_timeout_ms: 0,
+                ..Default::default()
+            },
+            ServerConfig {
+                body_timeout_ms: 10_000_000,
+                ..Default::default()
+            },
+            ServerConfig {
+                max_in_flight: 0,
+                ..Default::default()
+            },
+            ServerConfig {
+                max_connections: 10,
+                max_in_flight: 20,
+                ..Default::default()
+            },
+            ServerConfig {
+                max_buffered_body_mib: 39,
+                ..Default::default()
+            },
+            ServerConfig {
+                shutdown_drain_secs: 0,
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            let (key, _) = c.check_limits().unwrap_err();
+            assert!(key.starts_with("server."), "{key}");
+        }
     }
 }

@@ -2,17 +2,44 @@
 
 use chrono::{Duration, NaiveDate};
 
+/// The years a `data_date` may carry: wide enough for any pipeline's history and
+/// future schedule, narrow enough that SQLite text and BigQuery `DATE` agree on every date.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1900..=2199;
+
 /// A `data_date` that failed to parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a date in YYYY-MM-DD form")]
-pub struct BadDate(pub String);
+pub enum BadDate {
+    #[error("`{0}` is not a date in YYYY-MM-DD form (ASCII digits, dashes at positions 5 and 8)")]
+    Form(String),
+    #[error("`{0}` is not a calendar date (YYYY-MM-DD)")]
+    Calendar(String),
+    #[error("`{0}`: the year must be between 1900 and 2199")]
+    Year(String),
+}
 
-/// Parse a strict `YYYY-MM-DD` date.
+/// Parse a strict `YYYY-MM-DD` date: exactly ten ASCII characters, digits everywhere but the
+/// dashes at byte positions 4 and 7 (no sign, no spaces, no short fields), a real calendar
+/// date, and a year within [`YEARS`].
 pub fn parse_date(s: &str) -> Result<NaiveDate, BadDate> {
-    if s.len() != 10 {
-        return Err(BadDate(s.to_string()));
+    let b = s.as_bytes();
+    let shaped = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if !shaped {
+        return Err(BadDate::Form(s.to_string()));
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| BadDate(s.to_string()))
+    let field = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(0);
+    let year = i32::try_from(field(0..4)).unwrap_or(0);
+    if !YEARS.contains(&year) {
+        return Err(BadDate::Year(s.to_string()));
+    }
+    NaiveDate::from_ymd_opt(year, field(5..7), field(8..10))
+        .ok_or_else(|| BadDate::Calendar(s.to_string()))
 }
 
 /// Every date from `from` to `to`, both included (empty when `from > to`).
@@ -79,6 +106,32 @@ mod tests {
         assert!(parse_date("2023-02-29").is_err());
         assert!(parse_date("2024-2-01").is_err());
         assert!(parse_date("2024-02-01T00:00").is_err());
+        for loose in [
+            "+2025-1-01",
+            " 2025-1-01",
+            "2025- 1- 1",
+            "+002-01-01",
+            "-001-01-01",
+            "+99999-1-1",
+            "2025-01-1 ",
+            "２０２５-01-01",
+            "2025/01/01",
+            "20250101",
+        ] {
+            assert!(
+                matches!(parse_date(loose), Err(BadDate::Form(_))),
+                "{loose:?}"
+            );
+        }
+        assert!(matches!(parse_date("0000-01-01"), Err(BadDate::Year(_))));
+        assert!(matches!(parse_date("1899-12-31"), Err(BadDate::Year(_))));
+        assert!(matches!(parse_date("2200-01-01"), Err(BadDate::Year(_))));
+        assert!(parse_date("1900-01-01").is_ok());
+        assert!(parse_date("2199-12-31").is_ok());
+        assert!(matches!(
+            parse_date("2025-13-01"),
+            Err(BadDate::Calendar(_))
+        ));
     }
 
     #[test]

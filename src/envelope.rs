@@ -19,6 +19,7 @@ pub const FORCE: &str = "force";
 /// The push request body Pub/Sub sends.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PushEnvelope {
+    #[serde(deserialize_with = "object_only")]
     pub message: PushMessage,
     #[serde(default)]
     pub subscription: String,
@@ -52,12 +53,36 @@ pub struct PushMessage {
 }
 
 /// The JSON payload a phase accepts: a trigger or the previous phase's completion event.
+/// Only a JSON object is a payload; `data_date` and `phase`, when present, are strings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Payload {
+    #[serde(default)]
     pub data_date: Option<String>,
     /// Set on completion events: the phase that completed.
     #[serde(default)]
     pub phase: Option<String>,
+}
+
+impl Payload {
+    /// Parse decoded `message.data`: a JSON object, nothing else.
+    pub fn from_json(bytes: &[u8]) -> Result<Payload, BadMessage> {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(|e| BadMessage::Payload(e.to_string()))?;
+        serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| BadMessage::Payload(e.to_string()))
+    }
+}
+
+/// Deserialize a struct from a JSON object only: serde's derive also accepts a JSON array
+/// (fields by position), which no Pub/Sub sender produces.
+fn object_only<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)
 }
 
 /// Why a push was refused.
@@ -71,7 +96,7 @@ pub enum BadMessage {
     NoData,
     #[error("message.data is not valid base64: {0}")]
     Base64(String),
-    #[error("message.data is not a JSON object: {0}")]
+    #[error("message.data is not a JSON object with string fields: {0}")]
     Payload(String),
     #[error("data_date is missing from the payload and the attributes")]
     NoDate,
@@ -106,8 +131,12 @@ impl Trigger {
 }
 
 impl PushEnvelope {
-    /// Parse a request body.
+    /// Parse a request body: a JSON object whose `message` is a JSON object.
     pub fn from_json(body: &[u8]) -> Result<PushEnvelope, BadMessage> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(BadMessage::Envelope("expected a JSON object".into()));
+        }
         serde_json::from_slice(body).map_err(|e| BadMessage::Envelope(e.to_string()))
     }
 
@@ -145,8 +174,7 @@ impl PushEnvelope {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.as_bytes())
             .map_err(|e| BadMessage::Base64(e.to_string()))?;
-        let payload: Payload =
-            serde_json::from_slice(&bytes).map_err(|e| BadMessage::Payload(e.to_string()))?;
+        let payload = Payload::from_json(&bytes)?;
         let attr_date = msg.attributes.get("data_date").cloned();
         let date_text = match (payload.data_date, attr_date) {
             (Some(p), Some(a)) if p != a => {
@@ -157,7 +185,7 @@ impl PushEnvelope {
             }
             (Some(p), _) => p,
             (None, Some(a)) => a,
-            (None, None) => return Err(BadMessage::NoDate),
+            (None, None) => return Err(missing_date(msg.publish_time.as_deref())),
         };
         let data_date = parse_date(&date_text)?;
         Ok(Trigger {
@@ -168,6 +196,12 @@ impl PushEnvelope {
             delivery_attempt: self.delivery_attempt,
         })
     }
+}
+
+/// A trigger without `data_date` in its payload or attributes. The one place a rule for
+/// date-less triggers (e.g. Cloud Scheduler's, dated by `publishTime`) belongs.
+fn missing_date(_publish_time: Option<&str>) -> BadMessage {
+    BadMessage::NoDate
 }
 
 #[cfg(test)]
@@ -228,5 +262,41 @@ mod tests {
         .decode()
         .unwrap_err();
         assert!(matches!(e, BadMessage::DateMismatch { .. }));
+    }
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn decode(body: &str) -> Result<Trigger, BadMessage> {
+        PushEnvelope::from_json(body.as_bytes()).and_then(PushEnvelope::decode)
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        let data = b64(r#"{"data_date":"2025-10-22"}"#);
+        let cases = [
+            format!(r#"[{{"data":"{data}","messageId":"1"}}, "s"]"#),
+            format!(r#"{{"message":["{data}", {{}}, "1"]}}"#),
+            format!(
+                r#"{{"message":{{"data":"{}","messageId":"1"}}}}"#,
+                b64(r#"["2025-10-22"]"#)
+            ),
+            format!(
+                r#"{{"message":{{"data":"{}","messageId":"1"}}}}"#,
+                b64(r#"{"data_date":20251022}"#)
+            ),
+            r#""just a string""#.to_string(),
+        ];
+        for body in cases {
+            assert!(decode(&body).is_err(), "{body}");
+        }
+        let ok = format!(r#" {{"message":{{"data":"{data}","messageId":"1"}}}}"#);
+        assert_eq!(decode(&ok).unwrap().data_date.to_string(), "2025-10-22");
     }
 }

@@ -1,14 +1,18 @@
 //! Push authentication: tokens signed locally, verified against a locally served JWKS. Every
-//! forged or wrong token is refused with 401/403 and writes nothing.
+//! forged or wrong token is refused with 401/403 and writes nothing; valid pushes are never
+//! refused because of the key cache (cold, flooded with unknown key ids, or hanging).
 
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine;
 use common::{TestEnv, d};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phasegate::auth::PushAuth;
+use phasegate::auth::jwks::Timing;
 use phasegate::config::{AuthConfig, AuthMode};
 use phasegate::envelope::PushEnvelope;
 use phasegate::server::{ServerState, serve};
@@ -22,24 +26,48 @@ const JWKS: &str = include_str!("fixtures/jwks.json");
 const AUDIENCE: &str = "https://raw-worker.example.run.app/push";
 const PUSHER: &str = "pubsub-push@phasegate-test.iam.gserviceaccount.com";
 
-/// Serve the JWKS over HTTP on a random port.
-async fn jwks_server() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/certs", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{JWKS}",
-                    JWKS.len()
-                );
-                let _ = stream.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    url
+/// A JWKS endpoint on a random port that counts the requests it receives and, once told to
+/// hang, never answers again.
+#[derive(Clone)]
+struct Jwks {
+    url: String,
+    requests: Arc<AtomicUsize>,
+    hang: Arc<AtomicBool>,
+}
+
+impl Jwks {
+    async fn start() -> Jwks {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let jwks = Jwks {
+            url: format!("http://{}/certs", listener.local_addr().unwrap()),
+            requests: Arc::new(AtomicUsize::new(0)),
+            hang: Arc::new(AtomicBool::new(false)),
+        };
+        let (requests, hang) = (jwks.requests.clone(), jwks.hang.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (requests, hang) = (requests.clone(), hang.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    if hang.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{JWKS}",
+                        JWKS.len()
+                    );
+                    let _ = stream.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        jwks
+    }
+
+    fn fetches(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
 }
 
 fn now() -> i64 {
@@ -76,17 +104,27 @@ fn b64(v: &Value) -> String {
 struct Fixture {
     env: TestEnv,
     url: String,
+    jwks: Jwks,
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(Timing::default()).await
+}
+
+/// A worker for phase `raw` with OIDC on; its key cache starts cold.
+async fn fixture_with(timing: Timing) -> Fixture {
     let env = TestEnv::new("strict").await;
     env.season(&[d("2024-01-01")]).await;
-    let auth = PushAuth::from_config(&AuthConfig {
-        mode: AuthMode::Oidc,
-        audience: Some(AUDIENCE.into()),
-        allowed_emails: vec![PUSHER.into()],
-        jwks_url: Some(jwks_server().await),
-    })
+    let jwks = Jwks::start().await;
+    let auth = PushAuth::with_timing(
+        &AuthConfig {
+            mode: AuthMode::Oidc,
+            audience: Some(AUDIENCE.into()),
+            allowed_emails: vec![PUSHER.into()],
+            jwks_url: Some(jwks.url.clone()),
+        },
+        timing,
+    )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/push", listener.local_addr().unwrap());
@@ -96,21 +134,54 @@ async fn fixture() -> Fixture {
         auth,
     });
     tokio::spawn(serve(listener, state, std::future::pending()));
-    Fixture { env, url }
+    Fixture { env, url, jwks }
+}
+
+/// A push for `date` (message id `id`) with the given Authorization header values.
+async fn push_to(url: &str, date: &str, id: &str, authorization: &[String]) -> u16 {
+    let body = PushEnvelope::wrap(
+        &json!({ "data_date": date }),
+        [("skip_downstream_trigger".to_string(), "true".to_string())].into(),
+        id.into(),
+        "s".into(),
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    for a in authorization {
+        headers.append("authorization", a.parse().unwrap());
+    }
+    let req = reqwest::Client::new()
+        .post(url)
+        .headers(headers)
+        .json(&body);
+    req.send().await.unwrap().status().as_u16()
 }
 
 async fn push(f: &Fixture, authorization: Option<String>) -> u16 {
-    let body = PushEnvelope::wrap(
-        &json!({"data_date": "2024-01-01"}),
-        [("skip_downstream_trigger".to_string(), "true".to_string())].into(),
-        "auth-1".into(),
-        "s".into(),
-    );
-    let mut req = reqwest::Client::new().post(&f.url).json(&body);
-    if let Some(a) = authorization {
-        req = req.header("authorization", a);
-    }
-    req.send().await.unwrap().status().as_u16()
+    let headers: Vec<String> = authorization.into_iter().collect();
+    push_to(&f.url, "2024-01-01", "auth-1", &headers).await
+}
+
+/// One valid token, signed once (RSA signing is slow in debug builds).
+fn valid() -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| format!("Bearer {}", sign(&claims(), "test-key-1", SIGNER)))
+        .clone()
+}
+
+/// A token naming key id `kid` (its signature is never reached: the key id is unknown).
+fn with_kid(kid: &str) -> String {
+    let header = b64(&json!({"alg": "RS256", "typ": "JWT", "kid": kid}));
+    let rest = valid().split_once('.').unwrap().1.to_string();
+    format!("Bearer {header}.{rest}")
+}
+
+fn ledger_rows(env: &TestEnv) -> i64 {
+    let c = rusqlite::Connection::open(env.db_path()).unwrap();
+    c.query_row("SELECT COUNT(*) FROM processor_run_history", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
 }
 
 #[tokio::test]
@@ -129,6 +200,11 @@ async fn forged_and_wrong_tokens_are_refused_without_side_effects() {
         c[k] = v;
         c
     };
+    let without = |k: &str| {
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
     let good = |c: &Value| format!("Bearer {}", sign(c, "test-key-1", SIGNER));
     let hs256_with_public_key = {
         let mut h = Header::new(Algorithm::HS256);
@@ -140,70 +216,227 @@ async fn forged_and_wrong_tokens_are_refused_without_side_effects() {
         b64(&json!({"alg": "none", "typ": "JWT", "kid": "test-key-1"})),
         b64(&claims())
     );
-    let cases: Vec<(&str, Option<String>, u16)> = vec![
-        (
-            "expired",
-            Some(good(&with("exp", json!(now() - 3600)))),
-            401,
-        ),
+    let forged = good(&with(
+        "email",
+        json!("intruder@evil.iam.gserviceaccount.com"),
+    ));
+    let one = |h: String| vec![h];
+    let cases: Vec<(&str, Vec<String>, u16)> = vec![
+        ("expired", one(good(&with("exp", json!(now() - 3600)))), 401),
         (
             "not yet valid",
-            Some(good(&with("nbf", json!(now() + 3600))).clone()),
+            one(good(&with("nbf", json!(now() + 3600)))),
             401,
         ),
         (
             "wrong audience",
-            Some(good(&with("aud", json!("https://elsewhere.run.app")))),
+            one(good(&with("aud", json!("https://elsewhere.run.app")))),
             401,
         ),
         (
             "wrong issuer",
-            Some(good(&with("iss", json!("https://evil.example.com")))),
+            one(good(&with("iss", json!("https://evil.example.com")))),
             401,
         ),
         (
-            "wrong email",
-            Some(good(&with(
-                "email",
-                json!("intruder@evil.iam.gserviceaccount.com"),
-            ))),
+            "issuer not exactly Google's",
+            one(good(&with("iss", json!("https://accounts.google.com/")))),
+            401,
+        ),
+        ("missing aud", one(good(&without("aud"))), 401),
+        ("missing iss", one(good(&without("iss"))), 401),
+        ("missing exp", one(good(&without("exp"))), 401),
+        ("missing iat", one(good(&without("iat"))), 401),
+        (
+            "iat in the future",
+            one(good(&with("iat", json!(now() + 3600)))),
+            401,
+        ),
+        (
+            "iat not a number",
+            one(good(&with("iat", json!("yesterday")))),
+            401,
+        ),
+        ("wrong email", one(forged.clone()), 403),
+        ("missing email", one(good(&without("email"))), 403),
+        (
+            "email not a string",
+            one(good(&with("email", json!([PUSHER])))),
             403,
         ),
         (
             "email not verified",
-            Some(good(&with("email_verified", json!(false)))),
+            one(good(&with("email_verified", json!(false)))),
+            403,
+        ),
+        (
+            "missing email_verified",
+            one(good(&without("email_verified"))),
+            403,
+        ),
+        (
+            "email_verified the string \"false\"",
+            one(good(&with("email_verified", json!("false")))),
+            403,
+        ),
+        (
+            "email_verified the string \"true\"",
+            one(good(&with("email_verified", json!("true")))),
             403,
         ),
         (
             "unknown kid",
-            Some(format!("Bearer {}", sign(&claims(), "no-such-key", SIGNER))),
+            one(format!("Bearer {}", sign(&claims(), "no-such-key", SIGNER))),
             401,
         ),
         (
             "bad signature",
-            Some(format!("Bearer {}", sign(&claims(), "test-key-1", OTHER))),
+            one(format!("Bearer {}", sign(&claims(), "test-key-1", OTHER))),
             401,
         ),
-        ("alg none", Some(format!("Bearer {alg_none}")), 401),
+        ("alg none", one(format!("Bearer {alg_none}")), 401),
         (
             "HS256 signed with the public key",
-            Some(format!("Bearer {hs256_with_public_key}")),
+            one(format!("Bearer {hs256_with_public_key}")),
             401,
         ),
-        ("missing header", None, 401),
-        ("malformed header", Some("Basic dXNlcjpwYXNz".into()), 401),
-        ("malformed token", Some("Bearer not-a-jwt".into()), 401),
+        ("missing header", vec![], 401),
+        ("malformed header", one("Basic dXNlcjpwYXNz".into()), 401),
+        ("malformed token", one("Bearer not-a-jwt".into()), 401),
+        (
+            "lowercase bearer",
+            one(valid().replacen("Bearer", "bearer", 1)),
+            401,
+        ),
+        (
+            "two Authorization headers, valid then forged",
+            vec![valid(), forged.clone()],
+            401,
+        ),
+        (
+            "two valid Authorization headers",
+            vec![valid(), valid()],
+            401,
+        ),
     ];
     let total = cases.len();
-    for (name, header, expected) in cases {
-        assert_eq!(push(&f, header).await, expected, "{name}");
+    let mut refused = 0;
+    for (name, headers, expected) in cases {
+        assert_eq!(
+            push_to(&f.url, "2024-01-01", "auth-1", &headers).await,
+            expected,
+            "{name}"
+        );
+        refused += 1;
     }
-    assert_eq!(total, 13);
+    // A token in the URL, alone or beside a valid header.
+    let token = valid().trim_start_matches("Bearer ").to_string();
+    let in_url = format!("{}?access_token={token}", f.url);
     assert_eq!(
-        f.env.latest("ingest", d("2024-01-01")).await,
-        None,
-        "nothing was written"
+        push_to(&in_url, "2024-01-01", "auth-1", &[]).await,
+        401,
+        "token in the query string"
     );
+    assert_eq!(
+        push_to(&in_url, "2024-01-01", "auth-1", &[valid()]).await,
+        401,
+        "token in the query string and the header"
+    );
+    refused += 2;
+    assert_eq!((refused, total + 2), (30, 30));
+    assert_eq!(ledger_rows(&f.env), 0, "nothing was written");
+    // The same server still accepts the valid token.
+    assert_eq!(push(&f, Some(valid())).await, 200);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_valid_pushes_at_cold_start_all_pass_on_one_fetch() {
+    let f = fixture().await;
+    let pushes = (1..=20).map(|day| {
+        let url = f.url.clone();
+        tokio::spawn(async move {
+            let date = format!("2024-02-{day:02}");
+            push_to(&url, &date, &format!("cold-{day}"), &[valid()]).await
+        })
+    });
+    for p in pushes.collect::<Vec<_>>() {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    assert_eq!(f.jwks.fetches(), 1, "waiters shared the one start-up fetch");
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_key_ids_costs_no_fetches_and_starves_no_valid_push() {
+    let f = fixture().await;
+    assert_eq!(push(&f, Some(valid())).await, 200);
+    assert_eq!(f.jwks.fetches(), 1);
+    let forged = (0..200).map(|i| {
+        let url = f.url.clone();
+        let header = with_kid(&format!("forged-{i}"));
+        tokio::spawn(async move { push_to(&url, "2024-01-01", "flood", &[header]).await })
+    });
+    let valid_pushes = (1..=20).map(|day| {
+        let url = f.url.clone();
+        tokio::spawn(async move {
+            push_to(
+                &url,
+                &format!("2024-03-{day:02}"),
+                &format!("v-{day}"),
+                &[valid()],
+            )
+            .await
+        })
+    });
+    let forged: Vec<_> = forged.collect();
+    for p in valid_pushes.collect::<Vec<_>>() {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    for p in forged {
+        assert_eq!(p.await.unwrap(), 401);
+    }
+    assert_eq!(
+        f.jwks.fetches(),
+        1,
+        "unknown key ids within the refetch interval fetch nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_jwks_endpoint_does_not_fail_pushes_with_a_cached_key() {
+    let f = fixture_with(Timing {
+        fetch_timeout: Duration::from_secs(60),
+        min_refetch: Duration::ZERO,
+        ..Timing::default()
+    })
+    .await;
+    assert_eq!(push(&f, Some(valid())).await, 200);
+    f.jwks.hang.store(true, Ordering::SeqCst);
+    // An unknown key id starts a fetch that hangs, holding the single-flight slot.
+    let stuck = {
+        let url = f.url.clone();
+        let header = with_kid("rotated-key");
+        tokio::spawn(async move { push_to(&url, "2024-01-01", "stuck", &[header]).await })
+    };
+    while f.jwks.fetches() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let valid_pushes = (1..=20).map(|day| {
+        let url = f.url.clone();
+        tokio::spawn(async move {
+            push_to(
+                &url,
+                &format!("2024-04-{day:02}"),
+                &format!("h-{day}"),
+                &[valid()],
+            )
+            .await
+        })
+    });
+    for p in valid_pushes.collect::<Vec<_>>() {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    assert!(!stuck.is_finished(), "the fetch is still hanging");
+    stuck.abort();
 }
 
 #[test]
@@ -226,4 +459,31 @@ fn oidc_mode_needs_an_audience_and_allowed_emails() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("auth.allowed_emails"));
+}
+
+#[tokio::test]
+async fn no_keys_ever_loaded_is_503_not_401_and_writes_nothing() {
+    let f = fixture_with(Timing {
+        fetch_timeout: Duration::from_millis(200),
+        ..Timing::default()
+    })
+    .await;
+    f.jwks.hang.store(true, Ordering::SeqCst);
+    assert_eq!(
+        push(&f, Some(valid())).await,
+        503,
+        "retryable: the JWKS never answered"
+    );
+    assert_eq!(ledger_rows(&f.env), 0);
+    f.jwks.hang.store(false, Ordering::SeqCst);
+    // Once the endpoint answers, the redelivery passes (cold retries are at most 1 s apart).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match push(&f, Some(valid())).await {
+            200 => break,
+            503 => assert!(std::time::Instant::now() < deadline, "keys never loaded"),
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

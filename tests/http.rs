@@ -12,9 +12,12 @@ use common::{TestEnv, d};
 use phasegate::bus::{PublishError, Publisher};
 use phasegate::envelope::PushEnvelope;
 use phasegate::ledger::{RunRecord, RunStatus, TriggerKind};
-use phasegate::server::{ServerState, serve};
+use phasegate::server::{ServerLimits, ServerState, serve_with};
 use phasegate::worker::Worker;
 use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 struct Server {
@@ -25,6 +28,10 @@ struct Server {
 
 impl Server {
     async fn start(worker: Arc<Worker>, phase: Option<&str>) -> Server {
+        Server::start_with(worker, phase, ServerLimits::default()).await
+    }
+
+    async fn start_with(worker: Arc<Worker>, phase: Option<&str>, limits: ServerLimits) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(ServerState {
@@ -34,7 +41,7 @@ impl Server {
         });
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            serve(listener, state, async {
+            serve_with(listener, state, limits, async {
                 let _ = rx.await;
             })
             .await
@@ -314,6 +321,55 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
             "YYYY-MM-DD",
         ),
         (
+            "signed year",
+            with_data(b64(r#"{"data_date": "+2025-1-01"}"#)),
+            400,
+            "YYYY-MM-DD",
+        ),
+        (
+            "space-padded date",
+            with_data(b64(r#"{"data_date": "2025- 1- 1"}"#)),
+            400,
+            "YYYY-MM-DD",
+        ),
+        (
+            "negative year",
+            with_data(b64(r#"{"data_date": "-001-01-01"}"#)),
+            400,
+            "YYYY-MM-DD",
+        ),
+        (
+            "year zero",
+            with_data(b64(r#"{"data_date": "0000-01-01"}"#)),
+            400,
+            "between 1900 and 2199",
+        ),
+        (
+            "payload is an array",
+            with_data(b64(r#"["2025-10-22"]"#)),
+            400,
+            "not a JSON object",
+        ),
+        (
+            "data_date is a number",
+            with_data(b64(r#"{"data_date": 20251022}"#)),
+            400,
+            "not a JSON object with string fields",
+        ),
+        (
+            "envelope is an array",
+            json!([{"data": b64(r#"{"data_date":"2024-01-01"}"#), "messageId": "x"}, "s"])
+                .to_string(),
+            400,
+            "expected a JSON object",
+        ),
+        (
+            "message is an array",
+            json!({"message": [b64(r#"{"data_date":"2024-01-01"}"#), {}, "x"]}).to_string(),
+            400,
+            "not a push envelope",
+        ),
+        (
             "dates disagree",
             envelope(
                 json!({"data_date": "2024-01-01"}),
@@ -379,5 +435,100 @@ async fn a_phase_worker_refuses_pushes_for_other_phases() {
     .await;
     assert_eq!(s, 404);
     assert_eq!(ledger_rows(&env), 0);
+    server.stop().await;
+}
+
+/// Read what the server sends until it closes the connection (a hang fails the test).
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn short_limits() -> ServerLimits {
+    ServerLimits {
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(300),
+        ..ServerLimits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_half_header_and_an_idle_connection_are_closed() {
+    let env = TestEnv::new("strict").await;
+    let server = Server::start_with(env.app.worker.clone(), Some("raw"), short_limits()).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut half = TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut half).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    read_until_closed(&mut idle).await;
+    // The server still serves.
+    let resp = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(ledger_rows(&env), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_and_writes_nothing() {
+    let env = TestEnv::new("strict").await;
+    env.season(&[d("2024-01-01")]).await;
+    let server = Server::start_with(env.app.worker.clone(), Some("raw"), short_limits()).await;
+    let mut s = TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"message\":")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert_eq!(ledger_rows(&env), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_beyond_the_in_flight_cap_get_503_with_retry_after() {
+    let env = TestEnv::new("strict").await;
+    env.season(&[d("2024-01-01")]).await;
+    let limits = ServerLimits {
+        max_in_flight: 1,
+        body_timeout: Duration::from_secs(60),
+        ..ServerLimits::default()
+    };
+    let server = Server::start_with(env.app.worker.clone(), Some("raw"), limits).await;
+    let url = format!("{}/push", server.base);
+    // A client holds the one slot: the server asks for its body (100 Continue) only once
+    // the push has its slot, and the body never comes.
+    let mut holder = TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    holder
+        .write_all(
+            b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = holder.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("100 Continue"));
+    let busy = reqwest::Client::new()
+        .post(&url)
+        .body(envelope(json!({"data_date": "2024-01-01"}), &[], "busy-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status().as_u16(), 503);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    let b: Value = busy.json().await.unwrap();
+    assert_eq!(b["outcome"], "too_busy");
+    drop(holder);
     server.stop().await;
 }

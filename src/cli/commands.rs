@@ -13,7 +13,7 @@ use crate::config::{BackendKind, Config};
 use crate::gate;
 use crate::ledger::TriggerKind;
 use crate::report::{StatusGrid, render_gate};
-use crate::server::{ServerState, serve, shutdown_signal};
+use crate::server::{ServerLimits, ServerState, serve_with, shutdown_signal};
 use crate::startup::{self, App};
 use crate::worker::{PhaseOutcome, Publication, RunRequest};
 
@@ -155,6 +155,12 @@ async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<Exit
     let auth = PushAuth::from_config(&config.auth)
         .with_context(|| format!("{}: push authentication", config.source.display()))?;
     let port = config.server.port;
+    let limits = ServerLimits::from(&config.server);
+    if let Some(a) = &auth
+        && !a.keys().refresh().await
+    {
+        tracing::warn!("push signing keys not loaded at start-up; retrying in the background");
+    }
     let app = build(config).await?;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
@@ -173,7 +179,7 @@ async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<Exit
     // every minute (a take-over that waits for their holders' leases).
     let sweep =
         crate::worker::spawn_outbox_sweep(app.worker.clone(), std::time::Duration::from_secs(60));
-    serve(listener, state, shutdown_signal()).await?;
+    serve_with(listener, state, limits, shutdown_signal()).await?;
     sweep.abort();
     Ok(ExitCode::SUCCESS)
 }
