@@ -1,4 +1,5 @@
-//! The HTTP push endpoint (hyper 1.x): `POST /push`, `POST /push/{phase}`, `GET /healthz`.
+//! The HTTP push endpoint (hyper 1.x): `POST /push`, `POST /push/{phase}`, `GET /healthz`,
+//! `GET /metrics`.
 //!
 //! A single-phase worker (`serve --phase P`, one per Cloud Run service) answers `/push`; a
 //! worker for all phases answers `/push/{phase}`. Bodies over 10 MB are refused before they
@@ -18,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::auth::PushAuth;
 use crate::worker::Worker;
@@ -43,6 +45,17 @@ fn respond(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
     resp
 }
 
+/// `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+fn metrics_response() -> Response<Full<Bytes>> {
+    let text = crate::metrics::render().unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
 fn refuse(status: u16, outcome: &str, reason: impl Into<String>) -> Response<Full<Bytes>> {
     let reason = reason.into();
     tracing::warn!(status, outcome, reason = %reason, "request refused");
@@ -51,7 +64,9 @@ fn refuse(status: u16, outcome: &str, reason: impl Into<String>) -> Response<Ful
 
 async fn route(state: Arc<ServerState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
     let phase = match path.as_str() {
+        "/metrics" => return metrics_response(),
         "/healthz" => {
             return if req.method() == Method::GET {
                 respond(200, json!({ "status": "ok" }))
@@ -128,7 +143,18 @@ async fn route(state: Arc<ServerState>, req: Request<Incoming>) -> Response<Full
             };
         }
     };
-    let outcome = state.worker.handle_push(&phase, &body).await;
+    let outcome = {
+        let _in_flight = crate::metrics::InFlight::start(&phase);
+        state.worker.handle_push(&phase, &body).await
+    };
+    crate::telemetry::push_done(
+        state.worker.config(),
+        &phase,
+        &path,
+        &body,
+        &outcome,
+        started,
+    );
     respond(outcome.http_status(), outcome.body())
 }
 
@@ -138,6 +164,7 @@ pub async fn serve(
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    crate::metrics::install();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -151,9 +178,10 @@ pub async fn serve(
                     }
                 };
                 let state = state.clone();
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(state, req).await) }
+                    let span = crate::telemetry::request_span(req.headers());
+                    async move { Ok::<_, Infallible>(route(state, req).instrument(span).await) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
