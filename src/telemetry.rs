@@ -150,7 +150,9 @@ pub struct PushSummary<'a> {
 impl PushSummary<'_> {
     /// One line per push; `http_request.*` becomes Cloud Logging's `httpRequest`.
     pub fn log(&self) {
-        let latency_ms = self.latency.as_secs_f64() * 1000.0;
+        // Whole milliseconds: the stackdriver layer writes floats as strings; the exact
+        // duration is in `httpRequest.latency`.
+        let latency_ms = u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
             http_request.request_method = self.method,
             http_request.request_url = self.url,
