@@ -31,6 +31,6 @@ done
 
 mkdir -p "$(dirname "$out")"
 "$browser" --headless --no-sandbox --disable-gpu --disable-background-networking \
-  --no-first-run --hide-scrollbars --window-size=1000,330 \
+  --no-first-run --hide-scrollbars --window-size=1000,400 \
   --screenshot="$(realpath -m "$out")" "file://$work/status.html" >/dev/null 2>&1
 echo "wrote $out"

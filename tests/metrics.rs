@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use common::{TestEnv, d};
 use phasegate::envelope::PushEnvelope;
+use phasegate::ledger::Ledger;
+use phasegate::metrics::TimedLedger;
 use phasegate::server::{ServerState, serve};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -146,6 +148,56 @@ async fn push_counters_move_for_every_outcome() {
     assert_eq!(
         value(&samples, "phasegate_pushes_in_flight", &[("phase", "raw")]),
         0.0
+    );
+    let _ = server.stop.send(());
+    server.handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_instrumentation_hooks_for_the_worker_and_backends_record_what_they_say() {
+    let env = TestEnv::new("strict").await;
+    env.season(&[d("2024-01-01")]).await;
+    let server = start(&env).await;
+    let timed = TimedLedger(env.app.ledger().clone());
+    let labels = [("store", "ledger"), ("op", "latest")];
+    let count = "phasegate_store_call_duration_seconds_count";
+    let before = value(&scrape(&server.base).await, count, &labels);
+    timed.latest("ingest", d("2024-01-01")).await.unwrap();
+    assert_eq!(
+        value(&scrape(&server.base).await, count, &labels),
+        before + 1.0
+    );
+
+    // analytics before raw ran: the strict upstream check fails.
+    let config = &env.app.config;
+    let summary = &config.phase("analytics").unwrap().processors[0];
+    let report = phasegate::gate::evaluate(
+        config,
+        summary,
+        d("2024-01-01"),
+        env.app.ledger().as_ref(),
+        env.app.warehouse().as_ref(),
+    )
+    .await
+    .unwrap();
+    let failed = [
+        ("check", "upstream"),
+        ("mode", "strict"),
+        ("result", "fail"),
+    ];
+    let before = value(
+        &scrape(&server.base).await,
+        "phasegate_gate_results_total",
+        &failed,
+    );
+    phasegate::metrics::gate_report(&report);
+    assert_eq!(
+        value(
+            &scrape(&server.base).await,
+            "phasegate_gate_results_total",
+            &failed
+        ),
+        before + 1.0
     );
     let _ = server.stop.send(());
     server.handle.await.unwrap();

@@ -30,7 +30,7 @@ table.cal{border-collapse:separate;border-spacing:2px}
 table.cal th{font-weight:normal;color:#555;font-size:11px;text-align:center;padding:0 1px}
 table.cal th.proc{text-align:right;padding-right:8px;white-space:nowrap;color:#222;font-size:12px}
 table.cal th.phase{text-align:left;color:#888;font-size:11px;padding-top:8px}
-table.cal th.month{text-align:left;color:#222;font-weight:600}
+table.cal th.month{text-align:left;color:#222;font-weight:600;white-space:nowrap;border-left:1px solid #ccc;padding-left:3px}
 table.cal th.we{color:#999}
 td.c{width:18px;height:18px;border-radius:3px;text-align:center;color:#fff;font-size:11px;line-height:18px;cursor:default}
 td.c:hover{outline:2px solid #222}
@@ -98,19 +98,25 @@ impl StatusGrid {
         out.push_str("</div>\n");
     }
 
-    /// A month row (label where a month starts) and a day row.
+    /// A month row (one label spanning each month's dates) and a day row.
     fn header(&self, out: &mut String) {
         out.push_str("<thead><tr><th></th>");
-        let mut month = None;
+        let mut months: Vec<(NaiveDate, usize)> = Vec::new();
         for d in &self.dates {
-            let m = (d.year(), d.month());
-            let label = if month != Some(m) {
-                month = Some(m);
-                d.format("%b %Y").to_string()
+            match months.last_mut() {
+                Some((first, n)) if (first.year(), first.month()) == (d.year(), d.month()) => {
+                    *n += 1
+                }
+                _ => months.push((*d, 1)),
+            }
+        }
+        for (first, span) in months {
+            let label = if span >= 3 {
+                first.format("%b %Y").to_string()
             } else {
                 String::new()
             };
-            let _ = write!(out, "<th class=\"month\">{label}</th>");
+            let _ = write!(out, "<th class=\"month\" colspan=\"{span}\">{label}</th>");
         }
         out.push_str("<th></th></tr>\n<tr><th></th>");
         for d in &self.dates {

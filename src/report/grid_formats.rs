@@ -1,10 +1,10 @@
 //! The status grid as a text table, one JSON document, or CSV rows.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use comfy_table::{ContentArrangement, Table, presets};
+use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
-use super::{CellState, ProcessorRef, StatusGrid};
+use super::{CellState, ProcessorRef, StatusGrid, TABLE_STYLE};
 
 /// `status --output json`: the whole grid as one document.
 #[derive(Debug, Serialize)]
@@ -84,7 +84,7 @@ impl StatusGrid {
     pub fn render(&self) -> String {
         let mut table = Table::new();
         table
-            .load_preset(presets::UTF8_HORIZONTAL_ONLY)
+            .load_preset(TABLE_STYLE)
             .set_content_arrangement(ContentArrangement::Disabled)
             .set_header(std::iter::once("date").chain(self.processors.iter().map(String::as_str)));
         for &d in &self.dates {

@@ -4,10 +4,10 @@
 use std::fmt::Write;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use comfy_table::{ContentArrangement, Table, presets};
+use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
-use super::reason;
+use super::{TABLE_STYLE, reason};
 use crate::config::Phase;
 use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus};
 
@@ -102,13 +102,12 @@ impl History {
         })
     }
 
-    /// A table of attempts, then one line per processor.
+    /// A table of attempts, the reasons below it (numbered), then one line per processor.
     pub fn render(&self) -> String {
         let mut table = Table::new();
         table
-            .load_preset(presets::UTF8_HORIZONTAL_ONLY)
-            .set_content_arrangement(ContentArrangement::Dynamic)
-            .set_width(160)
+            .load_preset(TABLE_STYLE)
+            .set_content_arrangement(ContentArrangement::Disabled)
             .set_header([
                 "#",
                 "processor",
@@ -121,11 +120,10 @@ impl History {
                 "published",
                 "ready",
                 "stale",
-                "reason",
             ]);
         let time = |t: Option<DateTime<Utc>>| {
             t.map_or("—".to_string(), |t| {
-                t.format("%Y-%m-%d %H:%M:%S").to_string()
+                t.format("%m-%d %H:%M:%S").to_string()
             })
         };
         let opt = |v: Option<String>| v.unwrap_or_else(|| "—".to_string());
@@ -147,19 +145,45 @@ impl History {
                 published,
                 if a.production_ready { "yes" } else { "no" }.to_string(),
                 opt(a.stale.map(|s| if s { "yes" } else { "no" }.to_string())),
-                opt(a.reason.clone()),
             ]);
         }
         let mut out = format!(
-            "{} {}: {} attempt(s)\n{table}\n",
+            "{} {}: {} attempt(s) (times UTC)\n{table}\n",
             self.phase,
             self.data_date,
             self.attempts.len()
         );
+        self.render_reasons(&mut out);
         for s in &self.processors {
             let _ = writeln!(out, "{}", s.describe());
         }
         out
+    }
+
+    /// `#1-3: reason`: consecutive attempts with the same reason share a line.
+    fn render_reasons(&self, out: &mut String) {
+        let mut groups: Vec<(usize, usize, &str)> = Vec::new();
+        for (i, a) in self.attempts.iter().enumerate() {
+            let Some(r) = a.reason.as_deref() else {
+                continue;
+            };
+            match groups.last_mut() {
+                Some((_, last, text)) if *last == i && *text == r => *last = i + 1,
+                _ => groups.push((i + 1, i + 1, r)),
+            }
+        }
+        if groups.is_empty() {
+            return;
+        }
+        out.push_str("reasons:\n");
+        for (first, last, text) in groups {
+            let ids = if first == last {
+                format!("#{first}")
+            } else {
+                format!("#{first}-{last}")
+            };
+            let _ = writeln!(out, "  {ids}: {text}");
+        }
     }
 }
 

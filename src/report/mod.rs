@@ -18,6 +18,9 @@ use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus};
 
 pub use grid_formats::GridDocument;
 
+/// Text tables: no borders, one rule under the header.
+const TABLE_STYLE: &str = "     ──            ";
+
 /// What a cell of the grid shows: the run status, or what overrides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,8 +14,12 @@
 //! | `phasegate_publish_failures_total` | counter | `phase` |
 //! | `phasegate_store_call_duration_seconds` | histogram | `store`, `op` |
 
+mod timed_store;
+
 use std::sync::OnceLock;
 use std::time::Instant;
+
+pub use timed_store::{TimedLedger, TimedWarehouse};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -117,6 +121,34 @@ pub fn gate_result(check: &str, mode: &str, passed: bool) {
     .increment(1);
 }
 
+/// Every check of a gate report: `upstream` passes when every upstream is safe to process,
+/// `historical_gaps` when there is no gap, `entity_completeness` when no entity is below
+/// its threshold (the gate's own rules).
+pub fn gate_report(report: &crate::gate::GateReport) {
+    let mode = match report.mode {
+        crate::config::Mode::Soft => "soft",
+        crate::config::Mode::Strict => "strict",
+    };
+    if !report.upstream.is_empty() {
+        let passed = report.upstream.iter().all(|u| u.safe_to_process);
+        gate_result("upstream", mode, passed);
+    }
+    if let Some(g) = &report.historical_gaps {
+        gate_result("historical_gaps", mode, !g.has_gaps);
+    }
+    if let Some(e) = &report.entity_completeness {
+        gate_result("entity_completeness", mode, e.not_ready_count == 0);
+    }
+}
+
+/// A finished run's duration (from its `started_at` and `finished_at`) by its status.
+pub fn run_finished(run: &crate::ledger::RunRecord) {
+    if let Some(end) = run.finished_at {
+        let secs = (end - run.started_at).to_std().unwrap_or_default();
+        processor_duration(&run.processor, run.status.as_str(), secs.as_secs_f64());
+    }
+}
+
 /// A processor run finished with `status` after `secs`.
 pub fn processor_duration(processor: &str, status: &str, secs: f64) {
     ::metrics::histogram!(
@@ -142,7 +174,8 @@ pub fn store_call(store: &str, op: &str, secs: f64) {
     .record(secs);
 }
 
-/// Times a store call: `let _t = metrics::StoreTimer::start("ledger", "record");`.
+/// Times a store call until dropped:
+/// `let _t = phasegate::metrics::StoreTimer::start("ledger", "record");`.
 pub struct StoreTimer {
     store: &'static str,
     op: &'static str,
