@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
-use super::{CellState, ProcessorRef, StatusGrid, TABLE_STYLE};
+use super::{CellState, ProcessorRef, StatusGrid, TABLE_STYLE, table_text};
 
 /// `status --output json`: the whole grid as one document.
 #[derive(Debug, Serialize)]
@@ -91,7 +91,7 @@ impl StatusGrid {
             let cells = self.processors.iter().map(|p| label(self.state(p, d)));
             table.add_row(std::iter::once(d.to_string()).chain(cells.map(String::from)));
         }
-        format!("{table}\n")
+        table_text(&table)
     }
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
-use super::{TABLE_STYLE, reason};
+use super::{TABLE_STYLE, reason, table_text};
 use crate::config::Phase;
 use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus};
 
@@ -148,10 +148,11 @@ impl History {
             ]);
         }
         let mut out = format!(
-            "{} {}: {} attempt(s) (times UTC)\n{table}\n",
+            "{} {}: {} attempt(s) (times UTC)\n{}",
             self.phase,
             self.data_date,
-            self.attempts.len()
+            self.attempts.len(),
+            table_text(&table)
         );
         self.render_reasons(&mut out);
         for s in &self.processors {
@@ -195,7 +196,7 @@ impl ProcessorSummary {
         let span = self.not_done_secs.map(human_duration).unwrap_or_default();
         match self.done_at {
             Some(_) => format!(
-                "{}: {status} after {} attempt(s); not done for {span} before that",
+                "{}: {status} after {} attempt(s), {span} after the first",
                 self.processor, self.attempts
             ),
             None => format!(

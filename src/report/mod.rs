@@ -21,6 +21,14 @@ pub use grid_formats::GridDocument;
 /// Text tables: no borders, one rule under the header.
 const TABLE_STYLE: &str = "     ──            ";
 
+/// A table's text without the padding at the end of its lines.
+fn table_text(table: &comfy_table::Table) -> String {
+    table
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
 /// What a cell of the grid shows: the run status, or what overrides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
