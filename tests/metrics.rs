@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{TestEnv, d};
+use phasegate::bus::{PublishError, Publisher};
 use phasegate::envelope::PushEnvelope;
 use phasegate::ledger::Ledger;
 use phasegate::metrics::TimedLedger;
 use phasegate::server::{ServerState, serve};
+use phasegate::worker::Worker;
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -20,10 +22,14 @@ struct Server {
 }
 
 async fn start(env: &TestEnv) -> Server {
+    start_worker(env.app.worker.clone()).await
+}
+
+async fn start_worker(worker: Arc<Worker>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = Arc::new(ServerState {
-        worker: env.app.worker.clone(),
+        worker,
         phase: None,
         auth: None,
     });
@@ -199,6 +205,83 @@ async fn the_instrumentation_hooks_for_the_worker_and_backends_record_what_they_
         ),
         before + 1.0
     );
+    let _ = server.stop.send(());
+    server.handle.await.unwrap();
+}
+
+/// A bus that is down: every publish fails.
+struct DownBus;
+
+#[async_trait::async_trait]
+impl Publisher for DownBus {
+    async fn publish(
+        &self,
+        topic: &str,
+        _: &serde_json::Value,
+        _: BTreeMap<String, String>,
+    ) -> Result<String, PublishError> {
+        Err(PublishError {
+            topic: topic.into(),
+            message: "unavailable".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn publish_and_store_failures_are_counted_too() {
+    let env = TestEnv::new("strict").await;
+    env.season(&[d("2024-01-01"), d("2024-01-02")]).await;
+    let worker = Arc::new(Worker::new(
+        env.app.config.clone(),
+        env.app.ledger().clone(),
+        env.app.warehouse().clone(),
+        Arc::new(DownBus),
+    ));
+    let server = start_worker(worker).await;
+    let unpublished = |date| {
+        let e = PushEnvelope::wrap(
+            &json!({ "data_date": date }),
+            BTreeMap::new(),
+            format!("p-{date}"),
+            "s".into(),
+        );
+        serde_json::to_string(&e).unwrap()
+    };
+    let counted = [("phase", "raw"), ("outcome", "publish_failed")];
+    let before = value(
+        &scrape(&server.base).await,
+        "phasegate_pushes_total",
+        &counted,
+    );
+    assert_eq!(
+        push(&server.base, "raw", unpublished("2024-01-01")).await,
+        503
+    );
+    let after = value(
+        &scrape(&server.base).await,
+        "phasegate_pushes_total",
+        &counted,
+    );
+    assert_eq!(after, before + 1.0);
+
+    let c = rusqlite::Connection::open(env.db_path()).unwrap();
+    c.execute_batch("DROP TABLE processor_run_history").unwrap();
+    let counted = [("phase", "raw"), ("outcome", "store_unavailable")];
+    let before = value(
+        &scrape(&server.base).await,
+        "phasegate_pushes_total",
+        &counted,
+    );
+    assert_eq!(
+        push(&server.base, "raw", unpublished("2024-01-02")).await,
+        503
+    );
+    let after = value(
+        &scrape(&server.base).await,
+        "phasegate_pushes_total",
+        &counted,
+    );
+    assert_eq!(after, before + 1.0);
     let _ = server.stop.send(());
     server.handle.await.unwrap();
 }
