@@ -1,59 +1,32 @@
-//! Logging: JSON for Cloud Logging (tracing-stackdriver) on Cloud Run, compact text locally;
-//! per-request trace correlation and the one summary line per push.
-//!
-//! A request carrying `traceparent` or `X-Cloud-Trace-Context` gets a span holding its
-//! [`TraceContext`]; every JSON line logged inside it carries
-//! `logging.googleapis.com/trace` = `projects/$GOOGLE_CLOUD_PROJECT/traces/TRACE_ID` and
-//! `logging.googleapis.com/spanId`, so Cloud Logging groups the lines of one push.
+//! Trace correlation for JSON logs: a request's `traceparent` / `X-Cloud-Trace-Context` is
+//! kept on its span, and every JSON line written inside that span gets
+//! `logging.googleapis.com/trace` (`projects/PROJECT/traces/TRACE_ID`) and
+//! `logging.googleapis.com/spanId` spliced in, so Cloud Logging groups the lines of one push.
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::time::Duration;
 
 use hyper::HeaderMap;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The span field that carries a request's trace (`TRACE_ID/SPAN_ID`).
 const TRACE_FIELD: &str = "cloud_trace";
 
-/// Log as JSON when `PHASEGATE_LOG_FORMAT=json`, or on Cloud Run (`K_SERVICE` is set);
-/// as text on stderr otherwise. `RUST_LOG` filters (default `info`).
-pub fn init(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let json = std::env::var("PHASEGATE_LOG_FORMAT")
-        .map(|v| v == "json")
-        .unwrap_or(false)
-        || std::env::var_os("K_SERVICE").is_some();
-    let result = if json {
-        let project = std::env::var("GOOGLE_CLOUD_PROJECT")
-            .ok()
-            .filter(|p| !p.is_empty());
-        Registry::default()
-            .with(filter)
-            .with(TracedJson {
-                inner: tracing_stackdriver::layer().with_writer(TraceWriter { project }),
-            })
-            .try_init()
-    } else {
-        Registry::default()
-            .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
-    };
-    // Already initialised (tests): keep the first subscriber.
-    let _ = result;
+/// The stackdriver JSON layer, writing to stdout with the trace fields of each line's
+/// request (`project`: the Google Cloud project of `logging.googleapis.com/trace`).
+pub(super) fn json_layer<S>(project: Option<String>) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    TracedJson {
+        inner: tracing_stackdriver::layer().with_writer(TraceWriter { project }),
+    }
 }
 
 /// A request's position in a distributed trace.
@@ -132,41 +105,6 @@ pub fn request_span(headers: &HeaderMap) -> tracing::Span {
         span.record(TRACE_FIELD, t.to_field());
     }
     span
-}
-
-/// What the summary line of one push says.
-pub struct PushSummary<'a> {
-    pub method: &'a str,
-    pub url: &'a str,
-    pub status: u16,
-    pub latency: Duration,
-    pub phase: &'a str,
-    pub data_date: Option<String>,
-    pub message_id: Option<String>,
-    pub delivery_attempt: Option<u32>,
-    pub outcome: &'a str,
-}
-
-impl PushSummary<'_> {
-    /// One line per push; `http_request.*` becomes Cloud Logging's `httpRequest`.
-    pub fn log(&self) {
-        // Whole milliseconds: the stackdriver layer writes floats as strings; the exact
-        // duration is in `httpRequest.latency`.
-        let latency_ms = u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(
-            http_request.request_method = self.method,
-            http_request.request_url = self.url,
-            http_request.status = self.status,
-            http_request.latency = format!("{:.6}s", self.latency.as_secs_f64()),
-            phase = self.phase,
-            data_date = self.data_date.as_deref().unwrap_or(""),
-            messageId = self.message_id.as_deref().unwrap_or(""),
-            delivery_attempt = self.delivery_attempt,
-            outcome = self.outcome,
-            latency_ms,
-            "push summary"
-        );
-    }
 }
 
 thread_local! {
@@ -315,39 +253,31 @@ impl Write for TraceLine<'_> {
     }
 }
 
-/// After a push: its summary line and its metrics.
-pub fn push_done(
-    config: &crate::config::Config,
-    phase: &str,
-    url: &str,
-    body: &[u8],
-    outcome: &crate::worker::PushOutcome,
-    started: std::time::Instant,
-) {
-    let latency = started.elapsed();
-    let envelope = crate::envelope::PushEnvelope::from_json(body).ok();
-    let data_date = envelope.clone().and_then(|e| {
-        e.decode_with(config.trigger.as_ref())
-            .ok()
-            .map(|t| t.data_date.to_string())
-    });
-    let (message_id, delivery_attempt) = envelope.map_or((None, None), |e| {
-        (
-            Some(e.message.message_id).filter(|m| !m.is_empty()),
-            e.delivery_attempt,
+#[cfg(test)]
+mod tests {
+    use super::TraceContext;
+
+    #[test]
+    fn parses_both_header_formats_and_ignores_malformed_ones() {
+        let t = TraceContext::from_cloud_trace("105445AA7843BC8BF206B12000100000/255;o=1").unwrap();
+        assert_eq!(t.trace_id, "105445aa7843bc8bf206b12000100000");
+        assert_eq!(t.span_id.as_deref(), Some("00000000000000ff"));
+        let t = TraceContext::from_cloud_trace("105445aa7843bc8bf206b12000100000").unwrap();
+        assert_eq!(t.span_id, None);
+        let t = TraceContext::from_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
-    });
-    PushSummary {
-        method: "POST",
-        url,
-        status: outcome.http_status(),
-        latency,
-        phase,
-        data_date,
-        message_id,
-        delivery_attempt,
-        outcome: outcome.label(),
+        .unwrap();
+        assert_eq!(t.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        for bad in ["", "xyz/1", "105445aa/1;o=1"] {
+            assert_eq!(TraceContext::from_cloud_trace(bad), None, "{bad}");
+        }
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-short-01",
+            "garbage",
+        ] {
+            assert_eq!(TraceContext::from_traceparent(bad), None, "{bad}");
+        }
     }
-    .log();
-    crate::metrics::push_handled(phase, outcome.label(), latency.as_secs_f64());
 }
