@@ -104,6 +104,8 @@ pub enum BadMessage {
     Date(#[from] crate::dates::BadDate),
     #[error("payload data_date {payload} and attribute data_date {attribute} disagree")]
     DateMismatch { payload: String, attribute: String },
+    #[error("no data_date, and [trigger] cannot derive one: {0}")]
+    TriggerDate(#[from] crate::trigger::TriggerDateError),
 }
 
 /// A decoded, validated trigger for one phase and one date.
@@ -163,6 +165,15 @@ impl PushEnvelope {
 
     /// Decode the payload and check it carries a valid date.
     pub fn decode(self) -> Result<Trigger, BadMessage> {
+        self.decode_with(None)
+    }
+
+    /// As [`decode`](Self::decode); with `[trigger]` configured, a message without a
+    /// `data_date` takes it from `publishTime` (see [`crate::trigger`]).
+    pub fn decode_with(
+        self,
+        scheduled: Option<&crate::config::TriggerConfig>,
+    ) -> Result<Trigger, BadMessage> {
         let mut msg = self.message;
         if msg.message_id.trim().is_empty() {
             msg.message_id = msg.message_id_snake.take().unwrap_or_default();
@@ -185,7 +196,10 @@ impl PushEnvelope {
             }
             (Some(p), _) => p,
             (None, Some(a)) => a,
-            (None, None) => return Err(missing_date(msg.publish_time.as_deref())),
+            (None, None) => match scheduled {
+                Some(t) => crate::trigger::resolve(t, msg.publish_time.as_deref())?.to_string(),
+                None => return Err(BadMessage::NoDate),
+            },
         };
         let data_date = parse_date(&date_text)?;
         Ok(Trigger {
@@ -200,10 +214,6 @@ impl PushEnvelope {
 
 /// A trigger without `data_date` in its payload or attributes. The one place a rule for
 /// date-less triggers (e.g. Cloud Scheduler's, dated by `publishTime`) belongs.
-fn missing_date(_publish_time: Option<&str>) -> BadMessage {
-    BadMessage::NoDate
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

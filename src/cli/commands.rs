@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
 
-use super::{Cli, Command, Output};
+use super::{Cli, Command, Output, VerifyOutput};
 use crate::auth::PushAuth;
 use crate::config::{BackendKind, Config};
 use crate::gate;
@@ -54,11 +54,9 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             date,
             output,
         } => check_cmd(config, &phase, date, output).await,
-        Command::Status { from, to } => {
-            let app = build(config).await?;
-            let grid = StatusGrid::load(&app.config, app.ledger().as_ref(), from, to).await?;
-            print!("{}\n{}", grid.render(), grid.totals());
-            Ok(ExitCode::SUCCESS)
+        command
+        @ (Command::Status { .. } | Command::History { .. } | Command::Freshness { .. }) => {
+            super::ops::run(config, command).await
         }
         Command::Verify {
             phase,
@@ -81,9 +79,9 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             )
             .await?;
             match output {
-                Output::Table => print!("{}", v.render_table()),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                Output::Csv => print!("{}", v.render_csv()),
+                VerifyOutput::Table => print!("{}", v.render_table()),
+                VerifyOutput::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                VerifyOutput::Csv => print!("{}", v.render_csv()),
             }
             Ok(if v.is_continuous {
                 ExitCode::SUCCESS
@@ -277,7 +275,7 @@ async fn check_cmd(
     }
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        Output::Table | Output::Csv => {
+        Output::Table => {
             for r in &reports {
                 print!("{}", render_gate(r));
             }

@@ -5,6 +5,7 @@
 
 mod backfill;
 mod commands;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,11 +65,36 @@ pub enum Command {
         output: Output,
     },
     /// Show the latest run status of every processor for every date of a range.
+    ///
+    /// html: a self-contained calendar page (processors × dates coloured by status, the
+    /// reason on hover) on stdout: `phasegate status ... --output html > status.html`.
     Status {
         #[arg(long, value_parser = parse_date_arg)]
         from: NaiveDate,
         #[arg(long, value_parser = parse_date_arg)]
         to: NaiveDate,
+        #[arg(long, value_enum, default_value_t = StatusOutput::Table)]
+        output: StatusOutput,
+    },
+    /// Every run attempt of each processor of a phase for one date, oldest first: status,
+    /// reason, times, message id, delivery attempt, publication, production-readiness.
+    History {
+        #[arg(long)]
+        phase: String,
+        #[arg(long, value_parser = parse_date_arg)]
+        date: NaiveDate,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Is each phase's expected date done by its deadline (`freshness` in the phase's
+    /// config)? Exit 0 when every phase is on time, 1 when one is late: run it from Cloud
+    /// Scheduler (as a Cloud Run job) or cron and alert on the failure.
+    Freshness {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Judge as of this instant (RFC 3339) instead of now.
+        #[arg(long, value_parser = parse_instant_arg)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Gap detection on a phase's output: exit 0 when continuous, 1 with the missing dates.
     ///
@@ -81,8 +107,8 @@ pub enum Command {
         from: NaiveDate,
         #[arg(long, value_parser = parse_date_arg)]
         to: NaiveDate,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[arg(long, value_enum, default_value_t = VerifyOutput::Table)]
+        output: VerifyOutput,
     },
     /// Run a phase (or, with --all, every phase in order) over a date range without
     /// triggering later phases.
@@ -113,8 +139,9 @@ pub enum Command {
         /// SQLite file to (re)create for the demo.
         #[arg(long, default_value = "phasegate-demo.db")]
         db: PathBuf,
-        /// Days in the sample season.
-        #[arg(long, default_value_t = 28)]
+        /// Days in the sample season: at least 21 (the bad dates fall around day 11 and the
+        /// strict gate looks back 14 days).
+        #[arg(long, default_value_t = 28, value_parser = parse_demo_days)]
         days: u32,
     },
 }
@@ -162,21 +189,117 @@ pub struct BackfillArgs {
     pub output: Output,
 }
 
-/// How results are printed.
+/// How results are printed: readable text or one JSON document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
     Json,
+}
+
+/// `verify --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyOutput {
+    Table,
+    Json,
     Csv,
+}
+
+/// `status --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusOutput {
+    Table,
+    Json,
+    Csv,
+    Html,
 }
 
 fn parse_date_arg(s: &str) -> Result<NaiveDate, String> {
     crate::dates::parse_date(s).map_err(|e| e.to_string())
 }
 
+fn parse_instant_arg(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| format!("`{s}` is not an RFC 3339 timestamp (e.g. 2024-03-10T09:00:00-05:00)"))
+}
+
+/// The demo's sample season puts its two bad dates on the 5th and 9th game days (about day
+/// 11), and precompute's gate looks back 14 days: the season must run a week past the bad
+/// dates for the strict gate to block on the hole and the repair to show.
+const DEMO_MIN_DAYS: u32 = 21;
+
+fn parse_demo_days(s: &str) -> Result<u32, String> {
+    let days: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of days"))?;
+    if days < DEMO_MIN_DAYS {
+        return Err(format!(
+            "{days} is too short: the demo needs at least {DEMO_MIN_DAYS} days. Its bad dates \
+             (a missing and a corrupt feed) fall on the 5th and 9th game days, about day 11, \
+             and the strict gate looks back 14 days: the season must run on past them for the \
+             gate to block on the hole and the backfill to repair it"
+        ));
+    }
+    Ok(days)
+}
+
+impl Command {
+    /// The `--from`/`--to` range of commands that take one.
+    fn range(&self) -> Option<(NaiveDate, NaiveDate)> {
+        match self {
+            Command::Status { from, to, .. } | Command::Verify { from, to, .. } => {
+                Some((*from, *to))
+            }
+            Command::Backfill(a) => Some((a.from, a.to)),
+            _ => None,
+        }
+    }
+}
+
+/// `error: outer: cause`, each cause once (an I/O error is often both the message's last
+/// words and its source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// `print!` panics when stdout is a closed pipe (`phasegate status ... | head`): that is the
+/// reader being done, not an error, so exit quietly with 0.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 /// Parse arguments, run the command, map the result to an exit code.
 pub async fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
+    if let Some((from, to)) = cli.command.range()
+        && from > to
+    {
+        eprintln!("error: --from {from} is after --to {to}");
+        return ExitCode::from(2);
+    }
     crate::telemetry::init(match cli.command {
         Command::Serve { .. } => "info",
         // Commands print their own outcome; RUST_LOG=warn shows the worker's log lines too.
@@ -185,7 +308,7 @@ pub async fn main() -> ExitCode {
     match commands::dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }

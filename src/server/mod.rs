@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::auth::PushAuth;
 use crate::worker::Worker;
@@ -97,7 +98,21 @@ fn phase_of(state: &ServerState, path: &str) -> Result<String, Refusal> {
     }
 }
 
+/// `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+fn metrics_response() -> Resp {
+    let text = crate::metrics::render().unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
 async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Resp {
+    if req.uri().path() == "/metrics" {
+        return metrics_response();
+    }
     if req.uri().path() == "/healthz" {
         return if req.method() == Method::GET {
             respond(200, json!({ "status": "ok" }))
@@ -122,6 +137,7 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Resp {
 
 /// Read the body within the limits and run the push detached from the request.
 async fn push(ctx: Arc<Ctx>, phase: String, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
     let Ok(slot) = ctx.gates.in_flight.clone().try_acquire_owned() else {
         return refuse(
             503,
@@ -148,10 +164,27 @@ async fn push(ctx: Arc<Ctx>, phase: String, req: Request<Incoming>) -> Resp {
         Err(e) => return refuse(e.http_status(), e.outcome(), e.to_string()),
     };
     let worker = ctx.state.worker.clone();
-    let run = tokio::spawn(async move {
-        let _slot = slot;
-        worker.handle_push(&phase, &body.bytes).await
-    });
+    let started = Instant::now();
+    let span = tracing::Span::current();
+    let run = tokio::spawn(
+        async move {
+            let _slot = slot;
+            let outcome = {
+                let _in_flight = crate::metrics::InFlight::start(&phase);
+                worker.handle_push(&phase, &body.bytes).await
+            };
+            crate::telemetry::push_done(
+                worker.config(),
+                &phase,
+                &path,
+                &body.bytes,
+                &outcome,
+                started,
+            );
+            outcome
+        }
+        .instrument(span),
+    );
     match run.await {
         Ok(outcome) => respond(outcome.http_status(), outcome.body()),
         Err(e) => {
@@ -181,6 +214,7 @@ pub async fn serve_with(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    crate::metrics::install();
     let gates = Gates::new(&limits);
     let ctx = Arc::new(Ctx {
         state,
@@ -265,9 +299,10 @@ async fn connection(
 ) {
     let service = {
         let ctx = ctx.clone();
-        service_fn(move |req| {
+        service_fn(move |req: Request<Incoming>| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(route(ctx, req).await) }
+            let span = crate::telemetry::request_span(req.headers());
+            async move { Ok::<_, Infallible>(route(ctx, req).instrument(span).await) }
         })
     };
     let conn = http1::Builder::new()

@@ -138,7 +138,8 @@ impl Worker {
                 self.config.phase_names()
             ));
         };
-        let trigger = match PushEnvelope::from_json(body).and_then(PushEnvelope::decode) {
+        let scheduled = self.config.trigger.as_ref();
+        let trigger = match PushEnvelope::from_json(body).and_then(|e| e.decode_with(scheduled)) {
             Ok(t) => t,
             Err(e) => return PushOutcome::BadMessage(e),
         };

@@ -1,0 +1,235 @@
+//! `phasegate history`: every attempt of each processor of a phase for one date, oldest
+//! first, and how long the date has been (or was) not done.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use comfy_table::{ContentArrangement, Table};
+use serde::Serialize;
+
+use super::{TABLE_STYLE, reason, table_text};
+use crate::config::Phase;
+use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus};
+
+/// One run attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub processor: String,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub reason: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub trigger: &'static str,
+    pub message_id: Option<String>,
+    /// Pub/Sub's `deliveryAttempt` for this run's message.
+    // TODO(lead): read `delivery_attempt` from RunRecord once the ledger stores it.
+    pub delivery_attempt: Option<u32>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub skip_downstream_trigger: bool,
+    pub production_ready: bool,
+    /// `None` while the ledger does not record lineage.
+    // TODO(lead): read `stale` from RunRecord once the ledger records lineage.
+    pub stale: Option<bool>,
+    pub rows_affected: Option<i64>,
+}
+
+impl Attempt {
+    fn of(run: RunRecord) -> Attempt {
+        Attempt {
+            reason: reason(&run),
+            processor: run.processor,
+            run_id: run.run_id,
+            status: run.status,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            trigger: run.trigger.as_str(),
+            message_id: run.message_id,
+            delivery_attempt: None,
+            published_at: run.published_at,
+            skip_downstream_trigger: run.skip_downstream_trigger,
+            production_ready: run.production_ready,
+            stale: None,
+            rows_affected: run.rows_affected,
+        }
+    }
+}
+
+/// Per processor: where the date stands after all its attempts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessorSummary {
+    pub processor: String,
+    pub attempts: usize,
+    pub latest_status: Option<RunStatus>,
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    /// When the date became done (the end of the first done attempt), if it is.
+    pub done_at: Option<DateTime<Utc>>,
+    /// Seconds from the first attempt until done, or until `now` while not done.
+    pub not_done_secs: Option<i64>,
+}
+
+/// The attempts of a phase's processors for one date.
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub phase: String,
+    pub data_date: NaiveDate,
+    /// Every attempt of every processor, oldest first.
+    pub attempts: Vec<Attempt>,
+    pub processors: Vec<ProcessorSummary>,
+}
+
+impl History {
+    /// One ledger query per processor.
+    pub async fn load(
+        phase: &Phase,
+        date: NaiveDate,
+        ledger: &dyn Ledger,
+        now: DateTime<Utc>,
+    ) -> Result<History, LedgerError> {
+        let mut attempts = Vec::new();
+        let mut processors = Vec::new();
+        for p in &phase.processors {
+            let runs = ledger.history(&p.name, date).await?;
+            processors.push(summarise(&p.name, &runs, now));
+            attempts.extend(runs.into_iter().map(Attempt::of));
+        }
+        attempts.sort_by_key(|a| a.started_at);
+        Ok(History {
+            phase: phase.name.clone(),
+            data_date: date,
+            attempts,
+            processors,
+        })
+    }
+
+    /// A table of attempts, the reasons below it (numbered), then one line per processor.
+    pub fn render(&self) -> String {
+        let mut table = Table::new();
+        table
+            .load_preset(TABLE_STYLE)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header([
+                "#",
+                "processor",
+                "status",
+                "started",
+                "finished",
+                "trigger",
+                "message id",
+                "delivery",
+                "published",
+                "ready",
+                "stale",
+            ]);
+        let time = |t: Option<DateTime<Utc>>| {
+            t.map_or("—".to_string(), |t| {
+                t.format("%m-%d %H:%M:%S").to_string()
+            })
+        };
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "—".to_string());
+        for (i, a) in self.attempts.iter().enumerate() {
+            let published = match (a.published_at, a.skip_downstream_trigger) {
+                (Some(t), _) => time(Some(t)),
+                (None, true) => "skipped".to_string(),
+                (None, false) => "no".to_string(),
+            };
+            table.add_row([
+                (i + 1).to_string(),
+                a.processor.clone(),
+                a.status.to_string(),
+                time(Some(a.started_at)),
+                time(a.finished_at),
+                a.trigger.to_string(),
+                opt(a.message_id.clone()),
+                opt(a.delivery_attempt.map(|n| n.to_string())),
+                published,
+                if a.production_ready { "yes" } else { "no" }.to_string(),
+                opt(a.stale.map(|s| if s { "yes" } else { "no" }.to_string())),
+            ]);
+        }
+        let mut out = format!(
+            "{} {}: {} attempt(s) (times UTC)\n{}",
+            self.phase,
+            self.data_date,
+            self.attempts.len(),
+            table_text(&table)
+        );
+        self.render_reasons(&mut out);
+        for s in &self.processors {
+            let _ = writeln!(out, "{}", s.describe());
+        }
+        out
+    }
+
+    /// `#1-3: reason`: consecutive attempts with the same reason share a line.
+    fn render_reasons(&self, out: &mut String) {
+        let mut groups: Vec<(usize, usize, &str)> = Vec::new();
+        for (i, a) in self.attempts.iter().enumerate() {
+            let Some(r) = a.reason.as_deref() else {
+                continue;
+            };
+            match groups.last_mut() {
+                Some((_, last, text)) if *last == i && *text == r => *last = i + 1,
+                _ => groups.push((i + 1, i + 1, r)),
+            }
+        }
+        if groups.is_empty() {
+            return;
+        }
+        out.push_str("reasons:\n");
+        for (first, last, text) in groups {
+            let ids = if first == last {
+                format!("#{first}")
+            } else {
+                format!("#{first}-{last}")
+            };
+            let _ = writeln!(out, "  {ids}: {text}");
+        }
+    }
+}
+
+impl ProcessorSummary {
+    fn describe(&self) -> String {
+        let Some(status) = self.latest_status else {
+            return format!("{}: never run for this date", self.processor);
+        };
+        let span = self.not_done_secs.map(human_duration).unwrap_or_default();
+        match self.done_at {
+            Some(_) => format!(
+                "{}: {status} after {} attempt(s), {span} after the first",
+                self.processor, self.attempts
+            ),
+            None => format!(
+                "{}: {status} after {} attempt(s); not done for {span} since the first",
+                self.processor, self.attempts
+            ),
+        }
+    }
+}
+
+fn summarise(processor: &str, runs: &[RunRecord], now: DateTime<Utc>) -> ProcessorSummary {
+    let first = runs.iter().map(|r| r.started_at).min();
+    let done_at = runs
+        .iter()
+        .filter(|r| r.status.is_done())
+        .filter_map(|r| r.finished_at)
+        .min();
+    ProcessorSummary {
+        processor: processor.to_string(),
+        attempts: runs.len(),
+        latest_status: runs.iter().max_by_key(|r| r.started_at).map(|r| r.status),
+        first_attempt_at: first,
+        done_at,
+        not_done_secs: first.map(|f| (done_at.unwrap_or(now) - f).num_seconds().max(0)),
+    }
+}
+
+/// `3h 05m`, `12m 04s`, `9s`.
+pub fn human_duration(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s:02}s"),
+        _ => format!("{h}h {m:02}m"),
+    }
+}
