@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Start Google's Pub/Sub emulator and bqemulator on free ports, run a command with their
-# addresses in the environment, and always stop both (process groups, even on failure).
+# addresses in the environment, and always stop both: each emulator runs in its own process
+# group, and every group this run started is killed on success, failure and interrupt.
 #
 #   scripts/emulators.sh COMMAND [ARGS...]
 #
 # Exports to COMMAND: PUBSUB_EMULATOR_HOST, BIGQUERY_EMULATOR_HOST, PHASEGATE_EMULATOR_PROJECT.
 # Creates the bqemulator venv in .venv on first use (pinned versions below).
+# With PHASEGATE_EMULATOR_PGIDS=FILE, appends each started process group id to FILE (one a
+# line) so a caller can check afterwards that none is left (scripts/test.sh does).
+# Exit status: COMMAND's; 1 if an emulator group survived SIGKILL; 130/143 on INT/TERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,25 +47,79 @@ wait_http() { # URL NAME SECONDS
   done
 }
 
-PGIDS=()
-stop_all() {
-  for pgid in "${PGIDS[@]}"; do
-    kill -TERM -- "-$pgid" 2>/dev/null || true
-  done
-  sleep 1
-  for pgid in "${PGIDS[@]}"; do
-    kill -KILL -- "-$pgid" 2>/dev/null || true
-  done
-}
-trap stop_all EXIT INT TERM
+# Pid files are fresh per run (a new temporary directory), never left over from an earlier
+# run on a reused target directory. Each holds the pid of the `sh` that setsid made a session
+# and process-group leader, i.e. the group id.
+RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/phasegate-emulators.XXXXXX")
+NAMES=()
+declare -A BGPID=()
 
-start_group() { # NAME PIDFILE COMMAND...
-  local name=$1 pidfile=$2
-  shift 2
-  # setsid: the emulator (and gcloud's Java child) get their own process group.
-  setsid sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" >"$LOGS/$name.log" 2>&1 &
-  for _ in $(seq 50); do [[ -s "$pidfile" ]] && break; sleep 0.1; done
-  PGIDS+=("$(cat "$pidfile")")
+group_of() { # NAME -> the group id; falls back to the background pid (the same process:
+  # without job control the background child is no group leader, so setsid does not fork)
+  local pidfile="$RUN_DIR/$1.pid"
+  if [[ -s "$pidfile" ]]; then cat "$pidfile"; else echo "${BGPID[$1]:-}"; fi
+}
+
+alive() { # PGID: does any process of the group still exist?
+  kill -0 -- "-$1" 2>/dev/null
+}
+
+STOPPED=0
+stop_all() {
+  ((STOPPED)) && return 0
+  STOPPED=1
+  local pgids=() name pgid
+  # Read the pid files now, not when starting: a slow start cannot be missed.
+  for name in "${NAMES[@]}"; do
+    pgid=$(group_of "$name")
+    [[ -n "$pgid" ]] && pgids+=("$pgid")
+  done
+  for pgid in "${pgids[@]}"; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
+  for _ in $(seq 50); do # up to 5 s for a clean exit
+    local left=0
+    for pgid in "${pgids[@]}"; do alive "$pgid" && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  local survivors=0
+  for pgid in "${pgids[@]}"; do
+    if alive "$pgid"; then
+      kill -KILL -- "-$pgid" 2>/dev/null || true
+      sleep 0.2
+      if alive "$pgid"; then
+        echo "emulators.sh: process group $pgid survived SIGKILL:" >&2
+        ps -o pid=,args= -g "$pgid" >&2 || true
+        survivors=1
+      fi
+    fi
+  done
+  rm -rf "$RUN_DIR"
+  return "$survivors"
+}
+
+on_exit() {
+  local rc=$?
+  stop_all || rc=1
+  exit "$rc"
+}
+# COMMAND runs in the foreground: Ctrl-C reaches it (and its children) directly, and bash runs
+# these traps as soon as it has ended; the EXIT trap then stops the emulators.
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_group() { # NAME COMMAND...
+  local name=$1
+  shift
+  NAMES+=("$name")
+  # setsid: the emulator (and gcloud's Java child) get their own process group, whose id is
+  # the pid `sh` writes before it execs the emulator.
+  setsid sh -c 'echo $$ > "$0"; exec "$@"' "$RUN_DIR/$name.pid" "$@" >"$LOGS/$name.log" 2>&1 &
+  BGPID[$name]=$!
+  if [[ -n "${PHASEGATE_EMULATOR_PGIDS:-}" ]]; then
+    for _ in $(seq 100); do [[ -s "$RUN_DIR/$name.pid" ]] && break; sleep 0.1; done
+    group_of "$name" >>"$PHASEGATE_EMULATOR_PGIDS"
+  fi
 }
 
 ensure_venv
@@ -69,9 +127,9 @@ ensure_venv
 ps_port=$(free_port)
 bq_port=$(free_port)
 bq_grpc=$(free_port)
-start_group pubsub "$LOGS/pubsub.pid" \
+start_group pubsub \
   gcloud beta emulators pubsub start --host-port="127.0.0.1:$ps_port" --project="$PROJECT" --quiet
-start_group bigquery "$LOGS/bigquery.pid" \
+start_group bigquery \
   "$VENV/bin/bqemulator" start --project "$PROJECT" --rest-port "$bq_port" --grpc-port "$bq_grpc"
 
 wait_http "http://127.0.0.1:$ps_port/v1/projects/$PROJECT/topics" pubsub 90
