@@ -5,6 +5,7 @@
 
 mod backfill;
 mod commands;
+mod common;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
