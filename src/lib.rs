@@ -7,7 +7,6 @@
 pub mod auth;
 pub mod backends;
 pub mod backfill;
-pub mod backfill_pubsub;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -80,7 +80,10 @@ async fn the_stop_policy_halts_at_the_first_failure() {
         .expect("a retry-all command")
         .trim()
         .to_string();
-    assert!(all.ends_with("--from 2024-01-03 --to 2024-01-05"), "{all}");
+    assert!(
+        all.ends_with("--from 2024-01-03 --to 2024-01-05 --error-policy stop --parallel 1"),
+        "{all}"
+    );
     env.restore_feed(days[2]).await;
     let words: Vec<&str> = all.split_whitespace().collect();
     let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
@@ -127,7 +130,7 @@ async fn the_continue_policy_runs_every_date() {
 }
 
 #[tokio::test]
-async fn skip_dependents_skips_exactly_the_dates_that_look_back_over_a_failure() {
+async fn skip_dependents_skips_the_dates_that_look_back_over_a_failed_or_skipped_date() {
     // Precompute looks back 3 days (historical gaps only).
     let text = PIPELINE
         .replace("{MODE}", "strict")
@@ -137,21 +140,26 @@ async fn skip_dependents_skips_exactly_the_dates_that_look_back_over_a_failure()
         .collect::<Vec<_>>()
         .join("\n");
     let env = TestEnv::with_pipeline(&text).await;
-    let days = dates("2024-01-01", 10);
+    let days = dates("2024-01-01", 14);
     env.season(&days).await;
     env.lose_feed(d("2024-01-04")).await;
     for phase in ["raw", "analytics"] {
         let out = phasegate(
             &env,
             &format!(
-                "backfill --phase {phase} --from 2024-01-01 --to 2024-01-10 --error-policy continue"
+                "backfill --phase {phase} --from 2024-01-01 --to 2024-01-14 --error-policy continue"
             ),
         );
         assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     }
+    // Done before this backfill: the cascade of skips ends after them.
+    for day in ["2024-01-09", "2024-01-10", "2024-01-11"] {
+        env.record_run("features", "precompute", d(day), RunStatus::Success)
+            .await;
+    }
     let out = phasegate(
         &env,
-        "backfill --phase precompute --from 2024-01-01 --to 2024-01-10 --error-policy skip-dependents --parallel 4",
+        "backfill --phase precompute --from 2024-01-01 --to 2024-01-14 --error-policy skip-dependents --parallel 4",
     );
     assert_eq!(out.status.code(), Some(1));
     let report = stdout(&out);
@@ -173,15 +181,17 @@ async fn skip_dependents_skips_exactly_the_dates_that_look_back_over_a_failure()
             "{report}"
         );
     }
-    for day in ["2024-01-08", "2024-01-09", "2024-01-10"] {
-        assert_eq!(
-            status(day).await,
-            Some(RunStatus::Success),
-            "{day} runs again"
-        );
+    // 2024-01-08 looks back only over skipped dates: skipped too, naming the nearest.
+    assert_eq!(status("2024-01-08").await, None);
+    assert!(
+        report.contains("2024-01-08  SKIPPED: its checks look back 3 days over skipped 2024-01-07"),
+        "{report}"
+    );
+    for day in ["2024-01-12", "2024-01-13", "2024-01-14"] {
+        assert_eq!(status(day).await, Some(RunStatus::Success), "{day} runs");
     }
     assert!(
-        report.contains("6 succeeded, 0 no data, 1 failed, 3 skipped"),
+        report.contains("6 succeeded, 0 no data, 1 failed, 4 skipped, 3 already done"),
         "{report}"
     );
 }

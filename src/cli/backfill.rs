@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 
+use super::common::require_phase;
 use super::{BackfillArgs, Output};
-use crate::backfill::{self, BackfillOptions, Executor, Progress, retry_command};
+use crate::backfill::{self, BackfillOptions, Executor, Progress, RetryCommand};
 use crate::config::BusKind;
 use crate::startup::App;
 
@@ -21,7 +22,7 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(p) = &args.phase {
-        super::commands::require_phase(&app.config, p)?;
+        require_phase(&app.config, p)?;
     }
     let template = BackfillOptions {
         phase: args.phase.clone().unwrap_or_default(),
@@ -64,8 +65,8 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
     } else {
         Executor::InProcess
     };
-    let config_path = app.config.source.clone();
-    let retry = move |phase: &str, from, to| retry_command(&config_path, phase, from, to);
+    let retry_command = RetryCommand::new(Some(&app.config.source), &template, executor);
+    let retry = |phase: &str, from, to| retry_command.render(phase, from, to);
     let progress = |len: usize, phase: &str| {
         if json {
             Progress::hidden()
@@ -81,7 +82,7 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
         } else {
             print!("{}", report.render());
         }
-        return Ok(exit(report.all_done()));
+        return Ok(report.exit_code());
     }
 
     let mut on_phase = |report: &backfill::BackfillReport,
@@ -114,15 +115,7 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
             None => println!("\nEvery phase is complete and gap-free."),
         }
     }
-    Ok(exit(workflow.all_done()))
-}
-
-fn exit(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(workflow.exit_code())
 }
 
 /// Ask before a multi-phase backfill; refuse to wait without a terminal.

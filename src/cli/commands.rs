@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
 
+use super::common::{build, require_phase};
 use super::{Cli, Command, Output, VerifyOutput};
 use crate::auth::PushAuth;
 use crate::config::{BackendKind, Config};
@@ -14,7 +15,7 @@ use crate::gate;
 use crate::ledger::TriggerKind;
 use crate::report::{StatusGrid, render_gate};
 use crate::server::{ServerLimits, ServerState, serve_with, shutdown_signal};
-use crate::startup::{self, App};
+use crate::startup::App;
 use crate::worker::{PhaseOutcome, Publication, RunRequest};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -129,21 +130,6 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
         }
         Command::Demo { .. } => unreachable!("handled before loading a configuration"),
     }
-}
-
-pub(super) async fn build(config: Config) -> anyhow::Result<App> {
-    Ok(startup::build(config).await?)
-}
-
-pub(super) fn require_phase(config: &Config, phase: &str) -> anyhow::Result<()> {
-    if config.phase(phase).is_none() {
-        bail!(
-            "no phase `{phase}` in {} (phases: {})",
-            config.source.display(),
-            config.phase_names()
-        );
-    }
-    Ok(())
 }
 
 async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<ExitCode> {

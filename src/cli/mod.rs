@@ -5,6 +5,7 @@
 
 mod backfill;
 mod commands;
+mod common;
 mod ops;
 
 use std::path::PathBuf;
@@ -160,8 +161,9 @@ pub struct BackfillArgs {
     /// Last date (included), YYYY-MM-DD.
     #[arg(long, value_parser = parse_date_arg)]
     pub to: NaiveDate,
-    /// stop: halt at the first failure. continue: run every date. skip-dependents: skip
-    /// only later dates whose checks look back over a failed date.
+    /// stop: start no date after the first failure (dates in flight finish). continue: run
+    /// every date. skip-dependents: skip only later dates whose checks look back over a
+    /// failed or skipped date.
     #[arg(long, value_enum, default_value_t = crate::backfill::ErrorPolicy::Stop)]
     pub error_policy: crate::backfill::ErrorPolicy,
     /// Dates run at once. A date still waits for earlier dates within its phase's

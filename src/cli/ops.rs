@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::commands::{build, require_phase};
+use super::common::{build, require_phase};
 use super::{Command, Output, StatusOutput};
 use crate::config::Config;
 use crate::report::StatusGrid;
