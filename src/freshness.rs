@@ -29,6 +29,8 @@ pub struct PhaseFreshness {
 pub struct ProcessorState {
     pub processor: String,
     pub status: Option<RunStatus>,
+    /// Done, but an upstream run was corrected since: not done.
+    pub stale: bool,
 }
 
 /// The latest deadline at or before `now`, and the data date due by it.
@@ -72,19 +74,28 @@ pub async fn check(
         };
         let mut processors = Vec::new();
         for p in &phase.processors {
-            let status = ledger
-                .latest(&p.name, expected_date)
-                .await?
-                .map(|r| r.status);
+            // A stale run (its upstream was corrected since) is not done either.
+            let status = crate::ledger::latest_in_range_with_staleness(
+                ledger,
+                &p.name,
+                &p.checks.upstream,
+                expected_date,
+                expected_date,
+            )
+            .await?
+            .into_iter()
+            .next()
+            .map(|(r, stale)| (r.status, stale));
+            let (status, stale) = (status.map(|s| s.0), status.is_some_and(|s| s.1));
             processors.push(ProcessorState {
                 processor: p.name.clone(),
                 status,
+                stale,
             });
         }
-        // TODO(lead): a stale run (newer upstream run than it consumed) is not done either.
         let fresh = processors
             .iter()
-            .all(|p| p.status.is_some_and(|s| s.is_done()));
+            .all(|p| !p.stale && p.status.is_some_and(|s| s.is_done()));
         out.push(PhaseFreshness {
             phase: phase.name.clone(),
             expected_date,

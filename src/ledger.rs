@@ -193,9 +193,12 @@ impl RunRecord {
     }
 
     /// Stale: done, but a newer upstream run exists for its date than the one it consumed
-    /// (`latest_upstream` holds the latest done run of each upstream processor).
+    /// (`latest_upstream` holds the latest done run of each upstream processor). A run with
+    /// no recorded lineage (written before the ledger recorded it, or by a tool) is taken as
+    /// current: upgrading must not declare a whole history stale.
     pub fn is_stale(&self, latest_upstream: &[UpstreamRun]) -> bool {
         self.status.is_done()
+            && !self.upstream_runs.is_empty()
             && latest_upstream.iter().any(|u| {
                 !self
                     .upstream_runs
@@ -299,4 +302,40 @@ pub async fn latest_upstream(
         }
     }
     Ok(out)
+}
+
+/// The latest run of `processor` for each date of a range that has one, each with whether
+/// it is stale: a done run of one of its `upstream` processors exists for its date that it
+/// did not consume (a correction arrived after it ran). One range query per processor.
+pub async fn latest_in_range_with_staleness(
+    ledger: &dyn Ledger,
+    processor: &str,
+    upstream: &[String],
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<(RunRecord, bool)>, LedgerError> {
+    let runs = ledger.latest_in_range(processor, from, to).await?;
+    let mut latest_upstream: std::collections::HashMap<NaiveDate, Vec<UpstreamRun>> =
+        std::collections::HashMap::new();
+    for name in upstream {
+        for run in ledger.latest_in_range(name, from, to).await? {
+            if run.status.is_done() {
+                latest_upstream
+                    .entry(run.data_date)
+                    .or_default()
+                    .push(UpstreamRun {
+                        processor: name.clone(),
+                        run_id: run.run_id,
+                    });
+            }
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|r| {
+            let ups = latest_upstream.get(&r.data_date).map(Vec::as_slice);
+            let stale = r.is_stale(ups.unwrap_or(&[]));
+            (r, stale)
+        })
+        .collect())
 }

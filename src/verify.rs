@@ -26,6 +26,9 @@ pub struct OutputVerification {
     pub missing_ranges: String,
     /// Dates with no rows whose latest run is `no_data` (not counted as gaps).
     pub no_data_dates: Vec<NaiveDate>,
+    /// Dates whose latest run is stale (an upstream run was corrected since it ran): their
+    /// rows are there but out of date, so the output is not continuous until they re-run.
+    pub stale_dates: Vec<NaiveDate>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,12 +64,23 @@ pub async fn verify(
             date_range_completeness(warehouse, &out.table, &out.date_column, from, to, expected)
                 .await
                 .map_err(crate::gate::GateError::from)?;
-        let no_data: Vec<NaiveDate> = ledger
-            .latest_in_range(&processor.name, from, to)
-            .await?
-            .into_iter()
-            .filter(|run| run.status == RunStatus::NoData)
-            .map(|run| run.data_date)
+        let latest = crate::ledger::latest_in_range_with_staleness(
+            ledger,
+            &processor.name,
+            &processor.checks.upstream,
+            from,
+            to,
+        )
+        .await?;
+        let no_data: Vec<NaiveDate> = latest
+            .iter()
+            .filter(|(run, _)| run.status == RunStatus::NoData)
+            .map(|(run, _)| run.data_date)
+            .collect();
+        let stale_dates: Vec<NaiveDate> = latest
+            .iter()
+            .filter(|(_, stale)| *stale)
+            .map(|(run, _)| run.data_date)
             .collect();
         let (no_data_dates, missing): (Vec<NaiveDate>, Vec<NaiveDate>) =
             r.missing_dates.iter().partition(|d| no_data.contains(d));
@@ -80,10 +94,11 @@ pub async fn verify(
             } else {
                 present as f64 * 100.0 / r.expected_dates as f64
             },
-            is_continuous: missing.is_empty(),
+            is_continuous: missing.is_empty() && stale_dates.is_empty(),
             missing_ranges: format_ranges(&missing),
             missing_dates: missing,
             no_data_dates,
+            stale_dates,
         });
     }
     Ok(Verification {
@@ -116,10 +131,18 @@ impl Verification {
                 o.coverage_pct,
                 if o.is_continuous {
                     "continuous".to_string()
+                } else if o.missing_dates.is_empty() {
+                    "no date missing".to_string()
                 } else {
                     format!("{} MISSING: {}", o.missing_dates.len(), o.missing_ranges)
                 }
             ));
+            if !o.stale_dates.is_empty() {
+                out.push_str(&format!(
+                    "  STALE (an upstream run was corrected since; re-run with backfill): {}\n",
+                    format_ranges(&o.stale_dates)
+                ));
+            }
             if !o.no_data_dates.is_empty() {
                 out.push_str(&format!(
                     "  no_data (legitimately empty): {}\n",

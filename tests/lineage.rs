@@ -85,6 +85,17 @@ async fn with_the_skip_flag_the_downstream_date_is_stale_until_rerun() {
     let summary = env.latest("summary", day).await.unwrap();
     assert!(!summary.is_stale(&upstream));
     assert_eq!(env.count("summary", "game_date", day).await, 3);
+    let v = phasegate::verify::verify(
+        &env.app.config,
+        env.app.ledger().as_ref(),
+        env.app.warehouse().as_ref(),
+        "analytics",
+        day,
+        day,
+    )
+    .await
+    .unwrap();
+    assert!(v.is_continuous, "repaired");
 }
 
 #[tokio::test]

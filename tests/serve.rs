@@ -146,6 +146,19 @@ async fn shutdown_with_a_stalled_client_stops_accepting_and_ends_at_the_drain_de
         .write_all(b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"message\":")
         .await
         .unwrap();
+    // Connections are accepted in order: once a later one is answered, the stalled one is
+    // in the server's hands.
+    let later = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    assert!(
+        later
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    );
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

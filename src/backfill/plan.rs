@@ -96,6 +96,8 @@ pub fn phase_lookback_days(phase: &Phase) -> u32 {
 /// The planner's ONE definition of "done" (the Pub/Sub runner uses it too). Staleness goes
 /// here: a run that consumed an upstream run older than the upstream's latest is not done,
 /// so a plain backfill (no `--force`) re-runs it.
+/// (Stale runs never reach it: [`plan`] drops them first, with
+/// [`crate::ledger::latest_in_range_with_staleness`].)
 pub fn is_done(run: &RunRecord) -> bool {
     run.status.is_done()
 }
@@ -113,11 +115,21 @@ pub async fn plan(worker: &Worker, opts: &BackfillOptions) -> Result<Plan, Worke
     let phase = phase(worker.config(), &opts.phase)?;
     let mut latest: Vec<HashMap<NaiveDate, RunRecord>> = Vec::new();
     for p in &phase.processors {
-        let runs = worker
-            .ledger()
-            .latest_in_range(&p.name, opts.from, opts.to)
-            .await?;
-        latest.push(runs.into_iter().map(|r| (r.data_date, r)).collect());
+        let runs = crate::ledger::latest_in_range_with_staleness(
+            worker.ledger().as_ref(),
+            &p.name,
+            &p.checks.upstream,
+            opts.from,
+            opts.to,
+        )
+        .await?;
+        // A stale run (its upstream was corrected since) is not done: the date runs again.
+        latest.push(
+            runs.into_iter()
+                .filter(|(_, stale)| !stale)
+                .map(|(r, _)| (r.data_date, r))
+                .collect(),
+        );
     }
     let dates = days(opts.from, opts.to)
         .map(|date| PlanEntry {

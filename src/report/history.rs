@@ -23,13 +23,11 @@ pub struct Attempt {
     pub trigger: &'static str,
     pub message_id: Option<String>,
     /// Pub/Sub's `deliveryAttempt` for this run's message.
-    // TODO(lead): read `delivery_attempt` from RunRecord once the ledger stores it.
     pub delivery_attempt: Option<u32>,
     pub published_at: Option<DateTime<Utc>>,
     pub skip_downstream_trigger: bool,
     pub production_ready: bool,
-    /// `None` while the ledger does not record lineage.
-    // TODO(lead): read `stale` from RunRecord once the ledger records lineage.
+    /// Not computed per attempt (`status` shows whether the latest run is stale).
     pub stale: Option<bool>,
     pub rows_affected: Option<i64>,
 }
@@ -45,7 +43,7 @@ impl Attempt {
             finished_at: run.finished_at,
             trigger: run.trigger.as_str(),
             message_id: run.message_id,
-            delivery_attempt: None,
+            delivery_attempt: run.delivery_attempt,
             published_at: run.published_at,
             skip_downstream_trigger: run.skip_downstream_trigger,
             production_ready: run.production_ready,

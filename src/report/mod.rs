@@ -77,8 +77,7 @@ impl CellState {
 pub struct Cell {
     pub status: RunStatus,
     pub production_ready: bool,
-    /// `None` while the ledger does not record lineage.
-    // TODO(lead): read `stale` from RunRecord once the ledger records lineage.
+    /// A newer upstream run exists for its date than the one it consumed.
     pub stale: Option<bool>,
     /// Why it is not plainly done: the errors, or the soft findings.
     pub reason: Option<String>,
@@ -139,7 +138,8 @@ pub struct StatusGrid {
 }
 
 impl StatusGrid {
-    /// One ledger query per processor for the whole range.
+    /// One ledger query per processor (and per upstream processor, for staleness) for the
+    /// whole range.
     pub async fn load(
         config: &Config,
         ledger: &dyn Ledger,
@@ -156,8 +156,18 @@ impl StatusGrid {
                     phase: phase.name.clone(),
                     processor: p.name.clone(),
                 });
-                for run in ledger.latest_in_range(&p.name, from, to).await? {
-                    cells.insert((p.name.clone(), run.data_date), Cell::of(&run));
+                let runs = crate::ledger::latest_in_range_with_staleness(
+                    ledger,
+                    &p.name,
+                    &p.checks.upstream,
+                    from,
+                    to,
+                )
+                .await?;
+                for (run, stale) in runs {
+                    let mut cell = Cell::of(&run);
+                    cell.stale = Some(stale);
+                    cells.insert((p.name.clone(), run.data_date), cell);
                 }
             }
         }

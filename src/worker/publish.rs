@@ -32,11 +32,15 @@ impl Worker {
         if runs.iter().all(|r| r.published_at.is_some()) {
             return Ok(Publication::AlreadyPublished);
         }
-        let others: Vec<String> = runs
+        let others: Vec<&RunRecord> = runs
             .iter()
             .filter(|r| r.published_at.is_none() && !ran.contains(&r.run_id))
-            .map(|r| r.run_id.clone())
             .collect();
+        // The delivery that ran it is still announcing it.
+        if others.iter().any(|r| r.lease_alive(Utc::now())) {
+            return Ok(Publication::PendingElsewhere);
+        }
+        let others: Vec<String> = others.iter().map(|r| r.run_id.clone()).collect();
         if !others.is_empty() {
             let lease = self
                 .config

@@ -311,16 +311,22 @@ impl Ledger for BigQuery {
     }
 
     async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
-        let sql = format!(
-            "UPDATE {c} SET lease_until = @until WHERE pipeline = @pipeline AND run_id = @r",
-            c = self.table(CLAIMS_TABLE)
-        );
-        let params = vec![
-            ts_param("until", Some(&until)),
-            param("pipeline", "STRING", Some(self.pipeline.to_string())),
-            param("r", "STRING", Some(run_id.to_string())),
-        ];
-        self.query(&sql, params).await.map_err(LedgerError)?;
+        // Append-only: the run's next state is its current one with the new lease. Used on
+        // BigQuery only to release a publication after a failed publish (no heartbeats).
+        let current = self
+            .runs(
+                "pipeline = @pipeline AND run_id = @r",
+                vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
+                    param("r", "STRING", Some(run_id.to_string())),
+                ],
+            )
+            .await?;
+        let Some(mut run) = current.into_iter().next() else {
+            return Ok(false);
+        };
+        run.lease_until = Some(until);
+        self.record(&run).await?;
         Ok(true)
     }
 
@@ -331,9 +337,9 @@ impl Ledger for BigQuery {
     ) -> Result<bool, LedgerError> {
         let token = uuid::Uuid::new_v4().to_string();
         let sql = format!(
-            "UPDATE {c} SET lease_until = @until, publisher = @token \
+            "UPDATE {c} SET publish_until = @until, publisher = @token \
              WHERE pipeline = @pipeline AND run_id IN UNNEST(@ids) \
-               AND (lease_until IS NULL OR lease_until < CURRENT_TIMESTAMP())",
+               AND (publish_until IS NULL OR publish_until < CURRENT_TIMESTAMP())",
             c = self.table(CLAIMS_TABLE)
         );
         let ids = array_param("ids", run_ids);

@@ -71,6 +71,7 @@ pub const CLAIMS_SCHEMA: &[(&str, &str, &str)] = &[
     ("lease_until", "TIMESTAMP", "NULLABLE"),
     ("claimed_at", "TIMESTAMP", "REQUIRED"),
     ("publisher", "STRING", "NULLABLE"),
+    ("publish_until", "TIMESTAMP", "NULLABLE"),
 ];
 
 const CLAIMS_TABLE: &str = "processor_run_claims";
