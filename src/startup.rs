@@ -170,6 +170,9 @@ pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, S
             .await
             .map_err(|e| StartupError::Backend(e.to_string()))?;
     }
+    // Every ledger and warehouse call is timed (`phasegate_store_call_duration_seconds`).
+    let ledger: Arc<dyn Ledger> = Arc::new(crate::metrics::TimedLedger(ledger));
+    let warehouse: Arc<dyn Warehouse> = Arc::new(crate::metrics::TimedWarehouse(warehouse));
     let worker = Arc::new(Worker::new(config.clone(), ledger, warehouse, publisher));
     if let (Some(bus), Deliveries::Start) = (&bus, deliveries) {
         bus.attach(&worker);

@@ -179,17 +179,20 @@ const PHASES: [(&str, &str, &str); 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_deliveries_run_once_and_publish_once_every_round() {
-    const ROUNDS: u32 = 8;
-    const CONCURRENCY: usize = 50;
+    // Every push on the BigQuery emulator is several jobs: a smaller storm there.
+    let (rounds, concurrency) = match common::backend() {
+        common::Backend::Sqlite => (8, 50),
+        common::Backend::BigQuery => (1, 8),
+    };
     let env = TestEnv::new("soft").await;
-    let days = common::dates("2024-01-01", ROUNDS);
+    let days = common::dates("2024-01-01", rounds);
     env.season(&days).await;
     let counting = Arc::new(Counting::default());
     let worker = worker_on(&env, env.app.ledger().clone(), counting.clone());
     for day in &days {
         for (phase, processor, topic) in PHASES {
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..CONCURRENCY {
+            for i in 0..concurrency {
                 // Half distinct message ids, half one id delivered 25 times.
                 let id = if i % 2 == 0 {
                     format!("m-{i}")

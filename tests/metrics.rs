@@ -8,8 +8,6 @@ use std::sync::Arc;
 use common::{TestEnv, d};
 use phasegate::bus::{PublishError, Publisher};
 use phasegate::envelope::PushEnvelope;
-use phasegate::ledger::Ledger;
-use phasegate::metrics::TimedLedger;
 use phasegate::server::{ServerState, serve};
 use phasegate::worker::Worker;
 use serde_json::json;
@@ -164,7 +162,8 @@ async fn the_instrumentation_hooks_for_the_worker_and_backends_record_what_they_
     let env = TestEnv::new("strict").await;
     env.season(&[d("2024-01-01")]).await;
     let server = start(&env).await;
-    let timed = TimedLedger(env.app.ledger().clone());
+    // The app's ledger is built timed (startup wraps it in `TimedLedger`).
+    let timed = env.app.ledger().clone();
     let labels = [("store", "ledger"), ("op", "latest")];
     let count = "phasegate_store_call_duration_seconds_count";
     let before = value(&scrape(&server.base).await, count, &labels);

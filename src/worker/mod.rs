@@ -213,7 +213,10 @@ impl Worker {
                 reused,
                 publication,
             }),
-            Err(error) => Ok(PhaseOutcome::PublishFailed { runs, error }),
+            Err(error) => {
+                crate::metrics::publish_failed(&phase.name);
+                Ok(PhaseOutcome::PublishFailed { runs, error })
+            }
         }
     }
 

@@ -47,6 +47,7 @@ impl Worker {
                 return Err(e.into());
             }
         };
+        crate::metrics::gate_report(&report);
         let report = with_upstream_readiness(report, p, upstream);
         if !p.checks.is_empty() {
             run.findings = serde_json::to_value(&report).ok();
@@ -56,6 +57,7 @@ impl Worker {
             run.finish(RunStatus::Blocked, None, Some(report.summary()));
             run.lease_until = None;
             held.complete(&run).await?;
+            crate::metrics::run_finished(&run);
             tracing::warn!(processor = %p.name, data_date = %req.data_date,
                 reason = %report.summary(), "blocked by strict gate");
             return Ok(Step::Stop(PhaseOutcome::Blocked {
@@ -131,6 +133,7 @@ impl Worker {
         let error = match committed {
             Ok(Committed::Done(done)) => {
                 held.disarm();
+                crate::metrics::run_finished(&done);
                 tracing::info!(processor = %p.name, data_date = %req.data_date,
                     status = %done.status, rows = ?done.rows_affected, "processor finished");
                 return Ok(Step::Ran(done));
@@ -148,6 +151,7 @@ impl Worker {
         run.finish(RunStatus::Failed, None, Some(error.clone()));
         run.lease_until = None;
         held.complete(&run).await?;
+        crate::metrics::run_finished(&run);
         tracing::error!(processor = %p.name, data_date = %req.data_date,
             error = %error, "processor failed");
         Ok(Step::Stop(PhaseOutcome::Failed { run: Box::new(run) }))
