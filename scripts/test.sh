@@ -97,7 +97,7 @@ emulator_suite() {
   scripts/emulators.sh bash -c '
     set -euo pipefail
     export PHASEGATE_TEST_BACKEND=bigquery
-    cargo test --locked --test gate --test gate_truth --test cascade --test lineage --test backfill
+    cargo test --locked --test gate --test gate_truth --test cascade --test lineage --test backfill --test exactly_once
     cargo test --locked --test e2e_emulators -- --ignored
   '
 }
