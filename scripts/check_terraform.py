@@ -20,7 +20,7 @@ Asserts what the deployment relies on and what a reviewer would otherwise check 
 - least privilege: run.invoker only for the push identity; each worker publishes only to its
   own completion topic; no project-wide role beyond bigquery.jobUser; no BigQuery role that
   can drop or re-create a table (the ledger's writer role holds row permissions only);
-- the ledger table is partitioned by data_date and clustered by processor_name (its schema is
+- the ledger table is partitioned by data_date and clustered by pipeline, processor_name (its schema is
   compared with the code by tests/terraform_schema.rs);
 - terraform/examples/daily is a root module calling this one.
 """
@@ -378,7 +378,7 @@ check(table is not None, "the ledger table is missing")
 if table:
     tp = first(table.get("time_partitioning"))
     check(tp.get("field") == "data_date", "ledger partitioned by data_date")
-    check(table.get("clustering") == ["processor_name"], "ledger clustered by processor_name")
+    check(table.get("clustering") == ["pipeline", "processor_name"], "ledger clustered by pipeline, processor_name")
     check("ledger_schema" in str(table.get("schema")), "ledger schema comes from ledger_schema.json")
     check(table.get("deletion_protection") is True, "the ledger table has deletion_protection")
 
