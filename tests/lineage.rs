@@ -119,3 +119,37 @@ async fn not_production_ready_propagates_two_phases_down() {
     let summary = env.latest("summary", days[2]).await.unwrap();
     assert!(summary.production_ready);
 }
+
+#[tokio::test]
+async fn two_pipelines_in_one_ledger_do_not_see_each_others_runs() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    // A second pipeline with the same processor names, on the same database / dataset.
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replacen("name = \"test\"", "name = \"other\"", 1);
+    let path = env.dir.path().join("other.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut config = phasegate::config::Config::parse(&text, &path).unwrap();
+    config.validate().unwrap();
+    let other = phasegate::startup::build(config).await.unwrap();
+
+    let mut req = RunRequest::new("raw", day, TriggerKind::Cli);
+    req.skip_downstream = true;
+    let outcome = other.worker.run_phase(&req).await.unwrap();
+    assert!(matches!(outcome, PhaseOutcome::Done { .. }), "{outcome:?}");
+    let theirs = other.ledger().latest("ingest", day).await.unwrap().unwrap();
+    assert_eq!(theirs.pipeline, "other");
+    assert_eq!(
+        env.latest("ingest", day).await,
+        None,
+        "test's ledger is untouched"
+    );
+
+    // And this pipeline runs its own date regardless of the other's run.
+    run(&env, "raw", day, false, true).await;
+    let ours = env.latest("ingest", day).await.unwrap();
+    assert_ne!(ours.run_id, theirs.run_id);
+    assert_eq!(ours.pipeline, "test");
+}
