@@ -19,6 +19,9 @@ struct Server {
     handle: tokio::task::JoinHandle<()>,
 }
 
+/// Serialises the tests of this file (they read one process-wide metrics registry).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn start(env: &TestEnv) -> Server {
     start_worker(env.app.worker.clone()).await
 }
@@ -104,6 +107,8 @@ async fn push(base: &str, phase: &str, body: String) -> u16 {
 
 #[tokio::test]
 async fn push_counters_move_for_every_outcome() {
+    // The registry is process-wide: one test at a time, so counts are this test's own.
+    let _serial = SERIAL.lock().await;
     let env = TestEnv::new("strict").await;
     env.season(&[d("2024-01-01"), d("2024-01-02")]).await;
     env.lose_feed(d("2024-01-02")).await;
@@ -159,6 +164,8 @@ async fn push_counters_move_for_every_outcome() {
 
 #[tokio::test]
 async fn the_instrumentation_hooks_for_the_worker_and_backends_record_what_they_say() {
+    // The registry is process-wide: one test at a time, so counts are this test's own.
+    let _serial = SERIAL.lock().await;
     let env = TestEnv::new("strict").await;
     env.season(&[d("2024-01-01")]).await;
     let server = start(&env).await;
@@ -228,6 +235,8 @@ impl Publisher for DownBus {
 
 #[tokio::test]
 async fn publish_and_store_failures_are_counted_too() {
+    // The registry is process-wide: one test at a time, so counts are this test's own.
+    let _serial = SERIAL.lock().await;
     let env = TestEnv::new("strict").await;
     env.season(&[d("2024-01-01"), d("2024-01-02")]).await;
     let worker = Arc::new(Worker::new(
