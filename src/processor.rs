@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, Processor, Reference};
 use crate::ledger::{Ledger, RunRecord};
-use crate::warehouse::{Committed, Warehouse, finished, post_condition};
+use crate::warehouse::{self, Committed, Warehouse};
 
 /// How much of a failed command's stderr the ledger keeps (the end of it).
 const STDERR_TAIL: usize = 4000;
@@ -27,30 +27,16 @@ pub async fn run_command_and_record(
     run: RunRecord,
 ) -> Result<Committed, String> {
     run_command(&processor.command, date, processor.timeout_secs).await?;
-    let rows = match &processor.output {
-        Some(o) => Some(
-            warehouse
-                .count_rows(&o.table, &o.date_column, date)
-                .await
-                .map_err(|e| format!("counting output rows: {e}"))?,
-        ),
-        None => None,
-    };
-    if let Some(reference) = require_rows.filter(|_| rows == Some(0)) {
-        let scheduled = warehouse
-            .count_rows(&reference.table, &reference.date_column, date)
-            .await
-            .map_err(|e| format!("reading reference {}: {e}", reference.table))?;
-        if let Some(reason) = post_condition(rows, scheduled, reference, date) {
-            return Ok(Committed::PostCondition(reason));
-        }
-    }
-    let done = finished(run, rows);
-    match ledger.complete(&done).await {
-        Ok(true) => Ok(Committed::Done(Box::new(done))),
-        Ok(false) => Ok(Committed::TakenOver),
-        Err(e) => Err(e.to_string()),
-    }
+    warehouse::count_and_record(
+        warehouse,
+        processor.output.as_ref(),
+        require_rows,
+        date,
+        run,
+        ledger,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// The reference whose dates need rows in `processor`'s output, when it requires rows (by

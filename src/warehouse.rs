@@ -89,6 +89,36 @@ pub fn finished(mut run: RunRecord, rows: Option<u64>) -> RunRecord {
     run
 }
 
+/// After a processor ran outside a transaction: count its output, check the post-condition
+/// and record the outcome (only while the claim is still ours).
+pub async fn count_and_record(
+    warehouse: &(impl Warehouse + ?Sized),
+    output: Option<&Output>,
+    require_rows: Option<&Reference>,
+    date: NaiveDate,
+    run: RunRecord,
+    ledger: &dyn Ledger,
+) -> Result<Committed, WarehouseError> {
+    let rows = match output {
+        Some(o) => Some(warehouse.count_rows(&o.table, &o.date_column, date).await?),
+        None => None,
+    };
+    if let Some(reference) = require_rows.filter(|_| rows == Some(0)) {
+        let scheduled = warehouse
+            .count_rows(&reference.table, &reference.date_column, date)
+            .await?;
+        if let Some(reason) = post_condition(rows, scheduled, reference, date) {
+            return Ok(Committed::PostCondition(reason));
+        }
+    }
+    let done = finished(run, rows);
+    match ledger.complete(&done).await {
+        Ok(true) => Ok(Committed::Done(Box::new(done))),
+        Ok(false) => Ok(Committed::TakenOver),
+        Err(e) => Err(WarehouseError(e.to_string())),
+    }
+}
+
 #[async_trait]
 pub trait Warehouse: Send + Sync {
     /// Run a processor and record its outcome in `ledger` as one unit where the backend
@@ -102,24 +132,7 @@ pub trait Warehouse: Send + Sync {
         ledger: &dyn Ledger,
     ) -> Result<Committed, WarehouseError> {
         self.run_statements(job.statements, job.date).await?;
-        let rows = match job.output {
-            Some(o) => Some(self.count_rows(&o.table, &o.date_column, job.date).await?),
-            None => None,
-        };
-        if let Some(reference) = job.require_rows.filter(|_| rows == Some(0)) {
-            let scheduled = self
-                .count_rows(&reference.table, &reference.date_column, job.date)
-                .await?;
-            if let Some(reason) = post_condition(rows, scheduled, reference, job.date) {
-                return Ok(Committed::PostCondition(reason));
-            }
-        }
-        let done = finished(run, rows);
-        match ledger.complete(&done).await {
-            Ok(true) => Ok(Committed::Done(Box::new(done))),
-            Ok(false) => Ok(Committed::TakenOver),
-            Err(e) => Err(WarehouseError(e.to_string())),
-        }
+        count_and_record(self, job.output, job.require_rows, job.date, run, ledger).await
     }
 
     /// Run a processor's statements for one date, `@data_date` bound; all or nothing where

@@ -276,11 +276,11 @@ impl Ledger for BigQuery {
     async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
         self.claim_row(run, seen).await?;
         let holder = self.claim_holder(&run.processor, run.data_date).await?;
+        let latest = self.latest(&run.processor, run.data_date).await?;
         if holder.as_deref() != Some(run.run_id.as_str()) {
-            let latest = self.latest(&run.processor, run.data_date).await?;
             return Ok(Claim::Lost(Box::new(latest.unwrap_or_else(|| run.clone()))));
         }
-        if let Some(cur) = self.latest(&run.processor, run.data_date).await?
+        if let Some(cur) = latest
             && cur.status == RunStatus::Running
             && cur.run_id != run.run_id
         {

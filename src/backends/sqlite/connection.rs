@@ -129,30 +129,12 @@ impl Connections {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let Some(path) = self.path.clone() else {
+        if self.path.is_none() {
             return self.write(f).await;
-        };
+        }
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let pooled = this.readers.lock().ok().and_then(|mut p| p.pop());
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open(&path).map_err(|e| e.to_string())?;
-                    configure(&c).map_err(|e| e.to_string())?;
-                    c
-                }
-            };
-            let result = f(&mut conn).map_err(|e| e.to_string());
-            if conn.is_autocommit()
-                && let Ok(mut pool) = this.readers.lock()
-                && pool.len() < READ_POOL
-            {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| format!("sqlite read task failed: {e}"))?
+        tokio::task::spawn_blocking(move || this.read_blocking(f))
+            .await
+            .map_err(|e| format!("sqlite read task failed: {e}"))?
     }
 }
