@@ -18,9 +18,13 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 const READ_POOL: usize = 8;
 /// Prepared statements cached per connection (`prepare_cached`).
 const STATEMENT_CACHE: usize = 64;
+/// How often the checkpointer copies the write-ahead log back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 pub(super) struct Connections {
     writer: mpsc::Sender<Job>,
+    /// Dropped with `Connections`: stops the checkpointer thread.
+    _stop_checkpointer: Option<mpsc::Sender<()>>,
     readers: Mutex<Vec<Connection>>,
     /// `None` for an in-memory database: reads go through the writer.
     path: Option<PathBuf>,
@@ -33,12 +37,21 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl Connections {
-    /// Open the file (WAL, synchronous = NORMAL) and start its writer thread.
+    /// Open the file (WAL, synchronous = NORMAL) and start its writer and checkpointer
+    /// threads.
     pub(super) fn open(path: &Path) -> rusqlite::Result<Arc<Connections>> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         configure(&conn)?;
+        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+        let stop_checkpointer = if in_memory {
+            None
+        } else {
+            // Commits never stop to copy the log back (and fsync): the checkpointer does.
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            Some(spawn_checkpointer(path)?)
+        };
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("phasegate-sqlite-writer".into())
@@ -49,10 +62,10 @@ impl Connections {
                     job(&mut conn);
                 }
             })
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+            .map_err(thread_error)?;
         Ok(Arc::new(Connections {
             writer: tx,
+            _stop_checkpointer: stop_checkpointer,
             readers: Mutex::new(Vec::new()),
             path: (!in_memory).then(|| path.to_path_buf()),
         }))
@@ -123,6 +136,18 @@ impl Connections {
         result
     }
 
+    /// Run `f` with a pooled read connection on the calling task (short indexed reads only).
+    pub(super) async fn read_point<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        if self.path.is_none() {
+            return self.write(f).await;
+        }
+        self.read_blocking(f)
+    }
+
     /// Run `f` with a read connection on the blocking pool.
     pub(super) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, String>
     where
@@ -137,4 +162,29 @@ impl Connections {
             .await
             .map_err(|e| format!("sqlite read task failed: {e}"))?
     }
+}
+
+fn thread_error(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// A thread with its own connection that checkpoints the write-ahead log every
+/// [`CHECKPOINT_EVERY`] (PASSIVE: it never blocks the writer or readers), so the writer's
+/// commits never pay for a checkpoint. It ends when the returned sender is dropped.
+fn spawn_checkpointer(path: &Path) -> rusqlite::Result<mpsc::Sender<()>> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("phasegate-sqlite-checkpointer".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "sqlite checkpoint failed; retrying");
+                }
+            }
+        })
+        .map_err(thread_error)?;
+    Ok(stop)
 }

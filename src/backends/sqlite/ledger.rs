@@ -253,7 +253,7 @@ impl Ledger for Sqlite {
         date: NaiveDate,
     ) -> Result<Option<RunRecord>, LedgerError> {
         let (processor, pipeline) = (processor.to_string(), self.pipeline.clone());
-        self.read(move |c| latest(c, &pipeline, &processor, date))
+        self.read_point(move |c| latest(c, &pipeline, &processor, date))
             .await
             .map_err(LedgerError)
     }

@@ -164,6 +164,17 @@ impl Sqlite {
         self.conns.read_blocking(f)
     }
 
+    /// A point read on an index (the ledger's latest run: tens of microseconds), run on the
+    /// calling task without a hand-off to the blocking pool, which would cost more in
+    /// thread wake-ups than the read itself. In memory it waits for the writer thread.
+    async fn read_point<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.conns.read_point(f).await
+    }
+
     /// Run `f` with a read connection of the pool.
     async fn read<T, F>(&self, f: F) -> Result<T, String>
     where
