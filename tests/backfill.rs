@@ -357,6 +357,43 @@ async fn the_workflow_stops_before_a_phase_whose_upstream_is_incomplete() {
     );
     assert!(text.contains("analytics      not started"), "{text}");
     assert_eq!(env.status("summary", d("2024-01-01")).await, None);
+
+    // The same workflow as JSON: one document, the phases that ran and why it stopped.
+    let out = phasegate(
+        &env,
+        "backfill --all --from 2024-01-01 --to 2024-01-03 --yes --error-policy continue --output json",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["phases"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(doc["phases"][0]["phase"], "raw");
+    assert!(
+        doc["stopped"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("phase raw"),
+        "{doc}"
+    );
+}
+
+#[tokio::test]
+async fn an_all_phase_dry_run_as_json_is_one_document_with_every_phase_in_order() {
+    let env = TestEnv::new("strict").await;
+    env.season(&dates("2024-01-01", 2)).await;
+    let out = phasegate(
+        &env,
+        "backfill --all --from 2024-01-01 --to 2024-01-02 --dry-run --output json",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let phases: Vec<&str> = doc["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(phases, ["raw", "analytics", "precompute", "predictions"]);
+    assert_eq!(env.status("ingest", d("2024-01-01")).await, None);
 }
 
 #[tokio::test]

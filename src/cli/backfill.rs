@@ -39,17 +39,28 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
             Some(p) => vec![p.clone()],
             None => app.config.phases.iter().map(|p| p.name.clone()).collect(),
         };
+        let mut plans = Vec::with_capacity(phases.len());
         for name in phases {
             let opts = BackfillOptions {
                 phase: name,
                 ..template.clone()
             };
             let plan = backfill::plan(&app.worker, &opts).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
-            } else {
+            if !json {
                 print!("{}", plan.render());
             }
+            plans.push(plan);
+        }
+        if json {
+            // One document: the phase's plan, or with --all every phase's plan in order.
+            let doc = match (args.all, plans.pop()) {
+                (false, Some(plan)) => serde_json::to_value(&plan)?,
+                (_, last) => {
+                    plans.extend(last);
+                    serde_json::json!({ "phases": plans })
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
