@@ -257,6 +257,20 @@ pub trait Ledger: Send + Sync {
         processor: &str,
         date: NaiveDate,
     ) -> Result<Option<RunRecord>, LedgerError>;
+    /// The latest run of each of `processors` for a date, in their order: what a delivery
+    /// reads to decide (its own processor and its upstream ones). One query where the
+    /// backend can (each is a billed job on BigQuery).
+    async fn latest_of(
+        &self,
+        processors: &[String],
+        date: NaiveDate,
+    ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
+        let mut out = Vec::with_capacity(processors.len());
+        for p in processors {
+            out.push(self.latest(p, date).await?);
+        }
+        Ok(out)
+    }
     /// Every run of a processor for a date (its latest state), oldest first.
     async fn history(
         &self,
@@ -280,28 +294,26 @@ pub trait Ledger: Send + Sync {
     ) -> Result<(), LedgerError>;
 }
 
-/// The latest done run of each upstream processor for a date: what a run consumes, and
-/// what a done run is stale against.
-pub async fn latest_upstream(
-    ledger: &dyn Ledger,
+/// The done runs among `latest` (the latest run of each of `upstream`, in order): what a
+/// run consumes, and what a done run is stale against.
+pub fn consumed(
     upstream: &[String],
-    date: NaiveDate,
-) -> Result<Vec<(UpstreamRun, RunRecord)>, LedgerError> {
-    let mut out = Vec::with_capacity(upstream.len());
-    for name in upstream {
-        if let Some(run) = ledger.latest(name, date).await?
-            && run.status.is_done()
-        {
-            out.push((
+    latest: &[Option<RunRecord>],
+) -> Vec<(UpstreamRun, RunRecord)> {
+    upstream
+        .iter()
+        .zip(latest)
+        .filter_map(|(name, run)| {
+            let run = run.as_ref().filter(|r| r.status.is_done())?;
+            Some((
                 UpstreamRun {
                     processor: name.clone(),
                     run_id: run.run_id.clone(),
                 },
-                run,
-            ));
-        }
-    }
-    Ok(out)
+                run.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// The latest run of `processor` for each date of a range that has one, each with whether

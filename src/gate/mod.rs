@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::config::{Config, EntityCompleteness, HistoricalGaps, Mode, Processor, Reference};
 use crate::dates::minus_days;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, RunRecord};
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// A check could not be evaluated (the store failed), as opposed to a check that failed.
@@ -86,6 +86,19 @@ pub async fn evaluate(
     ledger: &dyn Ledger,
     warehouse: &dyn Warehouse,
 ) -> Result<GateReport, GateError> {
+    let upstream = ledger.latest_of(&processor.checks.upstream, date).await?;
+    evaluate_with_upstream(config, processor, date, &upstream, warehouse).await
+}
+
+/// [`evaluate`] with the upstream processors' latest runs already read (in the order of
+/// `checks.upstream`): the worker reads them with its own latest run in one ledger call.
+pub async fn evaluate_with_upstream(
+    config: &Config,
+    processor: &Processor,
+    date: NaiveDate,
+    upstream: &[Option<RunRecord>],
+    warehouse: &dyn Warehouse,
+) -> Result<GateReport, GateError> {
     let checks = &processor.checks;
     let mut report = GateReport {
         processor: processor.name.clone(),
@@ -97,8 +110,9 @@ pub async fn evaluate(
         problems: Vec::new(),
         not_production_ready: Vec::new(),
     };
-    for name in &checks.upstream {
-        let status = upstream_status(ledger, name, date).await?;
+    for (i, name) in checks.upstream.iter().enumerate() {
+        let latest = upstream.get(i).and_then(Option::as_ref);
+        let status = UpstreamStatus::of(name, date, latest);
         if !status.safe_to_process {
             report.problems.push(format!(
                 "upstream {name} for {date}: {}",

@@ -3,7 +3,7 @@
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, RunRecord};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UpstreamStatus {
@@ -22,29 +22,37 @@ pub async fn upstream_status(
     processor: &str,
     date: NaiveDate,
 ) -> Result<UpstreamStatus, LedgerError> {
-    let Some(run) = ledger.latest(processor, date).await? else {
-        return Ok(UpstreamStatus {
+    let latest = ledger.latest(processor, date).await?;
+    Ok(UpstreamStatus::of(processor, date, latest.as_ref()))
+}
+
+impl UpstreamStatus {
+    /// The status `latest` (the upstream processor's latest run for `date`, if any) gives.
+    pub fn of(processor: &str, date: NaiveDate, latest: Option<&RunRecord>) -> UpstreamStatus {
+        let Some(run) = latest else {
+            return UpstreamStatus {
+                processor: processor.to_string(),
+                processor_succeeded: false,
+                status: "not_found".to_string(),
+                safe_to_process: false,
+                error_message: Some(format!("no run found for {processor} on {date}")),
+            };
+        };
+        let succeeded = run.status.is_done();
+        let error_message = if succeeded {
+            None
+        } else {
+            Some(match &run.errors {
+                Some(e) => format!("latest run {} is {}: {e}", run.run_id, run.status),
+                None => format!("latest run {} is {}", run.run_id, run.status),
+            })
+        };
+        UpstreamStatus {
             processor: processor.to_string(),
-            processor_succeeded: false,
-            status: "not_found".to_string(),
-            safe_to_process: false,
-            error_message: Some(format!("no run found for {processor} on {date}")),
-        });
-    };
-    let succeeded = run.status.is_done();
-    let error_message = if succeeded {
-        None
-    } else {
-        Some(match &run.errors {
-            Some(e) => format!("latest run {} is {}: {e}", run.run_id, run.status),
-            None => format!("latest run {} is {}", run.run_id, run.status),
-        })
-    };
-    Ok(UpstreamStatus {
-        processor: processor.to_string(),
-        processor_succeeded: succeeded,
-        status: run.status.to_string(),
-        safe_to_process: succeeded,
-        error_message,
-    })
+            processor_succeeded: succeeded,
+            status: run.status.to_string(),
+            safe_to_process: succeeded,
+            error_message,
+        }
+    }
 }

@@ -36,6 +36,15 @@ impl Ledger for TimedLedger {
         self.0.latest(processor, date).await
     }
 
+    async fn latest_of(
+        &self,
+        processors: &[String],
+        date: NaiveDate,
+    ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
+        let _t = StoreTimer::start("ledger", "latest_of");
+        self.0.latest_of(processors, date).await
+    }
+
     async fn history(
         &self,
         processor: &str,

@@ -3,6 +3,7 @@
 
 mod trace;
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -34,6 +35,7 @@ pub fn init(default_level: &str) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .compact()
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_writer(std::io::stderr),
             )
             .try_init()

@@ -106,6 +106,15 @@ impl Drop for Held {
     }
 }
 
+/// The upstream processors' runs a claimed run saw when it claimed.
+pub(super) struct Upstream {
+    /// The latest run of each upstream processor (in `checks.upstream` order): the gate's
+    /// upstream check reads these.
+    pub latest: Vec<Option<RunRecord>>,
+    /// The done ones among them: the lineage the run consumes.
+    pub consumed: Vec<RunRecord>,
+}
+
 /// What the latest run means for this delivery.
 enum Decision {
     Reuse(RunRecord),
@@ -139,11 +148,19 @@ impl Worker {
         deadline: Instant,
     ) -> Result<Step, WorkerError> {
         let policy = self.config.server.lease_policy(&self.config.backend.kind);
+        // The processor's own latest run, then its upstream processors' (one ledger call).
+        let names: Vec<String> = std::iter::once(p.name.clone())
+            .chain(p.checks.upstream.iter().cloned())
+            .collect();
         for _ in 0..CLAIM_ROUNDS {
-            let latest = self.ledger.latest(&p.name, req.data_date).await?;
-            let consumed =
-                ledger::latest_upstream(self.ledger.as_ref(), &p.checks.upstream, req.data_date)
-                    .await?;
+            let mut read = self.ledger.latest_of(&names, req.data_date).await?;
+            let latest = if read.is_empty() {
+                None
+            } else {
+                read.remove(0)
+            };
+            let upstream_latest = read;
+            let consumed = ledger::consumed(&p.checks.upstream, &upstream_latest);
             let lineage: Vec<UpstreamRun> = consumed.iter().map(|(u, _)| u.clone()).collect();
             let seen = match decide(req, latest, &lineage) {
                 Decision::Reuse(run) => return Ok(Step::Reused(Box::new(run))),
@@ -166,7 +183,10 @@ impl Worker {
             match self.ledger.claim(&run, seen.as_deref()).await? {
                 Claim::Won => {
                     let held = Held::new(Arc::clone(&self.ledger), run.clone(), policy);
-                    let upstream: Vec<RunRecord> = consumed.into_iter().map(|(_, r)| r).collect();
+                    let upstream = Upstream {
+                        latest: upstream_latest,
+                        consumed: consumed.into_iter().map(|(_, r)| r).collect(),
+                    };
                     return self
                         .run_claimed(p, req, run, held, &upstream, deadline)
                         .await;

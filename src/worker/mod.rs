@@ -113,7 +113,8 @@ impl Worker {
         let status = outcome.http_status();
         let body = outcome.body();
         if status < 300 {
-            tracing::info!(
+            // The `push summary` line (info) carries the outcome; this is its debug twin.
+            tracing::debug!(
                 phase = phase_name,
                 status,
                 outcome = outcome.label(),

@@ -25,7 +25,7 @@ impl Worker {
         ran: &[String],
     ) -> Result<Publication, String> {
         if req.skip_downstream {
-            tracing::info!(phase = %phase.name, data_date = %req.data_date,
+            tracing::debug!(phase = %phase.name, data_date = %req.data_date,
                 "skip_downstream_trigger set: completion event not published");
             return Ok(Publication::Skipped);
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use super::claim::Held;
+use super::claim::{Held, Upstream};
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
 use crate::config::{Mode, Processor, ProcessorKind};
 use crate::gate::{self, GateReport};
@@ -23,14 +23,14 @@ impl Worker {
         req: &RunRequest,
         mut run: RunRecord,
         held: Held,
-        upstream: &[RunRecord],
+        upstream: &Upstream,
         deadline: Instant,
     ) -> Result<Step, WorkerError> {
-        let report = match gate::evaluate(
+        let report = match gate::evaluate_with_upstream(
             &self.config,
             p,
             req.data_date,
-            self.ledger.as_ref(),
+            &upstream.latest,
             self.warehouse.as_ref(),
         )
         .await
@@ -48,7 +48,7 @@ impl Worker {
             }
         };
         crate::metrics::gate_report(&report);
-        let report = with_upstream_readiness(report, p, upstream);
+        let report = with_upstream_readiness(report, p, &upstream.consumed);
         if !p.checks.is_empty() {
             run.findings = serde_json::to_value(&report).ok();
         }
@@ -134,7 +134,7 @@ impl Worker {
             Ok(Committed::Done(done)) => {
                 held.disarm();
                 crate::metrics::run_finished(&done);
-                tracing::info!(processor = %p.name, data_date = %req.data_date,
+                tracing::debug!(processor = %p.name, data_date = %req.data_date,
                     status = %done.status, rows = ?done.rows_affected, "processor finished");
                 return Ok(Step::Ran(done));
             }
