@@ -71,36 +71,46 @@ impl Warehouse for Sqlite {
         to: NaiveDate,
         expected: Option<&Reference>,
     ) -> Result<Vec<DatePresence>, WarehouseError> {
-        let expected_cte = match expected {
-            None => "expected(d) AS (SELECT date(:from) UNION ALL \
-                     SELECT date(d, '+1 day') FROM expected WHERE d < date(:to))"
-                .to_string(),
-            Some(r) => format!(
-                "expected(d) AS (SELECT DISTINCT {c} FROM {t} WHERE {range})",
-                c = day(&r.date_column),
-                t = r.table,
-                range = days_between(&r.date_column, ":from", ":to"),
+        // Every day of the window is expected unless a reference table says which are.
+        let (expected_cte, every_day) = match expected {
+            None => (
+                "expected(d) AS (SELECT value FROM json_each(:days))".to_string(),
+                Some(
+                    serde_json::to_string(&crate::dates::days(from, to).collect::<Vec<_>>())
+                        .map_err(|e| WarehouseError(e.to_string()))?,
+                ),
+            ),
+            Some(r) => (
+                format!(
+                    "expected(d) AS (SELECT DISTINCT {c} FROM {t} WHERE {range})",
+                    c = day(&r.date_column),
+                    t = r.table,
+                    range = days_between(&r.date_column, ":from", ":to"),
+                ),
+                None,
             ),
         };
         // One index probe per expected date (it stops at the first row), rather than
         // reading and normalising every row of the window.
         let sql = format!(
-            "WITH RECURSIVE {expected_cte}
+            "WITH {expected_cte}
              SELECT e.d, EXISTS (SELECT 1 FROM {table} WHERE {present})
              FROM expected e ORDER BY e.d",
             present = days_between(date_column, "e.d", "e.d"),
         );
+        let (from, to) = (from.to_string(), to.to_string());
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                rusqlite::named_params! {":from": from.to_string(), ":to": to.to_string()},
-                |row| {
-                    Ok(DatePresence {
-                        date: parse_day(&row.get::<_, String>(0)?)?,
-                        present: row.get(1)?,
-                    })
-                },
-            )?;
+            let params: Vec<(&str, &dyn rusqlite::ToSql)> = match &every_day {
+                Some(days) => vec![(":days", days)],
+                None => vec![(":from", &from), (":to", &to)],
+            };
+            let rows = stmt.query_map(params.as_slice(), |row| {
+                Ok(DatePresence {
+                    date: parse_day(&row.get::<_, String>(0)?)?,
+                    present: row.get(1)?,
+                })
+            })?;
             rows.collect()
         })
         .await
