@@ -98,6 +98,7 @@ emulator_suite() {
     set -euo pipefail
     export PHASEGATE_TEST_BACKEND=bigquery
     cargo test --locked --test gate --test gate_truth --test cascade --test lineage --test backfill --test exactly_once
+    cargo test --locked --test bigquery_jobs -- --nocapture
     cargo test --locked --test e2e_emulators -- --ignored
   '
 }

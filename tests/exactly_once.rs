@@ -14,8 +14,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use common::{TestEnv, d};
 use phasegate::bus::{PublishError, Publisher};
+use phasegate::config::{EntityCompleteness, Reference};
 use phasegate::envelope::PushEnvelope;
 use phasegate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus};
+use phasegate::warehouse::{
+    Committed, DatePresence, EntityCount, ProcessorRun, Warehouse, WarehouseError,
+};
 use phasegate::worker::{PhaseOutcome, PushOutcome, RunRequest, Worker};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -55,15 +59,12 @@ impl Publisher for Counting {
     }
 }
 
-/// A ledger that can hold one `claim` until released, or fail one call after the claim.
+/// A ledger that can hold one `claim` until released.
 struct Faulty {
     inner: Arc<dyn Ledger>,
     pause_next_claim: AtomicBool,
     paused: Notify,
     release: Notify,
-    fail_next_latest_after_claim: AtomicBool,
-    pause_next_latest_after_claim: AtomicBool,
-    claimed: AtomicBool,
 }
 
 impl Faulty {
@@ -73,10 +74,71 @@ impl Faulty {
             pause_next_claim: AtomicBool::new(false),
             paused: Notify::new(),
             release: Notify::new(),
-            fail_next_latest_after_claim: AtomicBool::new(false),
-            pause_next_latest_after_claim: AtomicBool::new(false),
-            claimed: AtomicBool::new(false),
         })
+    }
+}
+
+/// A warehouse that can hold or fail the next processor run: a point after the claim and
+/// before the run's outcome is written.
+struct FaultyWarehouse {
+    inner: Arc<dyn Warehouse>,
+    pause_next_run: AtomicBool,
+    fail_next_run: AtomicBool,
+    paused: Notify,
+}
+
+impl FaultyWarehouse {
+    fn new(inner: Arc<dyn Warehouse>) -> Arc<FaultyWarehouse> {
+        Arc::new(FaultyWarehouse {
+            inner,
+            pause_next_run: AtomicBool::new(false),
+            fail_next_run: AtomicBool::new(false),
+            paused: Notify::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Warehouse for FaultyWarehouse {
+    async fn run_and_record(
+        &self,
+        job: &ProcessorRun<'_>,
+        run: RunRecord,
+        ledger: &dyn Ledger,
+    ) -> Result<Committed, WarehouseError> {
+        if self.fail_next_run.swap(false, Ordering::SeqCst) {
+            return Err(WarehouseError("injected: connection reset".into()));
+        }
+        if self.pause_next_run.swap(false, Ordering::SeqCst) {
+            self.paused.notify_one();
+            // Held until the request is dropped.
+            std::future::pending::<()>().await;
+        }
+        self.inner.run_and_record(job, run, ledger).await
+    }
+    async fn run_statements(&self, s: &[String], d: NaiveDate) -> Result<(), WarehouseError> {
+        self.inner.run_statements(s, d).await
+    }
+    async fn count_rows(&self, t: &str, c: &str, d: NaiveDate) -> Result<u64, WarehouseError> {
+        self.inner.count_rows(t, c, d).await
+    }
+    async fn date_presence(
+        &self,
+        t: &str,
+        c: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        self.inner.date_presence(t, c, from, to, expected).await
+    }
+    async fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        d: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        self.inner.entity_counts(spec, reference, d).await
     }
 }
 
@@ -93,9 +155,7 @@ impl Ledger for Faulty {
             self.paused.notify_one();
             self.release.notified().await;
         }
-        let claim = self.inner.claim(run, seen).await;
-        self.claimed.store(true, Ordering::SeqCst);
-        claim
+        self.inner.claim(run, seen).await
     }
     async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
         self.inner.complete(run).await
@@ -111,21 +171,6 @@ impl Ledger for Faulty {
         self.inner.claim_publication(ids, until).await
     }
     async fn latest(&self, p: &str, date: NaiveDate) -> Result<Option<RunRecord>, LedgerError> {
-        if self.claimed.load(Ordering::SeqCst)
-            && self
-                .fail_next_latest_after_claim
-                .swap(false, Ordering::SeqCst)
-        {
-            return Err(LedgerError("injected: connection reset".into()));
-        }
-        if self.claimed.load(Ordering::SeqCst)
-            && self
-                .pause_next_latest_after_claim
-                .swap(false, Ordering::SeqCst)
-        {
-            self.paused.notify_one();
-            self.release.notified().await;
-        }
         self.inner.latest(p, date).await
     }
     async fn history(&self, p: &str, date: NaiveDate) -> Result<Vec<RunRecord>, LedgerError> {
@@ -162,10 +207,19 @@ fn push_body(date: NaiveDate, message_id: &str) -> Vec<u8> {
 }
 
 fn worker_on(env: &TestEnv, ledger: Arc<dyn Ledger>, publisher: Arc<dyn Publisher>) -> Arc<Worker> {
+    worker_with(env, ledger, env.app.warehouse().clone(), publisher)
+}
+
+fn worker_with(
+    env: &TestEnv,
+    ledger: Arc<dyn Ledger>,
+    warehouse: Arc<dyn Warehouse>,
+    publisher: Arc<dyn Publisher>,
+) -> Arc<Worker> {
     Arc::new(Worker::new(
         env.app.config.clone(),
         ledger,
-        env.app.warehouse().clone(),
+        warehouse,
         publisher,
     ))
 }
@@ -251,20 +305,22 @@ async fn a_request_dropped_mid_run_is_released_and_its_redelivery_succeeds() {
     let env = TestEnv::new("soft").await;
     let day = d("2024-01-01");
     env.season(&[day]).await;
-    let faulty = Faulty::new(env.app.ledger().clone());
+    let faulty = FaultyWarehouse::new(env.app.warehouse().clone());
     let counting = Arc::new(Counting::default());
-    let worker = worker_on(&env, faulty.clone(), counting.clone());
+    let worker = worker_with(
+        &env,
+        env.app.ledger().clone(),
+        faulty.clone(),
+        counting.clone(),
+    );
 
     worker
         .handle_push("raw", &push_body(day, "raw"))
         .await
         .http_status();
-    faulty.claimed.store(false, Ordering::SeqCst);
-    // analytics claims the date, then its gate reads the ledger: the request is dropped
-    // right there (client gone, hyper drops the future) and never resumes.
-    faulty
-        .pause_next_latest_after_claim
-        .store(true, Ordering::SeqCst);
+    // analytics claims the date and passes its gate; as its processor starts, the request
+    // is dropped (client gone, hyper drops the future) and never resumes.
+    faulty.pause_next_run.store(true, Ordering::SeqCst);
     let paused = faulty.paused.notified();
     let dropped = {
         let w = worker.clone();
@@ -324,15 +380,21 @@ async fn an_error_after_the_claim_releases_it_for_the_redelivery() {
             .http_status(),
         200
     );
-    let faulty = Faulty::new(env.app.ledger().clone());
-    let worker = worker_on(&env, faulty.clone(), Arc::new(Counting::default()));
-    // analytics' gate reads the upstream run after the claim: that read fails once.
-    faulty
-        .fail_next_latest_after_claim
-        .store(true, Ordering::SeqCst);
+    let faulty = FaultyWarehouse::new(env.app.warehouse().clone());
+    let worker = worker_with(
+        &env,
+        env.app.ledger().clone(),
+        faulty.clone(),
+        Arc::new(Counting::default()),
+    );
+    // analytics claims the date; its processor's store call then fails once.
+    faulty.fail_next_run.store(true, Ordering::SeqCst);
     let first = worker.handle_push("analytics", &push_body(day, "x")).await;
-    assert_eq!(first.http_status(), 503, "{:?}", first.body());
-    assert!(matches!(first, PushOutcome::StoreUnavailable(_)));
+    assert_eq!(first.http_status(), 500, "{:?}", first.body());
+    assert!(matches!(
+        first,
+        PushOutcome::Ran(PhaseOutcome::Failed { .. })
+    ));
     let second = worker.handle_push("analytics", &push_body(day, "x")).await;
     assert_eq!(second.http_status(), 200, "{:?}", second.body());
     let history = env.app.ledger().history("summary", day).await.unwrap();
@@ -345,12 +407,6 @@ async fn an_error_after_the_claim_releases_it_for_the_redelivery() {
 
 #[tokio::test]
 async fn a_forced_rerun_whose_post_condition_fails_keeps_the_previous_output() {
-    if common::backend() == common::Backend::BigQuery {
-        // Known limit, stated in README: on BigQuery the statements and the post-condition
-        // are separate jobs (bqemulator cannot run a parameterised multi-statement
-        // transaction), so a failed post-condition cannot roll the statements back yet.
-        return;
-    }
     let env = TestEnv::new("soft").await;
     let day = d("2024-01-01");
     env.season(&[day]).await;

@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     BigQuery, CLAIMS_SCHEMA, CLAIMS_TABLE, LEDGER_SCHEMA, LEDGER_TABLE, Row, array_param,
-    date_param, param, parse_bool, parse_bq_ts, ts_param,
+    date_param, param, parse_bool, parse_bq_ts, script, ts_param,
 };
 use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus, TriggerKind};
 
@@ -24,58 +24,73 @@ fn column_list(schema: &[(&str, &str, &str)]) -> String {
 }
 
 impl BigQuery {
-    /// The compare-and-set: make `run` the claims row's run when the row still names
-    /// `seen` (or does not exist) and its lease ran out or its run is done. BigQuery
-    /// serialises mutating DML on a table, so of two concurrent claims at most one matches.
-    async fn claim_row(&self, run: &RunRecord, seen: Option<&str>) -> Result<(), LedgerError> {
-        let sql = format!(
-            "MERGE {c} T
-             USING (SELECT @pipeline AS pipeline, @p AS processor_name, @d AS data_date) S
-             ON T.pipeline = S.pipeline AND T.processor_name = S.processor_name
-                AND T.data_date = S.data_date
-             WHEN MATCHED AND (T.run_id = @seen OR T.lease_until < CURRENT_TIMESTAMP()) THEN
-               UPDATE SET run_id = @r, lease_until = @until, claimed_at = CURRENT_TIMESTAMP()
-             WHEN NOT MATCHED THEN
-               INSERT (pipeline, processor_name, data_date, run_id, lease_until, claimed_at)
-               VALUES (@pipeline, @p, @d, @r, @until, CURRENT_TIMESTAMP())",
-            c = self.table(CLAIMS_TABLE)
-        );
-        let params = vec![
-            param("pipeline", "STRING", Some(self.pipeline.to_string())),
-            param("p", "STRING", Some(run.processor.clone())),
-            date_param("d", run.data_date),
-            param("seen", "STRING", Some(seen.unwrap_or("").to_string())),
-            param("r", "STRING", Some(run.run_id.clone())),
-            ts_param("until", run.lease_until.as_ref()),
-        ];
-        self.query(&sql, params)
-            .await
-            .map(|_| ())
-            .map_err(LedgerError)
+    /// `pipeline = … AND processor_name = … AND data_date = …` as literals (scripts).
+    fn claim_key(&self, processor: &str, date: NaiveDate) -> String {
+        format!(
+            "pipeline = {} AND processor_name = {} AND data_date = {}",
+            script::string(Some(&self.pipeline)),
+            script::string(Some(processor)),
+            script::date(date)
+        )
     }
 
-    /// The run the claims row names (the smallest id if a first-claim race left two rows).
-    async fn claim_holder(
-        &self,
-        processor: &str,
-        date: NaiveDate,
-    ) -> Result<Option<String>, LedgerError> {
-        let sql = format!(
-            "SELECT run_id FROM {c} WHERE pipeline = @pipeline AND processor_name = @p \
-             AND data_date = @d ORDER BY claimed_at, run_id LIMIT 1",
-            c = self.table(CLAIMS_TABLE)
-        );
-        let rows = self
-            .query(
-                &sql,
-                vec![
-                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
-                    param("p", "STRING", Some(processor.to_string())),
-                    date_param("d", date),
-                ],
-            )
-            .await
-            .map_err(LedgerError)?;
+    /// The run the claims row names (the smallest id if a first-claim race left two rows),
+    /// as a scalar subquery.
+    pub(super) fn holder_sql(&self, processor: &str, date: NaiveDate) -> String {
+        format!(
+            "(SELECT run_id FROM {c} WHERE {key} ORDER BY claimed_at, run_id LIMIT 1)",
+            c = self.table(CLAIMS_TABLE),
+            key = self.claim_key(processor, date)
+        )
+    }
+
+    /// `INSERT INTO ledger (columns, recorded_at) SELECT … WHERE <the claim is r's>`.
+    fn insert_if_holder(&self, r: &RunRecord, overrides: &[(&str, String)]) -> String {
+        format!(
+            "INSERT INTO {l} ({cols}, recorded_at) {row} FROM (SELECT 1) WHERE {holder} = {id}",
+            l = self.table(LEDGER_TABLE),
+            cols = Self::ledger_columns(),
+            row = script::ledger_row_select(r, &self.pipeline, overrides),
+            holder = self.holder_sql(&r.processor, r.data_date),
+            id = script::string(Some(&r.run_id)),
+        )
+    }
+
+    /// When `r` holds the claim and `seen` is still `running` (its lease ran out), record
+    /// `seen` as failed: it was taken over.
+    fn abandon_if_taken_over(&self, r: &RunRecord, seen: &str) -> String {
+        let reason = format!("abandoned: lease ran out; taken over by run {}", r.run_id);
+        let exprs: Vec<String> = LEDGER_SCHEMA
+            .iter()
+            .map(|(c, _, _)| *c)
+            .filter(|c| *c != "recorded_at")
+            .map(|c| match c {
+                "status" => "'failed'".to_string(),
+                "finished_at" => "CURRENT_TIMESTAMP()".to_string(),
+                "errors" => script::string(Some(&reason)),
+                "lease_until" => "CAST(NULL AS TIMESTAMP)".to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        format!(
+            "INSERT INTO {l} ({cols}, recorded_at)
+             SELECT {exprs}, CURRENT_TIMESTAMP() FROM (
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS k
+               FROM {l} WHERE pipeline = {pl} AND run_id = {seen})
+             WHERE k = 1 AND status = 'running' AND {holder} = {id}",
+            l = self.table(LEDGER_TABLE),
+            cols = Self::ledger_columns(),
+            exprs = exprs.join(", "),
+            pl = script::string(Some(&self.pipeline)),
+            seen = script::string(Some(seen)),
+            holder = self.holder_sql(&r.processor, r.data_date),
+            id = script::string(Some(&r.run_id)),
+        )
+    }
+
+    /// Run a script whose last statement selects the claim holder; return it.
+    async fn script_returning_holder(&self, sql: &str) -> Result<Option<String>, LedgerError> {
+        let rows = self.query(sql, Vec::new()).await.map_err(LedgerError)?;
         Ok(rows
             .into_iter()
             .next()
@@ -227,6 +242,28 @@ impl Ledger for BigQuery {
         Ok(self.history(processor, date).await?.pop())
     }
 
+    async fn latest_of(
+        &self,
+        processors: &[String],
+        date: NaiveDate,
+    ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
+        // One job for all of them: runs come newest first within the date.
+        let runs = self
+            .runs(
+                "pipeline = @pipeline AND processor_name IN UNNEST(@ps) AND data_date = @d",
+                vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
+                    array_param("ps", processors),
+                    date_param("d", date),
+                ],
+            )
+            .await?;
+        Ok(processors
+            .iter()
+            .map(|p| runs.iter().find(|r| &r.processor == p).cloned())
+            .collect())
+    }
+
     async fn history(
         &self,
         processor: &str,
@@ -274,40 +311,53 @@ impl Ledger for BigQuery {
     }
 
     async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
-        self.claim_row(run, seen).await?;
-        let holder = self.claim_holder(&run.processor, run.data_date).await?;
-        let latest = self.latest(&run.processor, run.data_date).await?;
-        if holder.as_deref() != Some(run.run_id.as_str()) {
-            return Ok(Claim::Lost(Box::new(latest.unwrap_or_else(|| run.clone()))));
+        // One job: the compare-and-set on the claims row (BigQuery serialises mutating DML
+        // on a table, so of two concurrent claims at most one matches), then — only if it
+        // won — the taken-over run's `failed` row and this run's `running` row, then the
+        // holder, read back.
+        let seen_id = seen.unwrap_or("");
+        let (p, d) = (&run.processor, run.data_date);
+        let id = script::string(Some(&run.run_id));
+        let merge = format!(
+            "MERGE {c} T
+             USING (SELECT {pl} AS pipeline, {pn} AS processor_name, {dd} AS data_date) S
+             ON T.pipeline = S.pipeline AND T.processor_name = S.processor_name
+                AND T.data_date = S.data_date
+             WHEN MATCHED AND (T.run_id = {seen} OR T.lease_until < CURRENT_TIMESTAMP()) THEN
+               UPDATE SET run_id = {id}, lease_until = {until}, claimed_at = CURRENT_TIMESTAMP()
+             WHEN NOT MATCHED THEN
+               INSERT (pipeline, processor_name, data_date, run_id, lease_until, claimed_at)
+               VALUES (S.pipeline, S.processor_name, S.data_date, {id}, {until}, CURRENT_TIMESTAMP())",
+            c = self.table(CLAIMS_TABLE),
+            pl = script::string(Some(&self.pipeline)),
+            pn = script::string(Some(p)),
+            dd = script::date(d),
+            seen = script::string(Some(seen_id)),
+            until = script::timestamp(run.lease_until.as_ref()),
+        );
+        let mut steps = vec![merge];
+        if seen.is_some() {
+            steps.push(self.abandon_if_taken_over(run, seen_id));
         }
-        if let Some(cur) = latest
-            && cur.status == RunStatus::Running
-            && cur.run_id != run.run_id
-        {
-            let mut dead = cur;
-            dead.finish(
-                RunStatus::Failed,
-                None,
-                Some(format!(
-                    "abandoned: lease ran out; taken over by run {}",
-                    run.run_id
-                )),
-            );
-            dead.lease_until = None;
-            self.record(&dead).await?;
+        steps.push(self.insert_if_holder(run, &[]));
+        steps.push(format!("SELECT {}", self.holder_sql(p, d)));
+        let holder = self.script_returning_holder(&steps.join(";\n")).await?;
+        if holder.as_deref() == Some(run.run_id.as_str()) {
+            return Ok(Claim::Won);
         }
-        self.record(run).await?;
-        Ok(Claim::Won)
+        let latest = self.latest(p, d).await?;
+        Ok(Claim::Lost(Box::new(latest.unwrap_or_else(|| run.clone()))))
     }
 
     async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
-        // Written only while the claims row still names this run (one conditional INSERT).
-        let holder = self.claim_holder(&run.processor, run.data_date).await?;
-        if holder.as_deref() != Some(run.run_id.as_str()) {
-            return Ok(false);
-        }
-        self.record(run).await?;
-        Ok(true)
+        // One job: the outcome row, written only while the claims row still names this run.
+        let sql = format!(
+            "{};\nSELECT {}",
+            self.insert_if_holder(run, &[]),
+            self.holder_sql(&run.processor, run.data_date)
+        );
+        let holder = self.script_returning_holder(&sql).await?;
+        Ok(holder.as_deref() == Some(run.run_id.as_str()))
     }
 
     async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
@@ -391,11 +441,27 @@ impl Ledger for BigQuery {
         runs: &[RunRecord],
         at: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        for run in runs {
-            let mut next = run.clone();
-            next.published_at = Some(at);
-            self.record(&next).await?;
+        if runs.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // One INSERT for every run of the phase (one job, one DML statement of the quota).
+        let rows: Vec<String> = runs
+            .iter()
+            .map(|run| {
+                let mut next = run.clone();
+                next.published_at = Some(at);
+                script::ledger_row_select(&next, &self.pipeline, &[])
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {t} ({cols}, recorded_at) {rows}",
+            t = self.table(LEDGER_TABLE),
+            cols = Self::ledger_columns(),
+            rows = rows.join(" UNION ALL ")
+        );
+        self.query(&sql, Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(LedgerError)
     }
 }

@@ -414,4 +414,5 @@ impl BigQuery {
 }
 
 mod ledger;
+mod script;
 mod warehouse;

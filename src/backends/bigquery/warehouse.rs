@@ -3,12 +3,121 @@
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use super::{BigQuery, date_param, param, parse_bool};
+use super::{BigQuery, LEDGER_TABLE, date_param, param, parse_bool, script};
 use crate::config::{EntityCompleteness, Reference};
-use crate::warehouse::{DatePresence, EntityCount, Warehouse, WarehouseError};
+use crate::ledger::{Ledger, RunRecord};
+use crate::warehouse::{
+    Committed, DatePresence, EntityCount, ProcessorRun, Warehouse, WarehouseError, finished,
+    post_condition,
+};
+
+impl BigQuery {
+    /// `SELECT COUNT(*) FROM table WHERE <its date column is date>` with literals (scripts).
+    fn count_sql(&self, table: &str, date_column: &str, date: NaiveDate) -> String {
+        format!(
+            "SELECT COUNT(*) AS n FROM {} WHERE {} = {}",
+            self.table(table),
+            day(date_column),
+            script::date(date)
+        )
+    }
+
+    /// A processor run as one script in one transaction (one job): the claim must still be
+    /// this run's, then its statements, the post-condition, and its outcome row (status and
+    /// row count computed in the script). A raised error rolls every statement back.
+    fn run_script(&self, job: &ProcessorRun<'_>, template: &RunRecord) -> String {
+        let d = job.date;
+        let mut steps = vec![
+            "BEGIN TRANSACTION".to_string(),
+            format!(
+                "SELECT IF({holder} = {id}, 0, ERROR('{lost}'))",
+                holder = self.holder_sql(&template.processor, d),
+                id = script::string(Some(&template.run_id)),
+                lost = script::CLAIM_LOST
+            ),
+        ];
+        steps.extend(
+            job.statements
+                .iter()
+                .map(|sql| script::bind_data_date(&self.expand(sql), d)),
+        );
+        let mut outcome = script::ledger_row_select(template, &self.pipeline, &[]);
+        let mut rows = "SELECT CAST(NULL AS INT64)".to_string();
+        if let Some(out) = job.output {
+            let count = self.count_sql(&out.table, &out.date_column, d);
+            if let Some(r) = job.require_rows {
+                let scheduled = self.count_sql(&r.table, &r.date_column, d);
+                steps.push(format!(
+                    "SELECT IF(({count}) = 0 AND ({scheduled}) > 0, \
+                     ERROR(CONCAT('{pc} ', CAST(({scheduled}) AS STRING))), 0)",
+                    pc = script::POST_CONDITION
+                ));
+            }
+            outcome = format!(
+                "{} FROM ({count}) AS o",
+                script::ledger_row_select(
+                    template,
+                    &self.pipeline,
+                    &[
+                        ("status", "IF(o.n = 0, 'no_data', 'success')".to_string()),
+                        ("rows_affected", "o.n".to_string()),
+                    ],
+                )
+            );
+            rows = count;
+        }
+        steps.push(format!(
+            "INSERT INTO {l} ({cols}, recorded_at) {outcome}",
+            l = self.table(LEDGER_TABLE),
+            cols = Self::ledger_columns(),
+        ));
+        steps.push("COMMIT TRANSACTION".to_string());
+        steps.push(rows);
+        steps.join(";\n")
+    }
+}
+
+/// What a script's raised error means (`None`: a real failure).
+fn scripted_outcome(error: &str, job: &ProcessorRun<'_>) -> Option<Committed> {
+    if error.contains(script::CLAIM_LOST) {
+        return Some(Committed::TakenOver);
+    }
+    let (_, tail) = error.split_once(script::POST_CONDITION)?;
+    let scheduled: u64 = tail
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let reason = post_condition(Some(0), scheduled, job.require_rows?, job.date)?;
+    Some(Committed::PostCondition(reason))
+}
 
 #[async_trait]
 impl Warehouse for BigQuery {
+    async fn run_and_record(
+        &self,
+        job: &ProcessorRun<'_>,
+        run: RunRecord,
+        _ledger: &dyn Ledger,
+    ) -> Result<Committed, WarehouseError> {
+        // The template's finish time and lease are what the outcome row records.
+        let template = finished(run, None);
+        let sql = self.run_script(job, &template);
+        let rows = match self.query(&sql, Vec::new()).await {
+            Ok(rows) => rows,
+            Err(e) => return scripted_outcome(&e, job).ok_or(WarehouseError(e)),
+        };
+        let count = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|s| s.parse::<u64>().ok());
+        let finished_at = template.finished_at;
+        let mut done = finished(template, count);
+        done.finished_at = finished_at;
+        Ok(Committed::Done(Box::new(done)))
+    }
+
     async fn run_statements(
         &self,
         statements: &[String],
