@@ -5,6 +5,8 @@
 #
 # Stages, in order (each timed; the table is printed at the end, also after a failure):
 # 1. fmt, clippy: formatting and lints (cargo fmt --check, clippy -D warnings);
+#    light build: the same lints on the build without the `gcp` feature (README's first
+#    command builds it), so it keeps compiling cleanly;
 # 2. tests: every test on the embedded default (SQLite + in-process bus);
 # 3. emulator suite: scripts/emulators.sh creates the venv, starts Google's Pub/Sub emulator
 #    and bqemulator on free ports, and always stops them:
@@ -105,6 +107,7 @@ emulator_suite() {
 
 stage fmt cargo fmt --all -- --check
 stage clippy cargo clippy --all-targets --locked -- -D warnings
+stage "light build" cargo clippy --no-default-features --all-targets --locked -- -D warnings
 stage tests cargo test --locked
 if [[ "${PHASEGATE_SKIP_EMULATORS:-0}" != 1 ]]; then
   stage "emulator suite" emulator_suite

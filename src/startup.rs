@@ -1,17 +1,18 @@
 //! Building the application from its configuration: the backends, the bus, the worker.
 
+mod gcp;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::backends::bigquery::BigQuery;
 use crate::backends::in_process::InProcessBus;
-use crate::backends::pubsub::{PubSubAdmin, PubSubBus};
 use crate::backends::sqlite::Sqlite;
 use crate::bus::Publisher;
 use crate::config::{BackendKind, BusKind, Config};
 use crate::ledger::Ledger;
 use crate::warehouse::Warehouse;
 use crate::worker::Worker;
+use gcp::BigQuery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -19,6 +20,12 @@ pub enum StartupError {
     Sqlite { path: String, message: String },
     #[error("{0}")]
     Backend(String),
+    /// The configuration chooses a Google Cloud backend this binary was built without.
+    #[error(
+        "{0} needs Google Cloud support, but this binary was built without the `gcp` feature; \
+         build with default features: cargo build --release"
+    )]
+    NoGcp(&'static str),
 }
 
 /// The concrete store behind the ledger and warehouse traits.
@@ -35,7 +42,7 @@ pub struct App {
     /// The in-process bus, when the bus is embedded.
     pub bus: Option<Arc<InProcessBus>>,
     /// The Pub/Sub bus, when the bus is Pub/Sub.
-    pub pubsub: Option<Arc<PubSubBus>>,
+    pub pubsub: Option<Arc<dyn Publisher>>,
     /// The SQLite store, when the backend is embedded.
     pub sqlite: Option<Sqlite>,
     pub store: Store,
@@ -68,21 +75,10 @@ impl App {
                 .execute_batch(setup.join(";\n"))
                 .await
                 .map_err(|e| err(e.to_string()))?,
-            Store::BigQuery(bq) => {
-                for sql in &setup {
-                    bq.execute(sql).await.map_err(|e| err(e.to_string()))?;
-                }
-            }
+            Store::BigQuery(bq) => gcp::run_setup(bq, &setup).await?,
         }
         if self.config.bus.kind == BusKind::Pubsub {
-            let admin = PubSubAdmin::connect(&self.config.bus).await.map_err(err)?;
-            for phase in &self.config.phases {
-                admin.ensure_topic(phase.input()).await.map_err(err)?;
-                admin
-                    .ensure_topic(&phase.completion_topic)
-                    .await
-                    .map_err(err)?;
-            }
+            gcp::ensure_topics(&self.config).await?;
         }
         Ok(())
     }
@@ -124,6 +120,7 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
 
 /// Build the application; `deliveries` says whether an in-process bus delivers.
 pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, StartupError> {
+    gcp::require(&config)?;
     let config = Arc::new(config);
     let store = match config.backend.kind {
         BackendKind::Sqlite => {
@@ -135,27 +132,15 @@ pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, S
                 }
             })?)
         }
-        BackendKind::Bigquery => Store::BigQuery(
-            BigQuery::connect(&config.backend)
-                .await
-                .map_err(StartupError::Backend)?
-                .for_pipeline(&config.pipeline.name),
-        ),
+        BackendKind::Bigquery => Store::BigQuery(gcp::connect_bigquery(&config).await?),
     };
     let (ledger, warehouse): (Arc<dyn Ledger>, Arc<dyn Warehouse>) = match &store {
         Store::Sqlite(db) => (Arc::new(db.clone()), Arc::new(db.clone())),
-        Store::BigQuery(bq) => (Arc::new(bq.clone()), Arc::new(bq.clone())),
+        Store::BigQuery(bq) => gcp::ledger_and_warehouse(bq),
     };
     let (bus, pubsub) = match config.bus.kind {
         BusKind::InProcess => (Some(open_bus(&config, &store).await?), None),
-        BusKind::Pubsub => (
-            None,
-            Some(Arc::new(
-                PubSubBus::connect(&config.bus)
-                    .await
-                    .map_err(StartupError::Backend)?,
-            )),
-        ),
+        BusKind::Pubsub => (None, Some(gcp::connect_pubsub(&config).await?)),
     };
     let publisher: Arc<dyn Publisher> = match (&bus, &pubsub) {
         (Some(b), _) => Arc::new(b.clone()),

@@ -292,6 +292,17 @@ fn quiet_broken_pipe() {
     }));
 }
 
+/// The binary's entry point: [`main`] on a Tokio runtime.
+///
+/// The runtime is started here, not in `src/main.rs`: a `block_on` in the binary crate
+/// compiles every command's future there, after this crate, together with copies of the
+/// generic code this crate already has. Here the last step of a cold release build (this
+/// crate, then the binary) takes 48 s instead of 58 s on 2 cores.
+#[tokio::main]
+pub async fn run() -> ExitCode {
+    main().await
+}
+
 /// Parse arguments, run the command, map the result to an exit code.
 pub async fn main() -> ExitCode {
     quiet_broken_pipe();

@@ -15,7 +15,6 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
 
-use crate::backends::pubsub::PubSubBus;
 use crate::backfill::execution::DateRunner;
 use crate::backfill::plan::{is_done, phase};
 use crate::backfill::report::DateResult;
@@ -29,7 +28,8 @@ use crate::worker::WorkerError;
 const POLL: Duration = Duration::from_millis(500);
 
 pub struct PubSubRunner {
-    bus: Arc<PubSubBus>,
+    /// The Pub/Sub bus.
+    bus: Arc<dyn Publisher>,
     ledger: Arc<dyn Ledger>,
     topic: String,
     processors: Vec<String>,
