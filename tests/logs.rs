@@ -40,7 +40,8 @@ async fn logged_pushes(env: &TestEnv) -> Vec<Value> {
         .env("PORT", port.to_string())
         .env("PHASEGATE_LOG_FORMAT", "json")
         .env("GOOGLE_CLOUD_PROJECT", "my-proj")
-        .env_remove("RUST_LOG")
+        // Debug: the per-push detail lines too, so "every line" is more than the summary.
+        .env("RUST_LOG", "phasegate=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
