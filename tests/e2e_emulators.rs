@@ -5,6 +5,9 @@
 //! Needs the emulators: `scripts/emulators.sh cargo test --test e2e_emulators -- --ignored`
 //! (scripts/test.sh does this).
 
+// Needs the Pub/Sub and BigQuery clients: the `gcp` feature (default).
+#![cfg(feature = "gcp")]
+
 mod common;
 
 use std::collections::BTreeMap;

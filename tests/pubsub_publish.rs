@@ -2,6 +2,9 @@
 //! with backoff, then the push is nacked (503) with the run recorded and its event owed; the
 //! next delivery publishes the owed event without running again (the outbox).
 
+// Needs the Pub/Sub client: the `gcp` feature (default).
+#![cfg(feature = "gcp")]
+
 mod common;
 
 use std::collections::BTreeMap;
