@@ -13,6 +13,10 @@
 //! | `phasegate_processor_duration_seconds` | histogram | `processor`, `status` |
 //! | `phasegate_publish_failures_total` | counter | `phase` |
 //! | `phasegate_store_call_duration_seconds` | histogram | `store`, `op` |
+//! | `phasegate_sqlite_commits_total` | counter | — |
+//! | `phasegate_sqlite_grouped_writes_total` | counter | — |
+//!
+//! On SQLite, grouped writes ÷ commits is the average size of a group commit.
 
 mod timed_store;
 
@@ -30,6 +34,8 @@ pub const GATE_RESULTS: &str = "phasegate_gate_results_total";
 pub const PROCESSOR_DURATION: &str = "phasegate_processor_duration_seconds";
 pub const PUBLISH_FAILURES: &str = "phasegate_publish_failures_total";
 pub const STORE_CALL_DURATION: &str = "phasegate_store_call_duration_seconds";
+pub const SQLITE_COMMITS: &str = "phasegate_sqlite_commits_total";
+pub const SQLITE_GROUPED_WRITES: &str = "phasegate_sqlite_grouped_writes_total";
 
 /// Histogram buckets in seconds: from a fast SQLite call to a slow BigQuery job.
 const BUCKETS: &[f64] = &[
@@ -75,6 +81,14 @@ fn describe() {
         STORE_CALL_DURATION,
         Unit::Seconds,
         "Ledger and warehouse call latency."
+    );
+    describe_counter!(
+        SQLITE_COMMITS,
+        "SQLite group transactions committed by the writer thread."
+    );
+    describe_counter!(
+        SQLITE_GROUPED_WRITES,
+        "SQLite writes committed in group transactions (one savepoint each)."
     );
 }
 
@@ -162,6 +176,12 @@ pub fn processor_duration(processor: &str, status: &str, secs: f64) {
 /// A completion event of `phase` could not be published.
 pub fn publish_failed(phase: &str) {
     ::metrics::counter!(PUBLISH_FAILURES, "phase" => phase.to_string()).increment(1);
+}
+
+/// The SQLite writer committed a group of `writes` writes in one transaction.
+pub fn sqlite_group_committed(writes: usize) {
+    ::metrics::counter!(SQLITE_COMMITS).increment(1);
+    ::metrics::counter!(SQLITE_GROUPED_WRITES).increment(writes as u64);
 }
 
 /// A ledger or warehouse call: `store` is `ledger` or `warehouse`, `op` the method name.

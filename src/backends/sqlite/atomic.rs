@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use rusqlite::{Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Savepoint, params};
 
 use super::Sqlite;
 use super::warehouse::{count_rows_sql, expand_dataset};
@@ -23,7 +23,7 @@ const DEADLINE_CHECK_STEPS: std::ffi::c_int = 10_000;
 
 /// Run each statement with `@data_date` bound; any other parameter is refused.
 pub(super) fn execute_statements(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     statements: &[String],
     date: NaiveDate,
 ) -> rusqlite::Result<()> {
@@ -47,12 +47,7 @@ pub(super) fn execute_statements(
     Ok(())
 }
 
-fn count(
-    tx: &Transaction<'_>,
-    table: &str,
-    column: &str,
-    date: NaiveDate,
-) -> rusqlite::Result<u64> {
+fn count(tx: &Connection, table: &str, column: &str, date: NaiveDate) -> rusqlite::Result<u64> {
     let n: i64 = tx
         .prepare_cached(&count_rows_sql(table, column))?
         .query_row(params![date.to_string()], |r| r.get(0))?;
@@ -69,14 +64,15 @@ struct Job {
     run: RunRecord,
 }
 
-fn run_in_transaction(c: &mut rusqlite::Connection, job: Job) -> rusqlite::Result<Committed> {
+/// The run inside its savepoint (its own transaction, or the first part of a group's: see
+/// `connection`): committed only when the post-condition holds and the claim is still ours.
+fn run_in_transaction(tx: Savepoint<'_>, job: Job) -> rusqlite::Result<Committed> {
     let deadline = job.deadline;
-    c.progress_handler(
+    tx.progress_handler(
         DEADLINE_CHECK_STEPS,
         Some(move || Instant::now() >= deadline),
     );
     let result = (|| {
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         execute_statements(&tx, &job.statements, job.date)?;
         let rows = match &job.output {
             Some(o) => Some(count(&tx, &o.table, &o.date_column, job.date)?),
@@ -92,11 +88,17 @@ fn run_in_transaction(c: &mut rusqlite::Connection, job: Job) -> rusqlite::Resul
         if !super::ledger::complete(&tx, &done)? {
             return Ok(Committed::TakenOver); // rolled back
         }
-        tx.commit()?;
         Ok(Committed::Done(Box::new(done)))
     })();
-    c.progress_handler(0, None::<fn() -> bool>);
-    result
+    tx.progress_handler(0, None::<fn() -> bool>);
+    match result {
+        Ok(Committed::Done(done)) => {
+            tx.commit()?;
+            Ok(Committed::Done(done))
+        }
+        // Dropping the savepoint rolls the run back.
+        other => other,
+    }
 }
 
 impl Sqlite {
@@ -113,7 +115,7 @@ impl Sqlite {
             deadline: job.deadline,
             run,
         };
-        self.with(move |c| run_in_transaction(c, job))
+        self.grouped(true, move |sp| run_in_transaction(sp, job))
             .await
             .map_err(|e| {
                 if e.contains("interrupted") {

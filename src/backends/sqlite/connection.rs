@@ -1,18 +1,38 @@
 //! SQLite connections: one writer thread that owns the only write connection (fed by a
 //! channel) and a small pool of read connections (WAL lets readers run beside the writer).
 //!
-//! Every write — a claim, a run's outcome, a processor's statements — is one closure run on
-//! the writer thread, so writes never contend for a lock and each is one transaction.
-//! Reads run on tokio's blocking pool with a connection of their own.
+//! Every write is a closure run on the writer thread, so writes never contend for a lock.
+//! Most writes (claims, outcomes, processor runs) are *grouped*: the writer runs every such
+//! write already waiting in its queue inside one transaction, each in a savepoint of its
+//! own, and commits once for all of them (group commit) before answering any. A write that
+//! fails rolls back only its savepoint. Reads run with a connection of their own.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Savepoint};
 use tokio::sync::oneshot;
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Answers a grouped write's caller once its group's fate is known: `None` when the group
+/// committed, `Some(reason)` when it did not.
+type Reply = Box<dyn FnOnce(Option<String>) + Send>;
+
+/// What the writer thread runs.
+enum Job {
+    /// Runs alone, outside any group, managing its own transaction (schema, DDL, bulk
+    /// loads, the bus's queue).
+    Solo(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Runs in a savepoint inside the writer's group transaction.
+    Grouped {
+        work: Box<dyn FnOnce(&mut Connection) -> Reply + Send>,
+        /// Starts a group of its own (a processor run: it may be interrupted at its
+        /// deadline, and SQLite rolls the whole transaction back on an interrupt, so no
+        /// other write may share a transaction with it before it has finished).
+        leads: bool,
+    },
+}
 
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 8;
@@ -20,9 +40,19 @@ const READ_POOL: usize = 8;
 const STATEMENT_CACHE: usize = 64;
 /// How often the checkpointer copies the write-ahead log back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Bytes of the database file each connection maps into memory. SQLite empties a
+/// connection's page cache whenever another connection has written, so without a mapping
+/// every read after a write copies its pages in again with `pread`.
+const MMAP_BYTES: i64 = 1 << 30;
+/// Most writes committed together: bounds how long the first of a group waits for its
+/// answer behind the others.
+const MAX_GROUP: usize = 16;
 
 pub(super) struct Connections {
     writer: mpsc::Sender<Job>,
+    /// Group transactions committed so far (the tests read it; `/metrics` has its own).
+    #[cfg_attr(not(test), allow(dead_code))]
+    group_commits: Arc<AtomicU64>,
     /// Dropped with `Connections`: stops the checkpointer thread.
     _stop_checkpointer: Option<mpsc::Sender<()>>,
     readers: Mutex<Vec<Connection>>,
@@ -33,6 +63,7 @@ pub(super) struct Connections {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(())
 }
 
@@ -53,18 +84,18 @@ impl Connections {
             Some(spawn_checkpointer(path)?)
         };
         let (tx, rx) = mpsc::channel::<Job>();
+        let group_commits = Arc::new(AtomicU64::new(0));
+        let commits = Arc::clone(&group_commits);
         std::thread::Builder::new()
             .name("phasegate-sqlite-writer".into())
             .spawn(move || {
                 let mut conn = conn;
-                // Ends when every handle is dropped.
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
-                }
+                serve_writes(&mut conn, &rx, &commits);
             })
             .map_err(thread_error)?;
         Ok(Arc::new(Connections {
             writer: tx,
+            group_commits,
             _stop_checkpointer: stop_checkpointer,
             readers: Mutex::new(Vec::new()),
             path: (!in_memory).then(|| path.to_path_buf()),
@@ -79,7 +110,7 @@ impl Connections {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job = Job::Solo(Box::new(move |conn| {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
             let result = match result {
                 Ok(r) => r.map_err(|e| e.to_string()),
@@ -90,12 +121,52 @@ impl Connections {
                 }
             };
             let _ = tx.send(result);
-        });
+        }));
         self.writer
             .send(job)
             .map_err(|_| "sqlite writer thread is gone".to_string())?;
         rx.await
             .map_err(|_| "sqlite writer dropped the request".to_string())?
+    }
+
+    /// Run `f` on the writer thread inside a group transaction, in a savepoint of its own:
+    /// `f` keeps its changes with `Savepoint::commit` and rolls them back by dropping the
+    /// savepoint. The answer comes once the group has committed; if the group could not
+    /// commit, the caller gets an error even though `f` succeeded (nothing was written).
+    /// `leads`: `f` starts a group (see [`Job::Grouped`]). A panic in `f` is contained.
+    pub(super) async fn write_grouped<T, F>(&self, leads: bool, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(Savepoint<'c>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let work = Box::new(move |conn: &mut Connection| -> Reply {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                conn.savepoint().and_then(f)
+            }));
+            let result = match result {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                // The savepoint was dropped while unwinding: its changes are rolled back.
+                Err(_) => Err("sqlite write panicked".to_string()),
+            };
+            Box::new(move |group_failed: Option<String>| {
+                let _ = tx.send(match group_failed {
+                    Some(reason) if result.is_ok() => Err(reason),
+                    _ => result,
+                });
+            })
+        });
+        self.writer
+            .send(Job::Grouped { work, leads })
+            .map_err(|_| "sqlite writer thread is gone".to_string())?;
+        rx.await
+            .map_err(|_| "sqlite writer dropped the request".to_string())?
+    }
+
+    /// Group transactions committed so far.
+    #[cfg(test)]
+    pub(super) fn group_commits(&self) -> u64 {
+        self.group_commits.load(Ordering::Relaxed)
     }
 
     /// Run `f` on the calling thread: with a pooled read connection, or (in memory) on the
@@ -107,9 +178,9 @@ impl Connections {
     {
         let Some(path) = &self.path else {
             let (tx, rx) = mpsc::channel();
-            let job: Job = Box::new(move |conn| {
+            let job = Job::Solo(Box::new(move |conn| {
                 let _ = tx.send(f(conn).map_err(|e| e.to_string()));
-            });
+            }));
             self.writer
                 .send(job)
                 .map_err(|_| "sqlite writer thread is gone".to_string())?;
@@ -164,6 +235,74 @@ impl Connections {
     }
 }
 
+/// The writer thread's loop: solo jobs one by one, grouped jobs in groups. Ends when every
+/// sender is dropped.
+fn serve_writes(conn: &mut Connection, rx: &mpsc::Receiver<Job>, commits: &AtomicU64) {
+    let mut next = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        next = match job {
+            Job::Solo(f) => {
+                f(conn);
+                None
+            }
+            Job::Grouped { work, .. } => run_group(conn, work, rx, commits),
+        };
+    }
+}
+
+/// Run `first` and the grouped jobs already queued behind it (up to [`MAX_GROUP`]) in one
+/// transaction, commit once, then answer them all. Returns the job that ended the group,
+/// if one did (a solo job or one that leads its own group).
+fn run_group(
+    conn: &mut Connection,
+    first: Box<dyn FnOnce(&mut Connection) -> Reply + Send>,
+    rx: &mpsc::Receiver<Job>,
+    commits: &AtomicU64,
+) -> Option<Job> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // No group: the job runs on its own (its savepoint is then its transaction).
+        tracing::warn!(error = %e, "sqlite could not begin a group transaction");
+        first(conn)(None);
+        return None;
+    }
+    let mut replies = vec![first(conn)];
+    let mut ended_by = None;
+    while !conn.is_autocommit() && replies.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(Job::Grouped { work, leads: false }) => replies.push(work(conn)),
+            Ok(job) => {
+                ended_by = Some(job);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let failed = if conn.is_autocommit() {
+        // A failed statement (interrupt, full disk, I/O error) rolled the whole group back.
+        Some("rolled back with its group after a failed write; nothing was written".into())
+    } else {
+        conn.execute_batch("COMMIT").err().map(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            format!("group commit failed: {e}")
+        })
+    };
+    if failed.is_none() {
+        commits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::sqlite_group_committed(replies.len());
+    }
+    for reply in replies {
+        reply(failed.clone());
+    }
+    ended_by
+}
+
 fn thread_error(e: std::io::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
@@ -187,4 +326,149 @@ fn spawn_checkpointer(path: &Path) -> rusqlite::Result<mpsc::Sender<()>> {
         })
         .map_err(thread_error)?;
     Ok(stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Arc<Connections>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conns = Connections::open(&dir.path().join("t.db")).expect("open");
+        (dir, conns)
+    }
+
+    /// Hold the writer thread until the returned sender is used, so that the writes sent
+    /// meanwhile are all queued when it comes back (one group).
+    async fn hold_writer(
+        conns: &Arc<Connections>,
+    ) -> (mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, held) = mpsc::channel::<()>();
+        let (started_tx, started) = oneshot::channel();
+        let c = Arc::clone(conns);
+        let blocker = tokio::spawn(async move {
+            c.write(move |_| {
+                let _ = started_tx.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+            .expect("blocker");
+        });
+        started.await.expect("writer started the blocker");
+        (release, blocker)
+    }
+
+    fn insert(
+        conns: &Arc<Connections>,
+        v: i64,
+        fail: bool,
+    ) -> tokio::task::JoinHandle<Result<(), String>> {
+        let c = Arc::clone(conns);
+        tokio::spawn(async move {
+            c.write_grouped(false, move |sp| {
+                sp.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                if fail {
+                    // Changes made, then refused: the savepoint is dropped, not committed.
+                    return Err(rusqlite::Error::InvalidQuery);
+                }
+                sp.commit()
+            })
+            .await
+        })
+    }
+
+    async fn values(conns: &Arc<Connections>) -> Vec<i64> {
+        conns
+            .read(|c| {
+                c.prepare("SELECT v FROM t ORDER BY v")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .expect("read")
+    }
+
+    async fn setup(conns: &Arc<Connections>) {
+        conns
+            .write(|c| c.execute_batch("CREATE TABLE t (v INTEGER)"))
+            .await
+            .expect("create");
+    }
+
+    #[tokio::test]
+    async fn queued_writes_commit_once_and_a_failed_one_rolls_back_only_itself() {
+        let (_dir, conns) = open();
+        setup(&conns).await;
+        let before = conns.group_commits();
+        let (release, blocker) = hold_writer(&conns).await;
+        let writes: Vec<_> = (1..=5).map(|v| insert(&conns, v, v == 3)).collect();
+        // Let every write reach the queue before the writer comes back.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).expect("release");
+        blocker.await.expect("blocker");
+        let mut results = Vec::new();
+        for w in writes {
+            results.push(w.await.expect("task"));
+        }
+        assert!(results[2].is_err(), "the refused write reports its error");
+        assert!(results.iter().enumerate().all(|(i, r)| i == 2 || r.is_ok()));
+        assert_eq!(values(&conns).await, vec![1, 2, 4, 5]);
+        assert_eq!(conns.group_commits() - before, 1, "five writes, one commit");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_loses_nothing_of_its_group() {
+        let (_dir, conns) = open();
+        setup(&conns).await;
+        let (release, blocker) = hold_writer(&conns).await;
+        let first = insert(&conns, 1, false);
+        let c = Arc::clone(&conns);
+        let panics = tokio::spawn(async move {
+            c.write_grouped(false, |sp| -> rusqlite::Result<()> {
+                sp.execute("INSERT INTO t (v) VALUES (99)", [])?;
+                panic!("a bug in a write");
+            })
+            .await
+        });
+        let last = insert(&conns, 2, false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).expect("release");
+        blocker.await.expect("blocker");
+        assert!(first.await.expect("task").is_ok());
+        assert!(panics.await.expect("task").is_err());
+        assert!(last.await.expect("task").is_ok());
+        assert_eq!(values(&conns).await, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_leading_write_rolls_back_nothing_queued_before_or_after_it() {
+        let (_dir, conns) = open();
+        setup(&conns).await;
+        let (release, blocker) = hold_writer(&conns).await;
+        let before = insert(&conns, 1, false);
+        let c = Arc::clone(&conns);
+        let interrupted = tokio::spawn(async move {
+            c.write_grouped(true, |sp| {
+                sp.execute("INSERT INTO t (v) VALUES (50)", [])?;
+                // An interrupt (the push deadline) makes SQLite roll back the whole
+                // transaction, not just this savepoint.
+                sp.progress_handler(1, Some(|| true));
+                let r = sp.execute("INSERT INTO t (v) VALUES (51)", []);
+                sp.progress_handler(0, None::<fn() -> bool>);
+                r?;
+                sp.commit()
+            })
+            .await
+        });
+        let after = insert(&conns, 2, false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).expect("release");
+        blocker.await.expect("blocker");
+        assert!(before.await.expect("task").is_ok());
+        let e = interrupted.await.expect("task").expect_err("interrupted");
+        assert!(e.contains("interrupt"), "{e}");
+        assert!(after.await.expect("task").is_ok());
+        assert_eq!(values(&conns).await, vec![1, 2]);
+    }
 }

@@ -1,13 +1,14 @@
 //! The run ledger on SQLite: `processor_run_history` in the same file as the warehouse.
 //!
-//! Every decision that must be exclusive (a claim, a take-over of an owed publication) is one
-//! `BEGIN IMMEDIATE` transaction on the writer connection: read, decide, write, commit. Two
-//! processes sharing the file serialise on SQLite's write lock; inside one process the writer
-//! thread runs one at a time.
+//! Every decision that must be exclusive (a claim, a take-over of an owed publication) runs
+//! on the writer connection inside a write transaction (`BEGIN IMMEDIATE`, shared with the
+//! other writes of its group, in a savepoint of its own): read, decide, write. Two processes
+//! sharing the file serialise on SQLite's write lock; inside one process the writer thread
+//! runs one at a time.
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     LEDGER_COLUMNS, LEDGER_DDL, LEDGER_INDEXES, LEDGER_MIGRATIONS, Sqlite, record_from_row, ts,
@@ -104,7 +105,7 @@ fn latest(
 
 /// The claim decision, inside a write transaction.
 fn claim_in(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     pipeline: &str,
     run: &RunRecord,
     seen: Option<&str>,
@@ -147,7 +148,7 @@ fn claim_in(
 }
 
 fn claim_publication_in(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run_ids: &[String],
     until: DateTime<Utc>,
 ) -> rusqlite::Result<bool> {
@@ -189,18 +190,20 @@ impl Ledger for Sqlite {
 
     async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
         let (r, pipeline) = (r.clone(), self.pipeline.clone());
-        self.with(move |c| upsert(c, &pipeline, &r))
-            .await
-            .map_err(LedgerError)
+        self.grouped(false, move |sp| {
+            upsert(&sp, &pipeline, &r)?;
+            sp.commit()
+        })
+        .await
+        .map_err(LedgerError)
     }
 
     async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
         let (run, pipeline) = (run.clone(), self.pipeline.clone());
         let seen = seen.map(str::to_string);
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let claim = claim_in(&tx, &pipeline, &run, seen.as_deref())?;
-            tx.commit()?;
+        self.grouped(false, move |sp| {
+            let claim = claim_in(&sp, &pipeline, &run, seen.as_deref())?;
+            sp.commit()?;
             Ok(claim)
         })
         .await
@@ -209,20 +212,25 @@ impl Ledger for Sqlite {
 
     async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
         let run = run.clone();
-        self.with(move |c| complete(c, &run))
-            .await
-            .map_err(LedgerError)
+        self.grouped(false, move |sp| {
+            let completed = complete(&sp, &run)?;
+            sp.commit()?;
+            Ok(completed)
+        })
+        .await
+        .map_err(LedgerError)
     }
 
     async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
         let id = run_id.to_string();
-        self.with(move |c| {
-            let n = c
+        self.grouped(false, move |sp| {
+            let n = sp
                 .prepare_cached(
                     "UPDATE processor_run_history SET lease_until = ?2 WHERE run_id = ?1 \
                      AND (status = 'running' OR published_at IS NULL)",
                 )?
                 .execute(params![id, ts(&until)])?;
+            sp.commit()?;
             Ok(n == 1)
         })
         .await
@@ -235,11 +243,10 @@ impl Ledger for Sqlite {
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
         let ids = run_ids.to_vec();
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let won = claim_publication_in(&tx, &ids, until)?;
+        self.grouped(false, move |sp| {
+            let won = claim_publication_in(&sp, &ids, until)?;
             if won {
-                tx.commit()?;
+                sp.commit()?;
             }
             Ok(won)
         })
@@ -332,10 +339,9 @@ impl Ledger for Sqlite {
         at: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
         let ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
-        self.with(move |c| {
-            let tx = c.transaction()?;
+        self.grouped(false, move |sp| {
             {
-                let mut stmt = tx.prepare_cached(
+                let mut stmt = sp.prepare_cached(
                     "UPDATE processor_run_history SET published_at = ?1, lease_until = NULL \
                      WHERE run_id = ?2",
                 )?;
@@ -343,7 +349,7 @@ impl Ledger for Sqlite {
                     stmt.execute(params![ts(&at), id])?;
                 }
             }
-            tx.commit()
+            sp.commit()
         })
         .await
         .map_err(LedgerError)

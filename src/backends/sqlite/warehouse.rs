@@ -57,10 +57,14 @@ impl Warehouse for Sqlite {
         date: NaiveDate,
     ) -> Result<u64, WarehouseError> {
         let sql = count_rows_sql(table, date_column);
-        self.read(move |c| c.query_row(&sql, params![date.to_string()], |r| r.get::<_, i64>(0)))
-            .await
-            .map(|n| n.max(0) as u64)
-            .map_err(WarehouseError)
+        // One date on the date index: short enough to run on the calling task.
+        self.read_point(move |c| {
+            c.prepare_cached(&sql)?
+                .query_row(params![date.to_string()], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| n.max(0) as u64)
+        .map_err(WarehouseError)
     }
 
     async fn date_presence(
@@ -99,7 +103,8 @@ impl Warehouse for Sqlite {
             present = days_between(date_column, "e.d", "e.d"),
         );
         let (from, to) = (from.to_string(), to.to_string());
-        self.read(move |c| {
+        // One index probe per day of a bounded window: short enough for the calling task.
+        self.read_point(move |c| {
             let mut stmt = c.prepare_cached(&sql)?;
             let params: Vec<(&str, &dyn rusqlite::ToSql)> = match &every_day {
                 Some(days) => vec![(":days", days)],
