@@ -39,11 +39,26 @@ const READ_POOL: usize = 8;
 /// Prepared statements cached per connection (`prepare_cached`).
 const STATEMENT_CACHE: usize = 64;
 /// How often the checkpointer copies the write-ahead log back into the database.
+#[cfg(not(test))]
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+#[cfg(test)]
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
 /// Bytes of the database file each connection maps into memory. SQLite empties a
 /// connection's page cache whenever another connection has written, so without a mapping
 /// every read after a write copies its pages in again with `pread`.
 const MMAP_BYTES: i64 = 1 << 30;
+/// Pages the write-ahead log may hold before the writer checkpoints it itself, after a
+/// commit (SQLite's `wal_autocheckpoint`). The checkpointer thread's PASSIVE checkpoints
+/// copy the log back but cannot let it start over while writes keep coming (a checkpoint is
+/// complete only if no write landed during it), so without this bound the log grew without
+/// limit under sustained load: 440 MB in 8 s. The writer's own checkpoint runs between
+/// writes, so it completes unless a read of an older snapshot is still running, and the
+/// next write starts the log over. It costs that commit a sync of the log and the file
+/// (one stall of the writer per 256 MiB of log at most).
+#[cfg(not(test))]
+const WAL_LIMIT_PAGES: i64 = 65_536;
+#[cfg(test)]
+const WAL_LIMIT_PAGES: i64 = 256;
 /// Most writes committed together: bounds how long the first of a group waits for its
 /// answer behind the others.
 const MAX_GROUP: usize = 16;
@@ -76,14 +91,15 @@ impl Connections {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         configure(&conn)?;
         let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+        let (tx, rx) = mpsc::channel::<Job>();
         let stop_checkpointer = if in_memory {
             None
         } else {
-            // Commits never stop to copy the log back (and fsync): the checkpointer does.
-            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            // Commits stop to copy the log back (and sync) only when the log reaches its
+            // bound: the checkpointer thread does the rest.
+            conn.pragma_update(None, "wal_autocheckpoint", WAL_LIMIT_PAGES)?;
             Some(spawn_checkpointer(path)?)
         };
-        let (tx, rx) = mpsc::channel::<Job>();
         let group_commits = Arc::new(AtomicU64::new(0));
         let commits = Arc::clone(&group_commits);
         std::thread::Builder::new()
@@ -394,6 +410,49 @@ mod tests {
             .write(|c| c.execute_batch("CREATE TABLE t (v INTEGER)"))
             .await
             .expect("create");
+    }
+
+    #[tokio::test]
+    async fn the_write_ahead_log_stays_bounded_under_writes_and_reads_that_never_stop() {
+        let (dir, conns) = open();
+        setup(&conns).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Point reads, as the worker's: short, one after another.
+        let reader = {
+            let (c, stop) = (Arc::clone(&conns), Arc::clone(&stop));
+            tokio::task::spawn_blocking(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = c.read_blocking(|c| {
+                        c.query_row("SELECT COUNT(*) FROM t WHERE rowid = 1", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                    });
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        // Writes that never pause, 40 times the bound in log pages (4 KiB rows).
+        let page = "x".repeat(4000);
+        for _ in 0..640 {
+            let page = page.clone();
+            conns
+                .write_grouped(false, move |sp| {
+                    for _ in 0..16 {
+                        sp.execute("INSERT INTO t (v) VALUES (?1)", [&page])?;
+                    }
+                    sp.commit()
+                })
+                .await
+                .expect("write");
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.await.expect("reader");
+        let wal = std::fs::metadata(dir.path().join("t.db-wal")).map(|m| m.len());
+        let bound = (WAL_LIMIT_PAGES as u64 + 256) * 4096 * 2;
+        assert!(
+            wal.as_ref().is_ok_and(|len| *len < bound),
+            "write-ahead log {wal:?} bytes, bound {bound}"
+        );
     }
 
     #[tokio::test]
