@@ -99,9 +99,9 @@ emulator_suite() {
   scripts/emulators.sh bash -c '
     set -euo pipefail
     export PHASEGATE_TEST_BACKEND=bigquery
-    cargo test --locked --test gate --test gate_truth --test cascade --test lineage --test backfill --test exactly_once
-    cargo test --locked --test bigquery_jobs -- --nocapture
-    cargo test --locked --test e2e_emulators -- --ignored
+    cargo test --locked --test it -- gate:: gate_truth:: cascade:: lineage:: backfill:: exactly_once::
+    cargo test --locked --test it -- --nocapture bigquery_jobs::
+    cargo test --locked --test it -- --ignored e2e_emulators::
   '
 }
 
