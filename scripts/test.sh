@@ -73,9 +73,12 @@ background() {
   local name=$1
   shift
   # Not a job-control shell: the background child is no group leader, so setsid makes it one
-  # without forking (pid = group id).
+  # without forking (pid = group id). A new session is also a new scheduler autogroup where
+  # the kernel has them (sched_autogroup_enabled): autogroups share the CPU fairly whatever
+  # their processes' nice values, so the job lowers its autogroup's priority too.
   # shellcheck disable=SC2016 # expanded by the inner bash
-  setsid nice -n 19 bash -c 't0=$EPOCHREALTIME; rc=0; "${@:2}" || rc=$?
+  setsid nice -n 19 bash -c '{ echo 19 >/proc/self/autogroup; } 2>/dev/null || true
+    t0=$EPOCHREALTIME; rc=0; "${@:2}" || rc=$?
     awk -v a="$t0" -v b="$EPOCHREALTIME" "BEGIN { printf \"%.1f\", b - a }" >"$1"; exit "$rc"' \
     background "$BG_DIR/$name.time" "$@" >"$BG_DIR/$name.log" 2>&1 </dev/null &
   BG_PID[$name]=$!
