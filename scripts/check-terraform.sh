@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Validate the deployment without cloud access: terraform/ (formatting, python-hcl2 structure
 # checks, checkov) and deploy/Dockerfile (hadolint, and the structure checks: no baked config).
+#
+#   scripts/check-terraform.sh
+#   scripts/check-terraform.sh --prepare   # only install the pinned tools (scripts/test.sh
+#                                          # runs this in the background early on)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A venv of its own: checkov's dependencies must not disturb bqemulator's. The marker holds
@@ -14,6 +18,7 @@ if [[ ! -x "$VENV/bin/checkov" || "$(cat "$VENV/.phasegate-ready" 2>/dev/null)" 
   "$VENV/bin/pip" install --quiet --disable-pip-version-check $TOOLS
   echo "$TOOLS" > "$VENV/.phasegate-ready"
 fi
+[[ "${1:-}" == --prepare ]] && exit 0
 
 if command -v terraform >/dev/null; then
   echo "== terraform fmt -check -recursive"

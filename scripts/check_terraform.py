@@ -21,7 +21,7 @@ Asserts what the deployment relies on and what a reviewer would otherwise check 
   own completion topic; no project-wide role beyond bigquery.jobUser; no BigQuery role that
   can drop or re-create a table (the ledger's writer role holds row permissions only);
 - the ledger table is partitioned by data_date and clustered by pipeline, processor_name (its schema is
-  compared with the code by tests/terraform_schema.rs);
+  compared with the code by tests/it/terraform_schema.rs);
 - terraform/examples/daily is a root module calling this one.
 """
 import json

@@ -4,8 +4,12 @@
 # group, and every group this run started is killed on success, failure and interrupt.
 #
 #   scripts/emulators.sh COMMAND [ARGS...]
+#   scripts/emulators.sh --prepare      # only create the bqemulator venv, start nothing
 #
-# Exports to COMMAND: PUBSUB_EMULATOR_HOST, BIGQUERY_EMULATOR_HOST, PHASEGATE_EMULATOR_PROJECT.
+# Exports to COMMAND: PUBSUB_EMULATOR_HOST, BIGQUERY_EMULATOR_HOST, PHASEGATE_EMULATOR_PROJECT,
+# and BIGQUERY_EMULATOR_HOSTS (every bqemulator's host:port, space-separated; the first is
+# BIGQUERY_EMULATOR_HOST). PHASEGATE_BQ_EMULATORS=N starts N bqemulators (default 1): one is a
+# single Python process that keeps one core busy, so suites split over several run faster.
 # Creates the bqemulator venv in .venv on first use (pinned versions below).
 # With PHASEGATE_EMULATOR_PGIDS=FILE, appends each started process group id to FILE (one a
 # line) so a caller can check afterwards that none is left (scripts/test.sh does).
@@ -31,8 +35,20 @@ ensure_venv() {
   touch "$VENV/.phasegate-ready"
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+if [[ "${1:-}" == --prepare ]]; then # scripts/test.sh runs this in the background early on
+  ensure_venv
+  exit 0
+fi
+
+TAKEN_PORTS=" "
+free_port() { # VAR: set VAR to a free port, never one this run already handed out
+  local port
+  while :; do
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+    [[ "$TAKEN_PORTS" == *" $port "* ]] || break
+  done
+  TAKEN_PORTS+="$port "
+  printf -v "$1" '%s' "$port"
 }
 
 wait_http() { # URL NAME SECONDS
@@ -122,21 +138,38 @@ start_group() { # NAME COMMAND...
   fi
 }
 
+BQ_COUNT="${PHASEGATE_BQ_EMULATORS:-1}"
+if [[ ! "$BQ_COUNT" =~ ^[1-9][0-9]*$ ]]; then
+  echo "PHASEGATE_BQ_EMULATORS must be a positive integer, not '$BQ_COUNT'" >&2
+  exit 2
+fi
 ensure_venv
 
-ps_port=$(free_port)
-bq_port=$(free_port)
-bq_grpc=$(free_port)
+ps_port='' bq_port='' bq_grpc='' # set by free_port
+free_port ps_port
 start_group pubsub \
   gcloud beta emulators pubsub start --host-port="127.0.0.1:$ps_port" --project="$PROJECT" --quiet
-start_group bigquery \
-  "$VENV/bin/bqemulator" start --project "$PROJECT" --rest-port "$bq_port" --grpc-port "$bq_grpc"
+BQ_NAMES=()
+BQ_HOSTS=()
+for i in $(seq "$BQ_COUNT"); do
+  name=bigquery
+  ((i == 1)) || name="bigquery-$i"
+  free_port bq_port
+  free_port bq_grpc
+  start_group "$name" \
+    "$VENV/bin/bqemulator" start --project "$PROJECT" --rest-port "$bq_port" --grpc-port "$bq_grpc"
+  BQ_NAMES+=("$name")
+  BQ_HOSTS+=("127.0.0.1:$bq_port")
+done
 
 wait_http "http://127.0.0.1:$ps_port/v1/projects/$PROJECT/topics" pubsub 90
-wait_http "http://127.0.0.1:$bq_port/bigquery/v2/projects/$PROJECT/datasets" bigquery 90
-echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, BigQuery 127.0.0.1:$bq_port"
+for i in "${!BQ_NAMES[@]}"; do
+  wait_http "http://${BQ_HOSTS[$i]}/bigquery/v2/projects/$PROJECT/datasets" "${BQ_NAMES[$i]}" 90
+done
+echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, BigQuery ${BQ_HOSTS[*]}"
 
 export PUBSUB_EMULATOR_HOST="127.0.0.1:$ps_port"
-export BIGQUERY_EMULATOR_HOST="127.0.0.1:$bq_port"
+export BIGQUERY_EMULATOR_HOST="${BQ_HOSTS[0]}"
+export BIGQUERY_EMULATOR_HOSTS="${BQ_HOSTS[*]}"
 export PHASEGATE_EMULATOR_PROJECT="$PROJECT"
 "$@"

@@ -4,9 +4,7 @@
 //! Runs in the emulator stage (`PHASEGATE_TEST_BACKEND=bigquery`); on SQLite there are no
 //! jobs to count and the test returns at once.
 
-#![cfg(feature = "gcp")]
-
-mod common;
+use crate::common;
 
 use common::{Backend, TestEnv, backend, d};
 use phasegate::ledger::RunStatus;

@@ -1,6 +1,6 @@
 //! The `command` processor: an existing program wrapped with the date.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, d};
 use phasegate::ledger::{RunStatus, TriggerKind};

@@ -2,7 +2,7 @@
 //! acknowledged them, survive a restart, are retried and dead-lettered there, are not stored
 //! twice for one `event_id`, and are claimed by one deliverer at a time.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,9 +1,6 @@
 //! What Terraform deploys agrees with the code: the ledger table's schema, and the worker
 //! environment (with the mounted pipeline file) makes a valid production configuration.
 
-// Needs the BigQuery ledger schema: the `gcp` feature (default).
-#![cfg(feature = "gcp")]
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;

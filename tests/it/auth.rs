@@ -2,7 +2,7 @@
 //! forged or wrong token is refused with 401/403 and writes nothing; valid pushes are never
 //! refused because of the key cache (cold, flooded with unknown key ids, or hanging).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,10 +19,10 @@ use phasegate::server::{ServerState, serve};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SIGNER: &str = include_str!("fixtures/push-signer.pem");
-const OTHER: &str = include_str!("fixtures/other-signer.pem");
-const PUBLIC: &str = include_str!("fixtures/push-signer.pub.pem");
-const JWKS: &str = include_str!("fixtures/jwks.json");
+const SIGNER: &str = include_str!("../fixtures/push-signer.pem");
+const OTHER: &str = include_str!("../fixtures/other-signer.pem");
+const PUBLIC: &str = include_str!("../fixtures/push-signer.pub.pem");
+const JWKS: &str = include_str!("../fixtures/jwks.json");
 const AUDIENCE: &str = "https://raw-worker.example.run.app/push";
 const PUSHER: &str = "pubsub-push@phasegate-test.iam.gserviceaccount.com";
 

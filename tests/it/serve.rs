@@ -1,7 +1,7 @@
 //! The real binary: `phasegate serve` listens on $PORT, handles a push, and exits cleanly on
 //! SIGTERM (Cloud Run's shutdown signal).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

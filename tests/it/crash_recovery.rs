@@ -3,7 +3,7 @@
 //! completes all four phases, no processor ran a date twice to success, no `running` row is
 //! left, and every completion event was published exactly once (SQLite + durable bus).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

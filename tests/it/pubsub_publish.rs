@@ -2,10 +2,7 @@
 //! with backoff, then the push is nacked (503) with the run recorded and its event owed; the
 //! next delivery publishes the owed event without running again (the outbox).
 
-// Needs the Pub/Sub client: the `gcp` feature (default).
-#![cfg(feature = "gcp")]
-
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

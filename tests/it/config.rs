@@ -5,7 +5,7 @@ use std::path::Path;
 
 use phasegate::config::Config;
 
-const GOOD: &str = include_str!("../examples/nba/pipeline.toml");
+const GOOD: &str = include_str!("../../examples/nba/pipeline.toml");
 
 fn error_of(text: &str) -> String {
     let mut config = match Config::parse(text, Path::new("bad.toml")) {

@@ -1,7 +1,7 @@
 //! Cascade control, the scenarios that motivated phasegate, de-duplication and the outbox —
 //! through the in-process bus and the real worker.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

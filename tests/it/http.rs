@@ -1,7 +1,7 @@
 //! The push endpoint over real HTTP: every row of README's outcome → status table, and every
 //! kind of bad input (refused with a clear 4xx, nothing written).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

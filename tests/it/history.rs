@@ -1,6 +1,6 @@
 //! `phasegate history`: every attempt of a blocked-then-repaired date, in order.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

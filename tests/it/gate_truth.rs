@@ -3,7 +3,7 @@
 //! columns on both backends. Shared suite: `PHASEGATE_TEST_BACKEND=bigquery` runs it on the
 //! BigQuery emulator.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,13 +2,10 @@
 //! `phasegate serve --phase P` process per phase, push subscriptions from each phase's input
 //! topic to its worker, the ledger and tables in BigQuery.
 //!
-//! Needs the emulators: `scripts/emulators.sh cargo test --test e2e_emulators -- --ignored`
-//! (scripts/test.sh does this).
+//! Needs the emulators (scripts/test.sh runs it):
+//! `scripts/emulators.sh env PHASEGATE_TEST_BACKEND=bigquery cargo test --test it -- --ignored e2e_emulators::`
 
-// Needs the Pub/Sub and BigQuery clients: the `gcp` feature (default).
-#![cfg(feature = "gcp")]
-
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};

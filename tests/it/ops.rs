@@ -1,7 +1,7 @@
 //! The day-to-day commands through the real binary: `status` in every output, `freshness`,
 //! and the command line's edges (refused outputs, reversed ranges, closed pipes).
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};

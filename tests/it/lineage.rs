@@ -2,7 +2,7 @@
 //! the downstream date is stale until it is re-run; not-production-ready propagates; and two
 //! pipelines sharing one ledger do not see each other's runs.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, d};
 use phasegate::ledger::{RunStatus, TriggerKind, UpstreamRun};

@@ -1,7 +1,7 @@
 //! JSON logs of the real binary: the lines of a push carry Cloud Logging's trace fields from
 //! `X-Cloud-Trace-Context` or `traceparent`, and one summary line says what the push was.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! backfill's), the stop policy lets dates in flight finish, and retry commands repeat every
 //! flag that changes what runs.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! The gate's checks, through the public API, on the embedded backend: the seed's checklist.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, d, dates};
 use phasegate::gate::{self, date_range_completeness, entity_completeness, upstream_status};

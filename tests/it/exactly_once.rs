@@ -4,7 +4,7 @@
 //! what a user relies on: one run and one completion event per processor, phase and date,
 //! and no date stranded.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! Backfill and verify through the real binary: error policies, resume, retry commands,
 //! the multi-phase workflow.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -2,7 +2,7 @@
 //! never a panic, and a refused push writes nothing. Bounded so the suite stays fast: 256
 //! bodies decoded (`PROPTEST_CASES` raises it), 96 pushed through the worker.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::{TestEnv, d};
