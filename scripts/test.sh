@@ -9,9 +9,10 @@
 #    as `cargo clippy` sets it up, but cargo builds instead of only checking: the dependencies
 #    are compiled once, not once as check metadata for clippy and again for the tests. (Without
 #    clippy-driver on the toolchain: a plain `cargo clippy` stage; the tests stage builds.)
-#    light build: the same lints on the build without the `gcp` feature (README's first
-#    command builds it), so it keeps compiling cleanly;
-# 2. tests: every test on the embedded default (SQLite + in-process bus);
+# 2. tests: every test on the embedded default (SQLite + in-process bus); meanwhile, in the
+#    background: light build, the same lints on the build without the `gcp` feature (README's
+#    first command builds it), so it keeps compiling cleanly; the stage after the tests waits
+#    for whatever is left of it;
 # 3. emulator suite: scripts/emulators.sh starts Google's Pub/Sub emulator and two bqemulators
 #    on free ports, and always stops them. A bqemulator is one Python process and the suite's
 #    bottleneck, so the BigQuery run is two shards at once, one per bqemulator:
@@ -219,8 +220,16 @@ if [[ -n "$CLIPPY_DRIVER" ]]; then
 else
   stage clippy cargo clippy --all-targets --locked -- -D warnings
 fi
-stage "light build" cargo clippy --no-default-features --all-targets --locked -- -D warnings
+# The light build runs in the background, at the lowest priority, while the tests run: they
+# leave the CPU mostly idle (crash_recovery alone can wait up to a minute for the workers'
+# outbox sweep). It starts a few seconds after them because cargo locks the target directory
+# while it builds (not while tests run): the tests' cargo takes that lock first and releases it
+# at once, everything being built. (If the order ever flips, the tests wait for the light
+# build: as slow as running one after the other, never wrong.)
+background "light build" bash -c \
+  'sleep 5; exec cargo clippy --no-default-features --all-targets --locked -- -D warnings'
 stage tests cargo test --locked
+stage "light build, rest" await_background "light build"
 if [[ "${PHASEGATE_SKIP_EMULATORS:-0}" != 1 ]]; then
   stage "emulator suite" emulator_suite
 else
