@@ -75,51 +75,13 @@ impl Warehouse for Sqlite {
         to: NaiveDate,
         expected: Option<&Reference>,
     ) -> Result<Vec<DatePresence>, WarehouseError> {
-        // Every day of the window is expected unless a reference table says which are.
-        let (expected_cte, every_day) = match expected {
-            None => (
-                "expected(d) AS (SELECT value FROM json_each(:days))".to_string(),
-                Some(
-                    serde_json::to_string(&crate::dates::days(from, to).collect::<Vec<_>>())
-                        .map_err(|e| WarehouseError(e.to_string()))?,
-                ),
-            ),
-            Some(r) => (
-                format!(
-                    "expected(d) AS (SELECT DISTINCT {c} FROM {t} WHERE {range})",
-                    c = day(&r.date_column),
-                    t = r.table,
-                    range = days_between(&r.date_column, ":from", ":to"),
-                ),
-                None,
-            ),
-        };
-        // One index probe per expected date (it stops at the first row), rather than
-        // reading and normalising every row of the window.
-        let sql = format!(
-            "WITH {expected_cte}
-             SELECT e.d, EXISTS (SELECT 1 FROM {table} WHERE {present})
-             FROM expected e ORDER BY e.d",
-            present = days_between(date_column, "e.d", "e.d"),
-        );
-        let (from, to) = (from.to_string(), to.to_string());
-        // One index probe per day of a bounded window: short enough for the calling task.
-        self.read_point(move |c| {
-            let mut stmt = c.prepare_cached(&sql)?;
-            let params: Vec<(&str, &dyn rusqlite::ToSql)> = match &every_day {
-                Some(days) => vec![(":days", days)],
-                None => vec![(":from", &from), (":to", &to)],
-            };
-            let rows = stmt.query_map(params.as_slice(), |row| {
-                Ok(DatePresence {
-                    date: parse_day(&row.get::<_, String>(0)?)?,
-                    present: row.get(1)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
-        .map_err(WarehouseError)
+        match expected {
+            None => self.every_day_presence(table, date_column, from, to).await,
+            Some(r) => {
+                self.reference_presence(table, date_column, from, to, r)
+                    .await
+            }
+        }
     }
 
     async fn entity_counts(
@@ -176,6 +138,100 @@ impl Warehouse for Sqlite {
     }
 }
 
+/// Days per statement of the every-day gap check: one result column each, well inside
+/// SQLite's 2,000-column and 32,766-parameter limits.
+const PRESENCE_CHUNK: usize = 256;
+
+impl Sqlite {
+    /// Every day from `from` to `to` is expected: one index seek per day, with the day
+    /// bounds computed here and bound as parameters (one row, one `EXISTS` column per day),
+    /// so SQLite parses no dates and builds no list of days.
+    async fn every_day_presence(
+        &self,
+        table: &str,
+        date_column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        let days: Vec<NaiveDate> = crate::dates::days(from, to).collect();
+        let (table, date_column) = (table.to_string(), date_column.to_string());
+        // One index seek per day of a bounded window: short enough for the calling task.
+        self.read_point(move |c| {
+            let mut found = Vec::with_capacity(days.len());
+            for chunk in days.chunks(PRESENCE_CHUNK) {
+                let sql = every_day_sql(&table, &date_column, chunk.len());
+                let mut bounds: Vec<String> = chunk.iter().map(|d| d.to_string()).collect();
+                if let Some(last) = chunk.last() {
+                    bounds.push(last.succ_opt().unwrap_or(*last).to_string());
+                }
+                let mut stmt = c.prepare_cached(&sql)?;
+                let present: Vec<bool> = stmt
+                    .query_row(rusqlite::params_from_iter(&bounds), |row| {
+                        (0..chunk.len()).map(|i| row.get(i)).collect()
+                    })?;
+                found.extend(
+                    chunk
+                        .iter()
+                        .zip(present)
+                        .map(|(&date, present)| DatePresence { date, present }),
+                );
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(WarehouseError)
+    }
+
+    /// The days a reference table has are expected: one index probe per expected date.
+    async fn reference_presence(
+        &self,
+        table: &str,
+        date_column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        r: &Reference,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        let sql = format!(
+            "WITH expected(d) AS (SELECT DISTINCT {c} FROM {t} WHERE {range})
+             SELECT e.d, EXISTS (SELECT 1 FROM {table} WHERE {present})
+             FROM expected e ORDER BY e.d",
+            c = day(&r.date_column),
+            t = r.table,
+            range = days_between(&r.date_column, ":from", ":to"),
+            present = days_between(date_column, "e.d", "e.d"),
+        );
+        let (from, to) = (from.to_string(), to.to_string());
+        self.read_point(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows =
+                stmt.query_map(rusqlite::named_params! {":from": from, ":to": to}, |row| {
+                    Ok(DatePresence {
+                        date: parse_day(&row.get::<_, String>(0)?)?,
+                        present: row.get(1)?,
+                    })
+                })?;
+            rows.collect()
+        })
+        .await
+        .map_err(WarehouseError)
+    }
+}
+
+/// `SELECT EXISTS (…day 1…), EXISTS (…day 2…), …` for `days` consecutive days: parameter
+/// `?k` is the k-th day and `?(days+1)` the day after the last, so day k is the rows from
+/// `?k` (inclusive) to `?(k+1)` (exclusive), which a date index answers with one seek.
+fn every_day_sql(table: &str, date_column: &str, days: usize) -> String {
+    let columns: Vec<String> = (1..=days)
+        .map(|k| {
+            format!(
+                "EXISTS (SELECT 1 FROM {table} WHERE {date_column} >= ?{k} AND {date_column} < ?{})",
+                k + 1
+            )
+        })
+        .collect();
+    format!("SELECT {}", columns.join(", "))
+}
+
 /// A date column read as a `YYYY-MM-DD` day: dates stored as text, datetimes stored as text
 /// (`2024-01-05 18:30:00`, `2024-01-05T18:30:00Z`) and both count by calendar day.
 fn day(column: &str) -> String {
@@ -187,4 +243,57 @@ fn day(column: &str) -> String {
 /// `YYYY-MM-DD` and before the next day's. (`date(column) BETWEEN …` reads every row.)
 fn days_between(column: &str, from: &str, to: &str) -> String {
     format!("({column} >= date({from}) AND {column} < date({to}, '+1 day'))")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window longer than one statement's chunk, with gaps on both sides of each chunk
+    /// boundary, datetimes beside plain dates, and rows just outside the window.
+    #[tokio::test]
+    async fn every_day_presence_is_exact_across_statement_chunks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Sqlite::open(&dir.path().join("w.db"), "p").expect("open");
+        let from = NaiveDate::from_ymd_opt(2023, 1, 1).expect("date");
+        let days: Vec<NaiveDate> =
+            crate::dates::days(from, from + chrono::Days::new(599)).collect();
+        let to = days[days.len() - 1];
+        let gaps = [0, 1, 254, 256, 257, 511, 512, 598];
+        let mut statements = vec![
+            "CREATE TABLE t (d TEXT)".to_string(),
+            "CREATE INDEX t_d ON t (d)".to_string(),
+        ];
+        let outside = [from.pred_opt().expect("date"), to.succ_opt().expect("date")];
+        for (i, day) in days.iter().enumerate() {
+            if gaps.contains(&i) {
+                continue;
+            }
+            let value = if i % 2 == 0 {
+                day.to_string()
+            } else {
+                format!("{day} 23:59:59")
+            };
+            statements.push(format!("INSERT INTO t VALUES ('{value}')"));
+        }
+        for day in outside {
+            statements.push(format!("INSERT INTO t VALUES ('{day}T00:00:00Z')"));
+        }
+        db.run_statements(&statements, from).await.expect("seed");
+
+        let found = db
+            .date_presence("t", "d", from, to, None)
+            .await
+            .expect("presence");
+
+        let expected: Vec<DatePresence> = days
+            .iter()
+            .enumerate()
+            .map(|(i, &date)| DatePresence {
+                date,
+                present: !gaps.contains(&i),
+            })
+            .collect();
+        assert_eq!(found, expected);
+    }
 }
