@@ -33,13 +33,14 @@ const COMPLETE: &str = "UPDATE processor_run_history SET status = ?2, finished_a
     upstream_runs = ?8, lease_until = ?9 \
     WHERE run_id = ?1 AND status = 'running'";
 
-fn latest_sql() -> String {
+/// A processor's latest run for a date (built once: the statement cache is keyed by it).
+static LATEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {LEDGER_COLUMNS} FROM processor_run_history \
          WHERE pipeline = ?1 AND processor_name = ?2 AND data_date = ?3 \
          ORDER BY started_at DESC, rowid DESC LIMIT 1"
     )
-}
+});
 
 pub(super) fn upsert(c: &Connection, pipeline: &str, r: &RunRecord) -> rusqlite::Result<()> {
     c.prepare_cached(UPSERT)?
@@ -95,7 +96,7 @@ fn latest(
     processor: &str,
     date: NaiveDate,
 ) -> rusqlite::Result<Option<RunRecord>> {
-    c.prepare_cached(&latest_sql())?
+    c.prepare_cached(&LATEST_SQL)?
         .query_row(
             params![pipeline, processor, date.to_string()],
             record_from_row,
@@ -263,6 +264,27 @@ impl Ledger for Sqlite {
         self.read_point(move |c| latest(c, &pipeline, &processor, date))
             .await
             .map_err(LedgerError)
+    }
+
+    /// One read transaction for all of them: one snapshot, and one page-cache refill after
+    /// the writer's commits instead of one per processor.
+    async fn latest_of(
+        &self,
+        processors: &[String],
+        date: NaiveDate,
+    ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
+        let (processors, pipeline) = (processors.to_vec(), self.pipeline.clone());
+        self.read_point(move |c| {
+            let tx = c.transaction()?;
+            let found = processors
+                .iter()
+                .map(|p| latest(&tx, &pipeline, p, date))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
+        .map_err(LedgerError)
     }
 
     async fn history(
