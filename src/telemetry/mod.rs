@@ -90,10 +90,14 @@ pub fn push_done(
 ) {
     let latency = started.elapsed();
     let envelope = crate::envelope::PushEnvelope::from_json(body).ok();
-    let data_date = envelope.clone().and_then(|e| {
-        e.decode_with(config.trigger.as_ref())
-            .ok()
-            .map(|t| t.data_date.to_string())
+    // The date the worker ran; decoded again only for a push that ran nothing.
+    let data_date = outcome.data_date().map(|d| d.to_string()).or_else(|| {
+        envelope.as_ref().and_then(|e| {
+            e.clone()
+                .decode_with(config.trigger.as_ref())
+                .ok()
+                .map(|t| t.data_date.to_string())
+        })
     });
     let (message_id, delivery_attempt) = envelope.map_or((None, None), |e| {
         (

@@ -111,7 +111,6 @@ impl Worker {
     pub async fn handle_push(&self, phase_name: &str, body: &[u8]) -> PushOutcome {
         let outcome = self.push_outcome(phase_name, body).await;
         let status = outcome.http_status();
-        let body = outcome.body();
         if status < 300 {
             // The `push summary` line (info) carries the outcome; this is its debug twin.
             tracing::debug!(
@@ -125,7 +124,11 @@ impl Worker {
                 phase = phase_name,
                 status,
                 outcome = outcome.label(),
-                reason = body.get("reason").and_then(|r| r.as_str()).unwrap_or(""),
+                reason = outcome
+                    .body()
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or(""),
                 "push not acknowledged"
             );
         }

@@ -119,6 +119,21 @@ impl PushOutcome {
         }
     }
 
+    /// The date the phase ran for, when it ran.
+    pub fn data_date(&self) -> Option<chrono::NaiveDate> {
+        match self {
+            PushOutcome::Ran(
+                PhaseOutcome::Done { runs, .. } | PhaseOutcome::PublishFailed { runs, .. },
+            ) => runs.first().map(|r| r.data_date),
+            PushOutcome::Ran(
+                PhaseOutcome::Blocked { run, .. }
+                | PhaseOutcome::Failed { run }
+                | PhaseOutcome::InProgress { run },
+            ) => Some(run.data_date),
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             PushOutcome::Ran(o) => o.label(),
