@@ -230,6 +230,11 @@ pub struct ServerConfig {
     /// (keep it below Cloud Run's 10 s grace period).
     #[serde(default = "default_shutdown_drain_secs")]
     pub shutdown_drain_secs: u64,
+    /// How often `serve` publishes the completion events still owed by runs whose delivery
+    /// gave up before publishing (the outbox sweep; it also runs at start-up). A sweep takes
+    /// an owed event over only once its holder's lease ran out.
+    #[serde(default = "default_outbox_sweep_secs")]
+    pub outbox_sweep_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -244,6 +249,7 @@ impl Default for ServerConfig {
             max_in_flight: default_max_in_flight(),
             max_buffered_body_mib: default_max_buffered_body_mib(),
             shutdown_drain_secs: default_shutdown_drain_secs(),
+            outbox_sweep_secs: default_outbox_sweep_secs(),
         }
     }
 }
@@ -330,6 +336,9 @@ impl ServerConfig {
         if !(1..=3600).contains(&self.shutdown_drain_secs) {
             return Err(("server.shutdown_drain_secs", "must be between 1 and 3600"));
         }
+        if !(1..=86_400).contains(&self.outbox_sweep_secs) {
+            return Err(("server.outbox_sweep_secs", "must be between 1 and 86400"));
+        }
         Ok(())
     }
 }
@@ -351,6 +360,9 @@ fn default_max_buffered_body_mib() -> usize {
 }
 fn default_shutdown_drain_secs() -> u64 {
     8
+}
+fn default_outbox_sweep_secs() -> u64 {
+    60
 }
 
 fn default_port() -> u16 {
@@ -1171,6 +1183,10 @@ mod server_limit_tests {
             },
             ServerConfig {
                 shutdown_drain_secs: 0,
+                ..Default::default()
+            },
+            ServerConfig {
+                outbox_sweep_secs: 0,
                 ..Default::default()
             },
         ];

@@ -160,9 +160,9 @@ async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<Exit
         auth,
     });
     // The outbox: events owed by runs whose deliveries gave up are published at start-up and
-    // every minute (a take-over that waits for their holders' leases).
-    let sweep =
-        crate::worker::spawn_outbox_sweep(app.worker.clone(), std::time::Duration::from_secs(60));
+    // every `server.outbox_sweep_secs` (a take-over that waits for their holders' leases).
+    let every = std::time::Duration::from_secs(app.worker.config().server.outbox_sweep_secs);
+    let sweep = crate::worker::spawn_outbox_sweep(app.worker.clone(), every);
     serve_with(listener, state, limits, shutdown_signal()).await?;
     sweep.abort();
     Ok(ExitCode::SUCCESS)

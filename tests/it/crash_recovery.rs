@@ -80,7 +80,7 @@ async fn sigkill_at_any_moment_loses_nothing_and_runs_nothing_twice() {
         .replace("{MODE}", "soft")
         .replace(
             "max_delivery_attempts = 2\nretry_backoff_ms = 1",
-            "max_delivery_attempts = 100\nretry_backoff_ms = 20\nlease_secs = 2\npoll_interval_ms = 50\n\n[server]\nrun_lease_secs = 3",
+            "max_delivery_attempts = 100\nretry_backoff_ms = 20\nlease_secs = 2\npoll_interval_ms = 50\n\n[server]\nrun_lease_secs = 3\noutbox_sweep_secs = 2",
         );
     // Slow every processor down (~tens of ms of SQL) so kills land inside runs.
     let slow = "\"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT COUNT(*) FROM c\",\n";
