@@ -11,10 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::limits::MAX_BODY_BYTES;
-
-/// Bytes of memory a push body costs per byte received, decoding included.
-pub const DECODE_FACTOR: usize = 4;
+use super::limits::{DECODE_FACTOR, MAX_BODY_BYTES};
 
 /// A body in memory, holding its share of the budget until dropped.
 pub(super) struct BufferedBody {

@@ -11,6 +11,9 @@ use crate::config::ServerConfig;
 /// Largest accepted push body (Pub/Sub's own message limit is 10 MB).
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
+/// Bytes of memory a push body costs per byte received, decoding included (see `body`).
+pub const DECODE_FACTOR: usize = 4;
+
 /// Time and size bounds of the push server.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -37,7 +40,7 @@ impl From<&ServerConfig> for ServerLimits {
             body_budget_bytes: c
                 .max_buffered_body_mib
                 .saturating_mul(1024 * 1024)
-                .max(MAX_BODY_BYTES * super::body::DECODE_FACTOR),
+                .max(MAX_BODY_BYTES * DECODE_FACTOR),
             shutdown_drain: Duration::from_secs(c.shutdown_drain_secs),
         }
     }

@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use rusqlite::{Connection, Savepoint, params};
 
 use super::Sqlite;
-use super::warehouse::{count_rows_sql, expand_dataset};
+use super::sql::{count_rows_sql, expand_dataset};
 use crate::config::{Output, Reference};
 use crate::ledger::RunRecord;
 use crate::warehouse::{Committed, ProcessorRun, WarehouseError, finished, post_condition};

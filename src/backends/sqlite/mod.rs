@@ -16,6 +16,7 @@ mod atomic;
 mod connection;
 mod ledger;
 pub mod queue;
+mod sql;
 mod warehouse;
 
 use connection::Connections;
@@ -197,7 +198,7 @@ impl Sqlite {
 
     /// Run DDL or other parameterless statements (setup, sample data).
     pub async fn execute_batch(&self, sql: String) -> Result<(), WarehouseError> {
-        let sql = warehouse::expand_dataset(&sql);
+        let sql = sql::expand_dataset(&sql);
         self.with(move |c| c.execute_batch(&sql))
             .await
             .map_err(WarehouseError)
