@@ -8,7 +8,7 @@
 //! fails rolls back only its savepoint. Reads run with a connection of their own.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -73,6 +73,9 @@ pub(super) struct Connections {
     /// Group transactions committed so far (the tests read it; `/metrics` has its own).
     #[cfg_attr(not(test), allow(dead_code))]
     group_commits: Arc<AtomicU64>,
+    /// The checkpointer's requests for a checkpoint on the writer (the tests read it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    restarts: Arc<Restarts>,
     /// Dropped with `Connections`: stops the checkpointer thread.
     _stop_checkpointer: Option<mpsc::Sender<()>>,
     readers: Mutex<Vec<Connection>>,
@@ -94,19 +97,30 @@ impl Connections {
     /// Open the file (WAL, synchronous = NORMAL) and start its writer and checkpointer
     /// threads.
     pub(super) fn open(path: &Path) -> rusqlite::Result<Arc<Connections>> {
+        Self::open_with(path, Some(RESTART_AFTER_PAGES))
+    }
+
+    /// [`Connections::open`]; `restart_after`: log pages past which the checkpointer asks
+    /// the writer for a checkpoint (`None`: never, which only a test wants).
+    fn open_with(path: &Path, restart_after: Option<i64>) -> rusqlite::Result<Arc<Connections>> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         configure(&conn)?;
         let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
         let (tx, rx) = mpsc::channel::<Job>();
+        let restarts = Arc::new(Restarts {
+            after_pages: restart_after,
+            pending: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+        });
         let stop_checkpointer = if in_memory {
             None
         } else {
             // Commits stop to copy the log back (and sync) only when the log reaches its
             // bound: the checkpointer thread does the rest.
             conn.pragma_update(None, "wal_autocheckpoint", WAL_LIMIT_PAGES)?;
-            Some(spawn_checkpointer(path, tx.clone())?)
+            Some(spawn_checkpointer(path, tx.clone(), Arc::clone(&restarts))?)
         };
         let group_commits = Arc::new(AtomicU64::new(0));
         let commits = Arc::clone(&group_commits);
@@ -120,6 +134,7 @@ impl Connections {
         Ok(Arc::new(Connections {
             writer: tx,
             group_commits,
+            restarts,
             _stop_checkpointer: stop_checkpointer,
             readers: Mutex::new(Vec::new()),
             path: (!in_memory).then(|| path.to_path_buf()),
@@ -191,6 +206,12 @@ impl Connections {
     #[cfg(test)]
     pub(super) fn group_commits(&self) -> u64 {
         self.group_commits.load(Ordering::Relaxed)
+    }
+
+    /// Checkpoints the writer ran at the checkpointer's request so far.
+    #[cfg(test)]
+    fn writer_checkpoints(&self) -> u64 {
+        self.restarts.done.load(Ordering::Relaxed)
     }
 
     /// Run `f` on the calling thread: with a pooled read connection, or (in memory) on the
@@ -331,14 +352,51 @@ fn thread_error(e: std::io::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
+/// The checkpointer's requests for a checkpoint on the writer (see [`RESTART_AFTER_PAGES`]).
+struct Restarts {
+    /// Log pages past which to ask (`None`: never).
+    after_pages: Option<i64>,
+    /// A request is queued and not yet run: at most one at a time, so a long write (a
+    /// processor run) does not find a request per checkpoint pass queued behind it.
+    pending: AtomicBool,
+    /// Requests the writer ran.
+    done: AtomicU64,
+}
+
+impl Restarts {
+    /// Ask now? For a long log, unless it is idle (no page written since the last pass and
+    /// all copied back: the next write starts it over by itself), and only if no request is
+    /// queued yet (which this then marks). "All copied back" alone is no sign: under
+    /// sustained writes the writer has appended more by the time the checkpointer reports.
+    fn due(&self, (log, copied): (i64, i64), log_before: i64) -> bool {
+        let idle = log == log_before && copied == log;
+        self.after_pages.is_some_and(|n| log >= n && !idle)
+            && !self.pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// The writer's checkpoint: between two writes, so it completes.
+    fn job(self: &Arc<Self>) -> Job {
+        let restarts = Arc::clone(self);
+        Job::Solo(Box::new(move |conn| {
+            match checkpoint(conn) {
+                Ok(_) => {
+                    restarts.done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "sqlite writer checkpoint failed"),
+            }
+            restarts.pending.store(false, Ordering::Release);
+        }))
+    }
+}
+
 /// A thread with its own connection that checkpoints the write-ahead log every
 /// [`CHECKPOINT_EVERY`] (PASSIVE: it never blocks the writer or readers), so the writer's
-/// commits rarely pay for a checkpoint. Once the log holds [`RESTART_AFTER_PAGES`], it
-/// asks the writer for a checkpoint of its own (see there). It ends when the returned
-/// sender is dropped.
+/// commits rarely pay for a checkpoint; when [`Restarts::due`], it asks the writer for a
+/// checkpoint of its own. It ends when the returned sender is dropped.
 fn spawn_checkpointer(
     path: &Path,
     writer: mpsc::Sender<Job>,
+    restarts: Arc<Restarts>,
 ) -> rusqlite::Result<mpsc::Sender<()>> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
@@ -346,20 +404,16 @@ fn spawn_checkpointer(
     std::thread::Builder::new()
         .name("phasegate-sqlite-checkpointer".into())
         .spawn(move || {
+            let mut log_before = 0;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
             {
                 match checkpoint(&conn) {
-                    Ok(log_pages) if log_pages >= RESTART_AFTER_PAGES => {
-                        let job = Job::Solo(Box::new(|conn| {
-                            if let Err(e) = checkpoint(conn) {
-                                tracing::warn!(error = %e, "sqlite writer checkpoint failed");
-                            }
-                        }));
-                        if writer.send(job).is_err() {
+                    Ok(pages) => {
+                        if restarts.due(pages, log_before) && writer.send(restarts.job()).is_err() {
                             return;
                         }
+                        log_before = pages.0;
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed; retrying"),
                 }
             }
@@ -368,9 +422,11 @@ fn spawn_checkpointer(
     Ok(stop)
 }
 
-/// A PASSIVE checkpoint; returns the pages in the log.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+/// A PASSIVE checkpoint; returns the pages in the log and those copied back.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
 }
 
 #[cfg(test)]
@@ -485,7 +541,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_write_ahead_log_stays_bounded_under_writes_and_reads_that_never_stop() {
-        let (dir, conns) = open();
+        // The writer's own bound alone: the checkpointer asks nothing.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conns = Connections::open_with(&dir.path().join("t.db"), None).expect("open");
         // 40 times the bound.
         let wal = write_under_reads(&dir, &conns, 40 * WAL_LIMIT_PAGES as usize).await;
         let bound = (WAL_LIMIT_PAGES as u64 + 256) * 4096 * 2;
@@ -505,6 +563,31 @@ mod tests {
         let wal = write_under_reads(&dir, &conns, total).await;
         let bound = (total as u64) * 4096 / 3;
         assert!(wal < bound, "write-ahead log {wal} bytes, bound {bound}");
+        assert!(conns.writer_checkpoints() > 0, "the writer was never asked");
+    }
+
+    #[test]
+    fn the_writer_is_asked_once_at_a_time_and_never_for_an_idle_log() {
+        let restarts = Arc::new(Restarts {
+            after_pages: Some(64),
+            pending: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+        });
+        assert!(!restarts.due((63, 10), 0), "short log");
+        assert!(restarts.due((100, 100), 90), "long and growing");
+        assert!(
+            !restarts.due((200, 100), 100),
+            "a request is already queued"
+        );
+        restarts.pending.store(false, Ordering::Release);
+        assert!(!restarts.due((100, 100), 100), "idle and copied back");
+        assert!(restarts.due((100, 80), 100), "idle but not copied back");
+        let never = Restarts {
+            after_pages: None,
+            pending: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+        };
+        assert!(!never.due((1_000_000, 0), 0));
     }
 
     #[tokio::test]

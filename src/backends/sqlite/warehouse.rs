@@ -209,8 +209,9 @@ impl Sqlite {
 mod tests {
     use super::*;
 
-    /// A window longer than one statement's chunk, with gaps on both sides of each chunk
-    /// boundary, datetimes beside plain dates, and rows just outside the window.
+    /// A window longer than one statement's chunk (256 days), with gaps next to each chunk
+    /// boundary, chunks ending on a present day (255) and on a gap (511), datetimes beside
+    /// plain dates, and rows just outside the window next to the gaps at both ends.
     #[tokio::test]
     async fn every_day_presence_is_exact_across_statement_chunks() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -219,7 +220,7 @@ mod tests {
         let days: Vec<NaiveDate> =
             crate::dates::days(from, from + chrono::Days::new(599)).collect();
         let to = days[days.len() - 1];
-        let gaps = [0, 1, 254, 256, 257, 511, 512, 598];
+        let gaps = [0, 1, 254, 256, 257, 511, 512, 598, 599];
         let mut statements = vec![
             "CREATE TABLE t (d TEXT)".to_string(),
             "CREATE INDEX t_d ON t (d)".to_string(),
