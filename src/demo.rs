@@ -63,146 +63,203 @@ pub async fn trigger(app: &App, date: NaiveDate, skip: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// The season and the app the demo tells its story with.
+struct Demo<'a> {
+    app: App,
+    spec: SeasonSpec,
+    db: &'a Path,
+    /// The season's last day (the skip-flagged trigger's).
+    last: NaiveDate,
+    /// The day the feed never arrived, and the day it was corrupt.
+    missing: NaiveDate,
+    corrupt: NaiveDate,
+}
+
 pub async fn run(db: &Path, season_days: u32) -> anyhow::Result<ExitCode> {
     if season_days < 21 {
         anyhow::bail!("--days must be at least 21 so the season has both bad dates and a lookback");
     }
-    remove_db(db)?;
-    let app = startup::build(example_config(db)?).await?;
-    app.init_schema().await?;
-    let sqlite = app.sqlite.as_ref().context("the demo needs SQLite")?;
-    let spec = SeasonSpec::new(
-        NaiveDate::from_ymd_opt(2025, 10, 21).context("season start")?,
-        season_days,
-    );
-    let summary = generate(sqlite, &spec).await?;
-    let last = spec.end();
-    let missing = spec.missing_feed[0];
-    let corrupt = spec.corrupt_feed[0];
-    println!(
-        "phasegate demo — NBA example pipeline on SQLite ({})\n",
-        db.display()
-    );
-    println!(
-        "Sample season {}..{}: {} game days, {} off-days (Thursdays: no games, not gaps).",
-        spec.start, last, summary.game_days, summary.off_days
-    );
-    println!("  {missing}: the box-score feed never arrived.");
-    println!("  {corrupt}: the feed has a row without a player (the raw run fails).\n");
-
-    println!(
-        "1. The daily cascade, {}..{}:",
-        spec.start,
-        last.pred_opt().unwrap_or(last)
-    );
-    println!(
-        "   each day a trigger on `{}`; every phase triggers the next.\n",
-        app.config.phases[0].input()
-    );
-    for d in days(spec.start, last.pred_opt().unwrap_or(last)) {
-        trigger(&app, d, false).await?;
-    }
-    let grid = StatusGrid::load(&app.config, app.ledger().as_ref(), spec.start, last).await?;
-    println!("{}", grid.render());
-
-    println!("2. What the gates did:");
-    let after = days(missing.succ_opt().unwrap_or(missing), last)
-        .find(|d| crate::sample::is_game_day(*d))
-        .unwrap_or(missing);
-    let precompute = &app.config.phases[2].processors[0];
-    let report = crate::gate::evaluate(
-        &app.config,
-        precompute,
-        after,
-        app.ledger().as_ref(),
-        app.warehouse().as_ref(),
-    )
-    .await?;
-    println!(
-        "   raw failed on {missing} and {corrupt}, so analytics never built those days.\n   \
-         precompute on {after} looks back 14 days and finds the hole:\n"
-    );
-    for line in render_gate(&report).lines() {
-        println!("     {line}");
-    }
-    let blocked = grid.dates_with(&precompute.name, crate::ledger::RunStatus::Blocked);
-    println!(
-        "\n   The strict gate blocked precompute on {} date(s) ({}) instead of computing\n   \
-         features over incomplete history; predictions never ran on them.",
-        blocked.len(),
-        crate::dates::format_ranges(&blocked)
-    );
-    if let Some(bus) = &app.bus {
-        println!(
-            "   Nacked messages were redelivered, then dead-lettered: {} message(s).\n",
-            bus.dead_letters().len()
-        );
-    }
-
-    println!("3. A skip-flagged trigger for {last} (skip_downstream_trigger=true):");
-    trigger(&app, last, true).await?;
-    let grid = StatusGrid::load(&app.config, app.ledger().as_ref(), last, last).await?;
-    print!("{}", grid.render());
-    let published = app
-        .bus
-        .as_ref()
-        .map(|b| b.published_to(&app.config.phases[0].completion_topic))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.attributes.get("data_date") == Some(&last.to_string()))
-        .count();
-    println!(
-        "   raw ran; {published} completion event(s) published for {last}: the cascade stopped.\n"
-    );
-
-    println!("4. Repair: the late feed arrives and the corrupt row is corrected. One command,");
-    println!(
-        "   phasegate backfill --all --from {} --to {last} --yes, re-runs what is not done,",
-        spec.start
-    );
-    println!("   phase by phase, verifying each is gap-free before the next starts:\n");
-    crate::sample::repair(sqlite, &spec).await?;
-    let template = crate::backfill::BackfillOptions {
-        phase: String::new(),
-        from: spec.start,
-        to: last,
-        policy: crate::backfill::ErrorPolicy::Stop,
-        parallel: 4,
-        force: false,
-    };
-    let workflow = crate::backfill::run_all(
-        &app,
-        &template,
-        crate::backfill::Executor::InProcess,
-        &|_, _| crate::backfill::Progress::hidden(),
-        &|phase, from, to| format!("phasegate backfill --phase {phase} --from {from} --to {to}"),
-        &mut |report, verification| {
-            print!("   {}", report.render().lines().next().unwrap_or_default());
-            match verification {
-                Some(v) if v.is_continuous => println!("; verified gap-free"),
-                Some(_) => println!("; GAPS FOUND"),
-                None => println!(),
-            }
-        },
-    )
-    .await?;
-    if let Some(why) = &workflow.stopped {
-        println!("   STOPPED: {why}");
-    }
-    println!();
-
-    println!("Summary ({}..{}):", spec.start, last);
-    let grid = StatusGrid::load(&app.config, app.ledger().as_ref(), spec.start, last).await?;
-    print!("{}", grid.totals());
-    println!(
-        "\nInspect it yourself (the ledger and tables are in {db}):\n  \
-         export PHASEGATE_CONFIG=examples/nba/pipeline.toml PHASEGATE_SQLITE_PATH={db}\n  \
-         phasegate status --from {} --to {last}\n  \
-         phasegate check --phase precompute --date {after}\n  \
-         phasegate verify --phase predictions --from {} --to {last}\n",
-        spec.start,
-        spec.start,
-        db = db.display()
-    );
+    let demo = Demo::set_up(db, season_days).await?;
+    demo.daily_cascade().await?;
+    let after = demo.gates().await?;
+    demo.skip_flag().await?;
+    demo.repair().await?;
+    demo.summary(after).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+impl<'a> Demo<'a> {
+    /// A fresh database with the example's schema and a sample season with two bad dates.
+    async fn set_up(db: &'a Path, season_days: u32) -> anyhow::Result<Demo<'a>> {
+        remove_db(db)?;
+        let app = startup::build(example_config(db)?).await?;
+        app.init_schema().await?;
+        let sqlite = app.sqlite.as_ref().context("the demo needs SQLite")?;
+        let spec = SeasonSpec::new(
+            NaiveDate::from_ymd_opt(2025, 10, 21).context("season start")?,
+            season_days,
+        );
+        let summary = generate(sqlite, &spec).await?;
+        let (last, missing, corrupt) = (spec.end(), spec.missing_feed[0], spec.corrupt_feed[0]);
+        println!(
+            "phasegate demo — NBA example pipeline on SQLite ({})\n",
+            db.display()
+        );
+        println!(
+            "Sample season {}..{}: {} game days, {} off-days (Thursdays: no games, not gaps).",
+            spec.start, last, summary.game_days, summary.off_days
+        );
+        println!("  {missing}: the box-score feed never arrived.");
+        println!("  {corrupt}: the feed has a row without a player (the raw run fails).\n");
+        Ok(Demo {
+            app,
+            spec,
+            db,
+            last,
+            missing,
+            corrupt,
+        })
+    }
+
+    /// Act 1: a trigger per day up to the day before the last; every phase triggers the next.
+    async fn daily_cascade(&self) -> anyhow::Result<()> {
+        let (start, last) = (self.spec.start, self.last);
+        let day_before = last.pred_opt().unwrap_or(last);
+        println!("1. The daily cascade, {start}..{day_before}:");
+        println!(
+            "   each day a trigger on `{}`; every phase triggers the next.\n",
+            self.app.config.phases[0].input()
+        );
+        for d in days(start, day_before) {
+            trigger(&self.app, d, false).await?;
+        }
+        let grid = self.grid(start, last).await?;
+        println!("{}", grid.render());
+        Ok(())
+    }
+
+    /// Act 2: the strict gate's findings on the first game day after the missing feed, and the
+    /// dates it blocked; returns that day.
+    async fn gates(&self) -> anyhow::Result<NaiveDate> {
+        let (app, missing, corrupt) = (&self.app, self.missing, self.corrupt);
+        println!("2. What the gates did:");
+        let after = days(missing.succ_opt().unwrap_or(missing), self.last)
+            .find(|d| crate::sample::is_game_day(*d))
+            .unwrap_or(missing);
+        let precompute = &app.config.phases[2].processors[0];
+        let report = crate::gate::evaluate(
+            &app.config,
+            precompute,
+            after,
+            app.ledger().as_ref(),
+            app.warehouse().as_ref(),
+        )
+        .await?;
+        println!(
+            "   raw failed on {missing} and {corrupt}, so analytics never built those days.\n   \
+             precompute on {after} looks back 14 days and finds the hole:\n"
+        );
+        for line in render_gate(&report).lines() {
+            println!("     {line}");
+        }
+        let grid = self.grid(self.spec.start, self.last).await?;
+        let blocked = grid.dates_with(&precompute.name, crate::ledger::RunStatus::Blocked);
+        println!(
+            "\n   The strict gate blocked precompute on {} date(s) ({}) instead of computing\n   \
+             features over incomplete history; predictions never ran on them.",
+            blocked.len(),
+            crate::dates::format_ranges(&blocked)
+        );
+        if let Some(bus) = &app.bus {
+            println!(
+                "   Nacked messages were redelivered, then dead-lettered: {} message(s).\n",
+                bus.dead_letters().len()
+            );
+        }
+        Ok(after)
+    }
+
+    /// Act 3: a skip-flagged trigger for the last day: raw runs, nothing is published.
+    async fn skip_flag(&self) -> anyhow::Result<()> {
+        let (app, last) = (&self.app, self.last);
+        println!("3. A skip-flagged trigger for {last} (skip_downstream_trigger=true):");
+        trigger(app, last, true).await?;
+        print!("{}", self.grid(last, last).await?.render());
+        let published = app
+            .bus
+            .as_ref()
+            .map(|b| b.published_to(&app.config.phases[0].completion_topic))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.attributes.get("data_date") == Some(&last.to_string()))
+            .count();
+        println!(
+            "   raw ran; {published} completion event(s) published for {last}: the cascade stopped.\n"
+        );
+        Ok(())
+    }
+
+    /// Act 4: the bad feeds are repaired and one `backfill --all` re-runs what is not done,
+    /// phase by phase, each verified gap-free before the next.
+    async fn repair(&self) -> anyhow::Result<()> {
+        let (start, last) = (self.spec.start, self.last);
+        println!("4. Repair: the late feed arrives and the corrupt row is corrected. One command,");
+        println!(
+            "   phasegate backfill --all --from {start} --to {last} --yes, re-runs what is not done,"
+        );
+        println!("   phase by phase, verifying each is gap-free before the next starts:\n");
+        let sqlite = self.app.sqlite.as_ref().context("the demo needs SQLite")?;
+        crate::sample::repair(sqlite, &self.spec).await?;
+        let template = crate::backfill::BackfillOptions {
+            phase: String::new(),
+            from: start,
+            to: last,
+            policy: crate::backfill::ErrorPolicy::Stop,
+            parallel: 4,
+            force: false,
+        };
+        let workflow = crate::backfill::run_all(
+            &self.app,
+            &template,
+            crate::backfill::Executor::InProcess,
+            &|_, _| crate::backfill::Progress::hidden(),
+            &|phase, from, to| {
+                format!("phasegate backfill --phase {phase} --from {from} --to {to}")
+            },
+            &mut |report, verification| {
+                print!("   {}", report.render().lines().next().unwrap_or_default());
+                match verification {
+                    Some(v) if v.is_continuous => println!("; verified gap-free"),
+                    Some(_) => println!("; GAPS FOUND"),
+                    None => println!(),
+                }
+            },
+        )
+        .await?;
+        if let Some(why) = &workflow.stopped {
+            println!("   STOPPED: {why}");
+        }
+        println!();
+        Ok(())
+    }
+
+    /// The season's totals and the commands to look at it yourself.
+    async fn summary(&self, after: NaiveDate) -> anyhow::Result<()> {
+        let (start, last) = (self.spec.start, self.last);
+        println!("Summary ({start}..{last}):");
+        print!("{}", self.grid(start, last).await?.totals());
+        println!(
+            "\nInspect it yourself (the ledger and tables are in {db}):\n  \
+             export PHASEGATE_CONFIG=examples/nba/pipeline.toml PHASEGATE_SQLITE_PATH={db}\n  \
+             phasegate status --from {start} --to {last}\n  \
+             phasegate check --phase precompute --date {after}\n  \
+             phasegate verify --phase predictions --from {start} --to {last}\n",
+            db = self.db.display()
+        );
+        Ok(())
+    }
+
+    async fn grid(&self, from: NaiveDate, to: NaiveDate) -> anyhow::Result<StatusGrid> {
+        Ok(StatusGrid::load(&self.app.config, self.app.ledger().as_ref(), from, to).await?)
+    }
 }

@@ -64,32 +64,7 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             from,
             to,
             output,
-        } => {
-            if from > to {
-                bail!("--from {from} is after --to {to}");
-            }
-            let app = build(config).await?;
-            require_phase(&app.config, &phase)?;
-            let v = crate::verify::verify(
-                &app.config,
-                app.ledger().as_ref(),
-                app.warehouse().as_ref(),
-                &phase,
-                from,
-                to,
-            )
-            .await?;
-            match output {
-                VerifyOutput::Table => print!("{}", v.render_table()),
-                VerifyOutput::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                VerifyOutput::Csv => print!("{}", v.render_csv()),
-            }
-            Ok(if v.is_continuous {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        } => verify_cmd(config, &phase, from, to, output).await,
         Command::Backfill(args) => {
             let app = build(config).await?;
             super::backfill::run(&app, args).await
@@ -105,31 +80,75 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
         Command::SampleData { from, days, clean } => {
-            if config.backend.kind != BackendKind::Sqlite {
-                bail!("sample-data writes to the SQLite backend only");
-            }
-            let app = build(config).await?;
-            app.init_schema().await?;
-            let db = app.sqlite.as_ref().context("no SQLite backend")?;
-            let mut spec = crate::sample::SeasonSpec::new(from, days);
-            if clean {
-                spec.missing_feed.clear();
-                spec.corrupt_feed.clear();
-            }
-            let summary = crate::sample::generate(db, &spec).await?;
-            println!(
-                "{} game days ({} games, {} box scores), {} off-days; feed missing on {:?}, corrupt on {:?}",
-                summary.game_days,
-                summary.games,
-                summary.box_scores,
-                summary.off_days,
-                spec.missing_feed,
-                spec.corrupt_feed
-            );
-            Ok(ExitCode::SUCCESS)
+            sample_data_cmd(config, from, days, clean).await
         }
         Command::Demo { .. } => unreachable!("handled before loading a configuration"),
     }
+}
+
+/// `verify`: exit 0 when the phase's output is gap-free over the range, 1 when not.
+async fn verify_cmd(
+    config: Config,
+    phase: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    output: VerifyOutput,
+) -> anyhow::Result<ExitCode> {
+    if from > to {
+        bail!("--from {from} is after --to {to}");
+    }
+    let app = build(config).await?;
+    require_phase(&app.config, phase)?;
+    let v = crate::verify::verify(
+        &app.config,
+        app.ledger().as_ref(),
+        app.warehouse().as_ref(),
+        phase,
+        from,
+        to,
+    )
+    .await?;
+    match output {
+        VerifyOutput::Table => print!("{}", v.render_table()),
+        VerifyOutput::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        VerifyOutput::Csv => print!("{}", v.render_csv()),
+    }
+    Ok(if v.is_continuous {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `sample-data`: a generated season in the SQLite file (bad dates unless `clean`).
+async fn sample_data_cmd(
+    config: Config,
+    from: NaiveDate,
+    days: u32,
+    clean: bool,
+) -> anyhow::Result<ExitCode> {
+    if config.backend.kind != BackendKind::Sqlite {
+        bail!("sample-data writes to the SQLite backend only");
+    }
+    let app = build(config).await?;
+    app.init_schema().await?;
+    let db = app.sqlite.as_ref().context("no SQLite backend")?;
+    let mut spec = crate::sample::SeasonSpec::new(from, days);
+    if clean {
+        spec.missing_feed.clear();
+        spec.corrupt_feed.clear();
+    }
+    let summary = crate::sample::generate(db, &spec).await?;
+    println!(
+        "{} game days ({} games, {} box scores), {} off-days; feed missing on {:?}, corrupt on {:?}",
+        summary.game_days,
+        summary.games,
+        summary.box_scores,
+        summary.off_days,
+        spec.missing_feed,
+        spec.corrupt_feed
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<ExitCode> {
