@@ -49,8 +49,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
 /// complete only if no write landed during it), so without this bound the log grew without
 /// limit under sustained load: 440 MB in 8 s. The writer's own checkpoint runs between
 /// writes, so it completes unless a read of an older snapshot is still running, and the
-/// next write starts the log over. It costs that commit a sync of the log and the file
-/// (one stall of the writer per 256 MiB of log at most).
+/// next write starts the log over. It costs that commit a sync of the log and the file.
+/// Since the checkpointer asks the writer for the same much earlier ([`RESTART_AFTER_PAGES`])
+/// this is the backstop, reached only if those requests cannot keep up.
 #[cfg(not(test))]
 const WAL_LIMIT_PAGES: i64 = 65_536;
 #[cfg(test)]
@@ -117,8 +118,8 @@ impl Connections {
         let stop_checkpointer = if in_memory {
             None
         } else {
-            // Commits stop to copy the log back (and sync) only when the log reaches its
-            // bound: the checkpointer thread does the rest.
+            // The backstop: a commit stops to copy the log back (and sync) only if the log
+            // reaches this bound, which the checkpointer's requests normally prevent.
             conn.pragma_update(None, "wal_autocheckpoint", WAL_LIMIT_PAGES)?;
             Some(spawn_checkpointer(path, tx.clone(), Arc::clone(&restarts))?)
         };
