@@ -80,8 +80,8 @@ pub async fn run(db: &Path, season_days: u32) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--days must be at least 21 so the season has both bad dates and a lookback");
     }
     let demo = Demo::set_up(db, season_days).await?;
-    demo.daily_cascade().await?;
-    let after = demo.gates().await?;
+    let grid = demo.daily_cascade().await?;
+    let after = demo.gates(&grid).await?;
     demo.skip_flag().await?;
     demo.repair().await?;
     demo.summary(after).await?;
@@ -122,7 +122,7 @@ impl<'a> Demo<'a> {
     }
 
     /// Act 1: a trigger per day up to the day before the last; every phase triggers the next.
-    async fn daily_cascade(&self) -> anyhow::Result<()> {
+    async fn daily_cascade(&self) -> anyhow::Result<StatusGrid> {
         let (start, last) = (self.spec.start, self.last);
         let day_before = last.pred_opt().unwrap_or(last);
         println!("1. The daily cascade, {start}..{day_before}:");
@@ -135,12 +135,12 @@ impl<'a> Demo<'a> {
         }
         let grid = self.grid(start, last).await?;
         println!("{}", grid.render());
-        Ok(())
+        Ok(grid)
     }
 
     /// Act 2: the strict gate's findings on the first game day after the missing feed, and the
     /// dates it blocked; returns that day.
-    async fn gates(&self) -> anyhow::Result<NaiveDate> {
+    async fn gates(&self, grid: &StatusGrid) -> anyhow::Result<NaiveDate> {
         let (app, missing, corrupt) = (&self.app, self.missing, self.corrupt);
         println!("2. What the gates did:");
         let after = days(missing.succ_opt().unwrap_or(missing), self.last)
@@ -162,7 +162,6 @@ impl<'a> Demo<'a> {
         for line in render_gate(&report).lines() {
             println!("     {line}");
         }
-        let grid = self.grid(self.spec.start, self.last).await?;
         let blocked = grid.dates_with(&precompute.name, crate::ledger::RunStatus::Blocked);
         println!(
             "\n   The strict gate blocked precompute on {} date(s) ({}) instead of computing\n   \

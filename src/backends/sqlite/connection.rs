@@ -110,11 +110,7 @@ impl Connections {
         configure(&conn)?;
         let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
         let (tx, rx) = mpsc::channel::<Job>();
-        let restarts = Arc::new(Restarts {
-            after_pages: restart_after,
-            pending: AtomicBool::new(false),
-            done: AtomicU64::new(0),
-        });
+        let restarts = Arc::new(Restarts::new(restart_after));
         let stop_checkpointer = if in_memory {
             None
         } else {
@@ -365,6 +361,14 @@ struct Restarts {
 }
 
 impl Restarts {
+    fn new(after_pages: Option<i64>) -> Restarts {
+        Restarts {
+            after_pages,
+            pending: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+        }
+    }
+
     /// Ask now? For a long log, unless it is idle (no page written since the last pass and
     /// all copied back: the next write starts it over by itself), and only if no request is
     /// queued yet (which this then marks). "All copied back" alone is no sign: under
@@ -569,11 +573,7 @@ mod tests {
 
     #[test]
     fn the_writer_is_asked_once_at_a_time_and_never_for_an_idle_log() {
-        let restarts = Arc::new(Restarts {
-            after_pages: Some(64),
-            pending: AtomicBool::new(false),
-            done: AtomicU64::new(0),
-        });
+        let restarts = Arc::new(Restarts::new(Some(64)));
         assert!(!restarts.due((63, 10), 0), "short log");
         assert!(restarts.due((100, 100), 90), "long and growing");
         assert!(
@@ -583,11 +583,7 @@ mod tests {
         restarts.pending.store(false, Ordering::Release);
         assert!(!restarts.due((100, 100), 100), "idle and copied back");
         assert!(restarts.due((100, 80), 100), "idle but not copied back");
-        let never = Restarts {
-            after_pages: None,
-            pending: AtomicBool::new(false),
-            done: AtomicU64::new(0),
-        };
+        let never = Restarts::new(None);
         assert!(!never.due((1_000_000, 0), 0));
     }
 
