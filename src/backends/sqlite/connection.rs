@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use rusqlite::{Connection, Savepoint};
 use tokio::sync::oneshot;
+
+use super::presence::PresenceCache;
 
 /// Answers a grouped write's caller once its group's fate is known: `None` when the group
 /// committed, `Some(reason)` when it did not.
@@ -80,6 +83,8 @@ pub(super) struct Connections {
     /// Dropped with `Connections`: stops the checkpointer thread.
     _stop_checkpointer: Option<mpsc::Sender<()>>,
     readers: Mutex<Vec<Connection>>,
+    /// The gap check's days, as the writer connection sees them.
+    presence: Arc<PresenceCache>,
     /// `None` for an in-memory database: reads go through the writer.
     path: Option<PathBuf>,
 }
@@ -119,6 +124,8 @@ impl Connections {
             conn.pragma_update(None, "wal_autocheckpoint", WAL_LIMIT_PAGES)?;
             Some(spawn_checkpointer(path, tx.clone(), Arc::clone(&restarts))?)
         };
+        let presence = Arc::new(PresenceCache::default());
+        PresenceCache::install(&conn, &presence);
         let group_commits = Arc::new(AtomicU64::new(0));
         let commits = Arc::clone(&group_commits);
         std::thread::Builder::new()
@@ -134,6 +141,7 @@ impl Connections {
             restarts,
             _stop_checkpointer: stop_checkpointer,
             readers: Mutex::new(Vec::new()),
+            presence,
             path: (!in_memory).then(|| path.to_path_buf()),
         }))
     }
@@ -197,6 +205,31 @@ impl Connections {
             .map_err(|_| "sqlite writer thread is gone".to_string())?;
         rx.await
             .map_err(|_| "sqlite writer dropped the request".to_string())?
+    }
+
+    /// Whether each of `days` has a row in `table`, as the writer knows it
+    /// ([`PresenceCache::presence`]): a grouped job that writes nothing, so it shares a
+    /// group's transaction and no other connection can commit while it answers. `None`:
+    /// not answered there.
+    pub(super) async fn known_presence(
+        &self,
+        table: String,
+        date_column: String,
+        days: Vec<NaiveDate>,
+    ) -> Result<Option<Vec<bool>>, String> {
+        let cache = Arc::clone(&self.presence);
+        self.write_grouped(false, move |sp| {
+            let found = cache.presence(&sp, &table, &date_column, &days)?;
+            sp.commit()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Days the writer probed with SQL for the gap check so far.
+    #[cfg(test)]
+    pub(super) fn presence_probed(&self) -> u64 {
+        self.presence.probed()
     }
 
     /// Group transactions committed so far.

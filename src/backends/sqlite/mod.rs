@@ -15,6 +15,7 @@ use crate::warehouse::WarehouseError;
 mod atomic;
 mod connection;
 mod ledger;
+mod presence;
 pub mod queue;
 mod sql;
 mod warehouse;

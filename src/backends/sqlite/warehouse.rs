@@ -143,6 +143,17 @@ impl Sqlite {
     ) -> Result<Vec<DatePresence>, WarehouseError> {
         let days: Vec<NaiveDate> = crate::dates::days(from, to).collect();
         let (table, date_column) = (table.to_string(), date_column.to_string());
+        let known = self
+            .conns
+            .known_presence(table.clone(), date_column.clone(), days.clone())
+            .await
+            .map_err(WarehouseError)?;
+        if let Some(present) = known {
+            let found = days.into_iter().zip(present);
+            return Ok(found
+                .map(|(date, present)| DatePresence { date, present })
+                .collect());
+        }
         // One index seek per day of a bounded window: short enough for the calling task.
         self.read_point(move |c| {
             let mut found = Vec::with_capacity(days.len());
@@ -242,19 +253,40 @@ mod tests {
         }
         db.run_statements(&statements, from).await.expect("seed");
 
+        let expected = |gaps: &[usize]| -> Vec<DatePresence> {
+            days.iter()
+                .enumerate()
+                .map(|(i, &date)| DatePresence {
+                    date,
+                    present: !gaps.contains(&i),
+                })
+                .collect()
+        };
+        // Answered by a read connection while the writer learns the window (64 days per
+        // lookup), then from the writer's memory: the same answer both ways.
+        for _ in 0..11 {
+            let found = db
+                .date_presence("t", "d", from, to, None)
+                .await
+                .expect("presence");
+            assert_eq!(found, expected(&gaps));
+        }
+        assert_eq!(db.conns.presence_probed(), 600, "every day probed once");
+
+        // A gap filled and a day emptied through the warehouse: seen at once.
+        db.run_statements(
+            &[
+                format!("INSERT INTO t VALUES ('{}')", days[256]),
+                format!("DELETE FROM t WHERE d LIKE '{}%'", days[300]),
+            ],
+            from,
+        )
+        .await
+        .expect("write");
         let found = db
             .date_presence("t", "d", from, to, None)
             .await
             .expect("presence");
-
-        let expected: Vec<DatePresence> = days
-            .iter()
-            .enumerate()
-            .map(|(i, &date)| DatePresence {
-                date,
-                present: !gaps.contains(&i),
-            })
-            .collect();
-        assert_eq!(found, expected);
+        assert_eq!(found, expected(&[0, 1, 254, 257, 300, 511, 512, 598, 599]));
     }
 }

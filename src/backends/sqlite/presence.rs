@@ -1,0 +1,371 @@
+//! The gap check's memory of which days a table has, kept on the writer thread and exact.
+//!
+//! The every-day gap check probes each day of its window (30 index seeks for a 30-day
+//! lookback), and a worker checks the same days again on every push: a read connection
+//! starts every read from an empty page cache, because the writer commits thousands of
+//! times a second. The writer thread keeps the answers instead, and forgets them whenever
+//! they may have stopped being true:
+//!
+//! - **rows changed by this process** (every write runs on the writer connection): its
+//!   update hook sees every row inserted, updated or deleted in a rowid table, also by
+//!   triggers, and forgets that table. The hook's blind spots are closed: its authorizer
+//!   answers `SQLITE_IGNORE` to every `DELETE`, which (documented: R-17228-37124) turns off
+//!   the "truncate optimisation", so a `DELETE` without `WHERE` removes — and reports — its
+//!   rows one by one; rows that `REPLACE` removes unreported come with the reported row that
+//!   replaced them, in the same table; `WITHOUT ROWID` tables, which the hook never
+//!   reports, are not remembered. (The pre-update hook would see all of it, but needs
+//!   SQLite's bindings generated at build time, with libclang.)
+//! - **a transaction rolled back** (a failed group, an interrupted processor): everything is
+//!   forgotten, since a lookup in the same group may have seen its uncommitted rows;
+//! - **commits by any other connection** (another worker, a backfill, a user's loader):
+//!   `PRAGMA data_version` on the writer connection changes; everything is forgotten;
+//! - **schema changes** (`DROP`, `ALTER`, a view redefined): `PRAGMA schema_version`
+//!   changes; everything is forgotten.
+//!
+//! A lookup runs as a grouped job on the writer thread, inside the group's write
+//! transaction: no other connection can commit between the version check and the answer,
+//! so the answer is the database's state at that moment, as the SQL probe would read it.
+//! Only rowid tables of the main schema are remembered — never a view, a virtual table or
+//! a `WITHOUT ROWID` table, whose rows change without the hook seeing it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::NaiveDate;
+use rusqlite::hooks::{Action, AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, OptionalExtension};
+
+/// Days a lookup may probe to learn what it does not know yet; a window with more unknown
+/// days (a long lookback, just after everything was forgotten) is learnt over several
+/// lookups and checked on a read connection meanwhile, so the writer thread never stalls
+/// on a long read.
+pub(super) const MAX_FILL: usize = 64;
+/// Days remembered per table and column; past it, that column starts over.
+const MAX_DAYS: usize = 100_000;
+
+/// What the writer knows of tables' days (see the module documentation).
+#[derive(Default)]
+pub(super) struct PresenceCache {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// `(data_version, schema_version)` of the writer connection when last checked.
+    versions: Option<(i64, i64)>,
+    /// By table name (lower case): its columns' known days, or `None` if the table is not
+    /// one to remember.
+    tables: HashMap<String, Option<Columns>>,
+    /// Days probed with SQL so far (the tests read it).
+    probed: u64,
+}
+
+/// By date column (lower case): the days known present or absent.
+type Columns = HashMap<String, HashMap<NaiveDate, bool>>;
+
+impl PresenceCache {
+    /// Keep `cache` exact for the writer connection `conn`: forget a table when a row of it
+    /// changes, and everything when a transaction rolls back.
+    pub(super) fn install(conn: &Connection, cache: &Arc<PresenceCache>) {
+        let on_row = Arc::clone(cache);
+        conn.update_hook(Some(
+            move |_: Action, _db: &str, table: &str, _rowid: i64| on_row.forget(table),
+        ));
+        conn.authorizer(Some(row_by_row_deletes()));
+        let on_rollback = Arc::clone(cache);
+        conn.rollback_hook(Some(move || on_rollback.lock().tables.clear()));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, table: &str) {
+        let mut inner = self.lock();
+        if inner.tables.is_empty() {
+            return;
+        }
+        inner
+            .tables
+            .retain(|name, _| !name.eq_ignore_ascii_case(table));
+    }
+
+    /// Days probed with SQL so far.
+    #[cfg(test)]
+    pub(super) fn probed(&self) -> u64 {
+        self.lock().probed
+    }
+
+    /// Whether each of `days` has a row in `table` (`date_column` within the day), from
+    /// memory where it is known and with one index probe per unknown day. `None`: not
+    /// answered here (a table not to remember, or more than [`MAX_FILL`] unknown days; up
+    /// to that many are learnt all the same).
+    /// Runs on the writer connection, inside its write transaction.
+    pub(super) fn presence(
+        &self,
+        conn: &Connection,
+        table: &str,
+        date_column: &str,
+        days: &[NaiveDate],
+    ) -> rusqlite::Result<Option<Vec<bool>>> {
+        let versions = versions(conn)?;
+        let Some(name) = plain_table_name(table) else {
+            return Ok(None);
+        };
+        let column = date_column.to_ascii_lowercase();
+        let mut inner = self.lock();
+        if inner.versions != Some(versions) {
+            inner.tables.clear();
+            inner.versions = Some(versions);
+        }
+        if !inner.tables.contains_key(&name) {
+            let remember = is_plain_table(conn, &name)?;
+            inner
+                .tables
+                .insert(name.clone(), remember.then(Columns::default));
+        }
+        let Some(Some(columns)) = inner.tables.get_mut(&name) else {
+            return Ok(None);
+        };
+        let known = columns.entry(column).or_default();
+        let unknown: Vec<NaiveDate> = days
+            .iter()
+            .filter(|d| !known.contains_key(d))
+            .copied()
+            .collect();
+        if known.len() + unknown.len() > MAX_DAYS {
+            known.clear();
+        }
+        // At most MAX_FILL probes per lookup: a long window with many unknown days is
+        // learnt over several lookups, and answered by a read connection meanwhile. A probe
+        // is a SELECT: it changes no row, so the hook does not run under this lock.
+        let sql = super::sql::every_day_sql(table, date_column, 1);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        for day in unknown.iter().take(MAX_FILL) {
+            let next = day.succ_opt().unwrap_or(*day);
+            let present: bool =
+                stmt.query_row([day.to_string(), next.to_string()], |r| r.get(0))?;
+            known.insert(*day, present);
+        }
+        let answer: Option<Vec<bool>> = days.iter().map(|d| known.get(d).copied()).collect();
+        inner.probed += unknown.len().min(MAX_FILL) as u64;
+        Ok(answer)
+    }
+}
+
+/// An authorizer that allows everything, and answers `SQLITE_IGNORE` to a `DELETE` from a
+/// table, which makes SQLite delete its rows one by one (reported to the update hook)
+/// instead of dropping the table's pages ("truncate optimisation"). SQLite asks the same
+/// question when it drops a table (right after `SQLITE_DROP_TABLE` and the like), and there
+/// `SQLITE_IGNORE` would silently skip the `DROP`: that one is allowed, as are deletes from
+/// the schema table.
+fn row_by_row_deletes() -> impl FnMut(AuthContext<'_>) -> Authorization + Send + 'static {
+    let mut dropping = false;
+    move |ctx: AuthContext<'_>| {
+        let after_drop = std::mem::replace(
+            &mut dropping,
+            matches!(
+                ctx.action,
+                AuthAction::DropTable { .. }
+                    | AuthAction::DropTempTable { .. }
+                    | AuthAction::DropView { .. }
+                    | AuthAction::DropTempView { .. }
+                    | AuthAction::DropVtable { .. }
+            ),
+        );
+        match ctx.action {
+            AuthAction::Delete { table_name }
+                if !after_drop && !table_name.starts_with("sqlite_") =>
+            {
+                Authorization::Ignore
+            }
+            _ => Authorization::Allow,
+        }
+    }
+}
+
+/// The writer connection's view of other connections' commits and of the schema.
+fn versions(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    let data = conn
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?;
+    let schema = conn
+        .prepare_cached("PRAGMA schema_version")?
+        .query_row([], |r| r.get(0))?;
+    Ok((data, schema))
+}
+
+/// The table's name as the pre-update hook reports it (lower case), for a name of the main
+/// schema (`table` or `main.table`); `None` for anything else.
+fn plain_table_name(table: &str) -> Option<String> {
+    let name = match table.split_once('.') {
+        None => table,
+        Some((schema, name)) if schema.eq_ignore_ascii_case("main") => name,
+        Some(_) => return None,
+    };
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    plain.then(|| name.to_ascii_lowercase())
+}
+
+/// A rowid table of the main schema (not a view, a virtual or shadow table, or a table
+/// `WITHOUT ROWID`).
+fn is_plain_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    let kind: Option<(String, bool)> = conn
+        .prepare_cached(
+            "SELECT type, wr FROM pragma_table_list \
+             WHERE schema = 'main' AND name = ?1 COLLATE NOCASE",
+        )?
+        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(matches!(kind, Some((kind, false)) if kind == "table"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2024, 3, d).expect("a date")
+    }
+
+    /// A database with `t (d TEXT)` holding rows on days 1 and 2 (day 2 as a datetime), a
+    /// writer connection with the cache installed, and the cache.
+    fn setup() -> (tempfile::TempDir, Connection, Arc<PresenceCache>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = Connection::open(dir.path().join("p.db")).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t (d TEXT, v INTEGER);
+             CREATE INDEX t_d ON t (d);
+             INSERT INTO t VALUES ('2024-03-01', 1), ('2024-03-02 18:30:00', 2);",
+        )
+        .expect("schema");
+        let cache = Arc::new(PresenceCache::default());
+        PresenceCache::install(&conn, &cache);
+        (dir, conn, cache)
+    }
+
+    fn lookup(conn: &Connection, cache: &PresenceCache, table: &str) -> Option<Vec<bool>> {
+        cache
+            .presence(conn, table, "d", &[day(1), day(2), day(3)])
+            .expect("lookup")
+    }
+
+    #[test]
+    fn answers_from_memory_until_the_writer_changes_the_table() {
+        let (_dir, conn, cache) = setup();
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+        assert_eq!(cache.probed(), 3);
+        assert_eq!(
+            lookup(&conn, &cache, "main.T"),
+            Some(vec![true, true, false])
+        );
+        assert_eq!(cache.probed(), 3, "the second lookup probed nothing");
+
+        // A write to another table forgets nothing.
+        conn.execute_batch("CREATE TABLE other (x); INSERT INTO other VALUES (1);")
+            .expect("other");
+        let probed = cache.probed();
+        lookup(&conn, &cache, "t");
+        // (The CREATE changed the schema version: everything was forgotten once.)
+        assert_eq!(cache.probed(), probed + 3);
+        conn.execute("INSERT INTO other VALUES (2)", [])
+            .expect("insert");
+        lookup(&conn, &cache, "t");
+        assert_eq!(
+            cache.probed(),
+            probed + 3,
+            "a write elsewhere keeps t's days"
+        );
+
+        conn.execute("INSERT INTO t VALUES ('2024-03-03', 3)", [])
+            .expect("insert");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, true]));
+        conn.execute("DELETE FROM t WHERE d = '2024-03-01'", [])
+            .expect("delete");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![false, true, true]));
+        conn.execute("UPDATE t SET d = '2024-03-01' WHERE v = 3", [])
+            .expect("update");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+    }
+
+    #[test]
+    fn a_delete_of_every_row_is_seen() {
+        let (_dir, conn, cache) = setup();
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+        // Without WHERE, SQLite would drop the table's pages unreported ("truncate
+        // optimisation") if the authorizer did not turn that off.
+        conn.execute("DELETE FROM t", []).expect("delete all");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![false, false, false]));
+    }
+
+    #[test]
+    fn another_connections_commit_is_seen() {
+        let (dir, conn, cache) = setup();
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+        let loader = Connection::open(dir.path().join("p.db")).expect("second connection");
+        loader
+            .execute("INSERT INTO t VALUES ('2024-03-03T01:00:00Z', 9)", [])
+            .expect("external insert");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, true]));
+        loader
+            .execute("DELETE FROM t", [])
+            .expect("external delete");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![false, false, false]));
+    }
+
+    #[test]
+    fn what_a_rolled_back_transaction_showed_is_forgotten() {
+        let (_dir, conn, cache) = setup();
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        conn.execute("INSERT INTO t VALUES ('2024-03-03', 3)", [])
+            .expect("insert");
+        // Seen inside the transaction (as a lookup in the same group would see it)...
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, true]));
+        conn.execute_batch("ROLLBACK").expect("rollback");
+        // ...and not after it rolled back.
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+    }
+
+    #[test]
+    fn views_other_schemas_and_dropped_tables_are_not_answered() {
+        let (_dir, conn, cache) = setup();
+        conn.execute_batch(
+            "CREATE VIEW v AS SELECT * FROM t;
+             CREATE TABLE w (d TEXT PRIMARY KEY) WITHOUT ROWID;",
+        )
+        .expect("view");
+        assert_eq!(lookup(&conn, &cache, "v"), None, "a view");
+        assert_eq!(lookup(&conn, &cache, "w"), None, "a WITHOUT ROWID table");
+        assert_eq!(lookup(&conn, &cache, "aux.t"), None, "another schema");
+        assert_eq!(lookup(&conn, &cache, "missing"), None, "no such table");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+        // The authorizer lets every kind of DROP through.
+        conn.execute_batch(
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;
+             DROP TRIGGER tr; DROP INDEX t_d; DROP VIEW v; DROP TABLE w; DROP TABLE t;",
+        )
+        .expect("drops");
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get(0))
+            .expect("schema");
+        assert_eq!(left, 0, "everything dropped");
+        assert_eq!(lookup(&conn, &cache, "t"), None, "dropped");
+    }
+
+    #[test]
+    fn a_long_window_is_learnt_over_several_lookups() {
+        let (_dir, conn, cache) = setup();
+        let days: Vec<NaiveDate> =
+            crate::dates::days(day(1), day(1) + chrono::Days::new(99)).collect();
+        assert_eq!(cache.presence(&conn, "t", "d", &days).expect("first"), None);
+        assert_eq!(cache.probed(), MAX_FILL as u64);
+        let found = cache
+            .presence(&conn, "t", "d", &days)
+            .expect("second")
+            .expect("learnt by now");
+        assert_eq!(cache.probed(), 100);
+        assert_eq!(found.iter().filter(|p| **p).count(), 2);
+        assert!(found[0] && found[1] && !found[2]);
+    }
+}
