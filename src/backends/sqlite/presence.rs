@@ -28,7 +28,7 @@
 //! Only rowid tables of the main schema are remembered — never a view, a virtual table or
 //! a `WITHOUT ROWID` table, whose rows change without the hook seeing it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::NaiveDate;
@@ -47,6 +47,10 @@ const MAX_DAYS: usize = 100_000;
 #[derive(Default)]
 pub(super) struct PresenceCache {
     inner: Mutex<Inner>,
+    /// Tables (lower case) ever looked up: their `DELETE`s run row by row (see
+    /// [`row_by_row_deletes`]). A separate lock: the authorizer takes it while SQLite
+    /// prepares a statement, which a lookup does holding `inner`.
+    watched: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -71,13 +75,28 @@ impl PresenceCache {
         conn.update_hook(Some(
             move |_: Action, _db: &str, table: &str, _rowid: i64| on_row.forget(table),
         ));
-        conn.authorizer(Some(row_by_row_deletes()));
+        conn.authorizer(Some(row_by_row_deletes(Arc::clone(cache))));
         let on_rollback = Arc::clone(cache);
         conn.rollback_hook(Some(move || on_rollback.lock().tables.clear()));
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watches(&self, table: &str) -> bool {
+        let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        watched.iter().any(|w| w.eq_ignore_ascii_case(table))
+    }
+
+    /// From now on, `DELETE`s from `name` run row by row. Statements prepared before were
+    /// compiled without that: the connection's statement cache is emptied, so none of them
+    /// runs again.
+    fn watch(&self, conn: &Connection, name: &str) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if watched.insert(name.to_string()) {
+            conn.flush_prepared_statement_cache();
+        }
     }
 
     fn forget(&self, table: &str) {
@@ -119,6 +138,7 @@ impl PresenceCache {
             inner.versions = Some(versions);
         }
         if !inner.tables.contains_key(&name) {
+            self.watch(conn, &name);
             let remember = is_plain_table(conn, &name)?;
             inner
                 .tables
@@ -154,12 +174,14 @@ impl PresenceCache {
 }
 
 /// An authorizer that allows everything, and answers `SQLITE_IGNORE` to a `DELETE` from a
-/// table, which makes SQLite delete its rows one by one (reported to the update hook)
-/// instead of dropping the table's pages ("truncate optimisation"). SQLite asks the same
-/// question when it drops a table (right after `SQLITE_DROP_TABLE` and the like), and there
-/// `SQLITE_IGNORE` would silently skip the `DROP`: that one is allowed, as are deletes from
-/// the schema table.
-fn row_by_row_deletes() -> impl FnMut(AuthContext<'_>) -> Authorization + Send + 'static {
+/// table the cache watches, which makes SQLite delete its rows one by one (each reported to
+/// the update hook) instead of dropping the table's pages ("truncate optimisation"; other
+/// tables keep it). SQLite asks the same question when it drops a table (right after
+/// `SQLITE_DROP_TABLE` and the like), and there `SQLITE_IGNORE` would silently skip the
+/// `DROP`: that one is allowed, as are deletes from the schema table.
+fn row_by_row_deletes(
+    cache: Arc<PresenceCache>,
+) -> impl FnMut(AuthContext<'_>) -> Authorization + Send + 'static {
     let mut dropping = false;
     move |ctx: AuthContext<'_>| {
         let after_drop = std::mem::replace(
@@ -174,9 +196,7 @@ fn row_by_row_deletes() -> impl FnMut(AuthContext<'_>) -> Authorization + Send +
             ),
         );
         match ctx.action {
-            AuthAction::Delete { table_name }
-                if !after_drop && !table_name.starts_with("sqlite_") =>
-            {
+            AuthAction::Delete { table_name } if !after_drop && cache.watches(table_name) => {
                 Authorization::Ignore
             }
             _ => Authorization::Allow,
@@ -296,6 +316,24 @@ mod tests {
         // Without WHERE, SQLite would drop the table's pages unreported ("truncate
         // optimisation") if the authorizer did not turn that off.
         conn.execute("DELETE FROM t", []).expect("delete all");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![false, false, false]));
+    }
+
+    #[test]
+    fn a_delete_prepared_before_the_table_was_watched_is_seen() {
+        let (_dir, conn, cache) = setup();
+        // Compiled (and cached) while nobody watched t: with the truncate optimisation.
+        conn.prepare_cached("DELETE FROM t")
+            .expect("prepare")
+            .execute([])
+            .expect("delete");
+        conn.execute("INSERT INTO t VALUES ('2024-03-01', 1)", [])
+            .expect("insert");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, false, false]));
+        conn.prepare_cached("DELETE FROM t")
+            .expect("prepare")
+            .execute([])
+            .expect("delete again");
         assert_eq!(lookup(&conn, &cache, "t"), Some(vec![false, false, false]));
     }
 
