@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
 use crate::config::{LeasePolicy, Phase, Processor};
+use crate::gate::{self, GateError, GateReport};
 use crate::ledger::{self, Claim, Ledger, LedgerError, RunRecord, RunStatus, UpstreamRun};
 
 /// Decisions re-taken after losing a claim before answering "in progress".
@@ -106,13 +107,16 @@ impl Drop for Held {
     }
 }
 
-/// The upstream processors' runs a claimed run saw when it claimed.
-pub(super) struct Upstream {
-    /// The latest run of each upstream processor (in `checks.upstream` order): the gate's
-    /// upstream check reads these.
-    pub latest: Vec<Option<RunRecord>>,
-    /// The done ones among them: the lineage the run consumes.
+/// A run this delivery claimed, with what it needs to go on.
+pub(super) struct Claimed {
+    /// The `running` run written by the claim.
+    pub run: RunRecord,
+    /// Releases the claim on every path that does not finish it.
+    pub held: Held,
+    /// The done upstream runs the run saw when it claimed: the lineage it consumes.
     pub consumed: Vec<RunRecord>,
+    /// The gate's verdict, read while the claim was being written.
+    pub report: Result<GateReport, GateError>,
 }
 
 /// What the latest run means for this delivery.
@@ -180,16 +184,26 @@ impl Worker {
             run.delivery_attempt = req.delivery_attempt;
             run.upstream_runs = lineage;
             run.lease_until = Some(Utc::now() + policy.lease);
-            match self.ledger.claim(&run, seen.as_deref()).await? {
+            // The gate reads what the claim does not write, so both go out together: on
+            // SQLite their jobs share one group of the writer thread (one wait instead of
+            // two), on BigQuery their jobs run side by side. A lost claim drops the report.
+            let gate = gate::evaluate_with_upstream(
+                &self.config,
+                p,
+                req.data_date,
+                &upstream_latest,
+                self.warehouse.as_ref(),
+            );
+            let (claim, report) = tokio::join!(self.ledger.claim(&run, seen.as_deref()), gate);
+            match claim? {
                 Claim::Won => {
-                    let held = Held::new(Arc::clone(&self.ledger), run.clone(), policy);
-                    let upstream = Upstream {
-                        latest: upstream_latest,
+                    let claimed = Claimed {
+                        held: Held::new(Arc::clone(&self.ledger), run.clone(), policy),
+                        run,
                         consumed: consumed.into_iter().map(|(_, r)| r).collect(),
+                        report,
                     };
-                    return self
-                        .run_claimed(p, req, run, held, &upstream, deadline)
-                        .await;
+                    return self.run_claimed(p, req, claimed, deadline).await;
                 }
                 Claim::Lost(winner) => {
                     tracing::debug!(processor = %p.name, data_date = %req.data_date,

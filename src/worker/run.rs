@@ -1,4 +1,4 @@
-//! A claimed run: the gate, the processor and the outcome in the ledger.
+//! A claimed run: the gate's verdict, the processor and the outcome in the ledger.
 //!
 //! Every exit records an outcome for the claim — `blocked`, `failed`, `success`/`no_data` —
 //! or leaves it to the [`Held`] guard to release. Production-readiness is this run's gate
@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use super::claim::{Held, Upstream};
+use super::claim::{Claimed, Held};
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
 use crate::config::{Mode, Processor, ProcessorKind};
-use crate::gate::{self, GateReport};
+use crate::gate::GateReport;
 use crate::ledger::{RunRecord, RunStatus};
 use crate::processor;
 use crate::warehouse::{Committed, ProcessorRun};
@@ -21,20 +21,16 @@ impl Worker {
         &self,
         p: &Processor,
         req: &RunRequest,
-        mut run: RunRecord,
-        held: Held,
-        upstream: &Upstream,
+        claimed: Claimed,
         deadline: Instant,
     ) -> Result<Step, WorkerError> {
-        let report = match gate::evaluate_with_upstream(
-            &self.config,
-            p,
-            req.data_date,
-            &upstream.latest,
-            self.warehouse.as_ref(),
-        )
-        .await
-        {
+        let Claimed {
+            mut run,
+            held,
+            consumed,
+            report,
+        } = claimed;
+        let report = match report {
             Ok(r) => r,
             Err(e) => {
                 run.finish(
@@ -48,7 +44,7 @@ impl Worker {
             }
         };
         crate::metrics::gate_report(&report);
-        let report = with_upstream_readiness(report, p, &upstream.consumed);
+        let report = with_upstream_readiness(report, p, &consumed);
         if !p.checks.is_empty() {
             run.findings = serde_json::to_value(&report).ok();
         }
