@@ -207,10 +207,37 @@ impl Connections {
             .map_err(|_| "sqlite writer dropped the request".to_string())?
     }
 
+    /// Run `f` on the writer thread inside a group transaction, without a savepoint: for
+    /// reads that must see what the writer sees (they write nothing). The answer comes once
+    /// the group has committed, like a grouped write's: what `f` read may include the
+    /// group's earlier writes. A panic in `f` is contained.
+    async fn read_grouped<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let work = Box::new(move |conn: &mut Connection| -> Reply {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                .unwrap_or_else(|_| Err(rusqlite::Error::InvalidQuery))
+                .map_err(|e| e.to_string());
+            Box::new(move |group_failed: Option<String>| {
+                let _ = tx.send(match group_failed {
+                    Some(reason) if result.is_ok() => Err(reason),
+                    _ => result,
+                });
+            })
+        });
+        self.writer
+            .send(Job::Grouped { work, leads: false })
+            .map_err(|_| "sqlite writer thread is gone".to_string())?;
+        rx.await
+            .map_err(|_| "sqlite writer dropped the request".to_string())?
+    }
+
     /// Whether each of `days` has a row in `table`, as the writer knows it
-    /// ([`PresenceCache::presence`]): a grouped job that writes nothing, so it shares a
-    /// group's transaction and no other connection can commit while it answers. `None`:
-    /// not answered there.
+    /// ([`PresenceCache::presence`]): a grouped read, so it shares a group's transaction
+    /// and no other connection can commit while it answers. `None`: not answered there.
     pub(super) async fn known_presence(
         &self,
         table: String,
@@ -218,12 +245,8 @@ impl Connections {
         days: Vec<NaiveDate>,
     ) -> Result<Option<Vec<bool>>, String> {
         let cache = Arc::clone(&self.presence);
-        self.write_grouped(false, move |sp| {
-            let found = cache.presence(&sp, &table, &date_column, &days)?;
-            sp.commit()?;
-            Ok(found)
-        })
-        .await
+        self.read_grouped(move |conn| cache.presence(conn, &table, &date_column, &days))
+            .await
     }
 
     /// Days the writer probed with SQL for the gap check so far.
@@ -341,7 +364,7 @@ fn run_group(
     rx: &mpsc::Receiver<Job>,
     commits: &AtomicU64,
 ) -> Option<Job> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         // No group: the job runs on its own (its savepoint is then its transaction).
         tracing::warn!(error = %e, "sqlite could not begin a group transaction");
         first(conn)(None);
@@ -363,7 +386,7 @@ fn run_group(
         // A failed statement (interrupt, full disk, I/O error) rolled the whole group back.
         Some("rolled back with its group after a failed write; nothing was written".into())
     } else {
-        conn.execute_batch("COMMIT").err().map(|e| {
+        run_cached(conn, "COMMIT").err().map(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             format!("group commit failed: {e}")
         })
@@ -376,6 +399,11 @@ fn run_group(
         reply(failed.clone());
     }
     ended_by
+}
+
+/// A statement the writer runs for every group, prepared once.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn thread_error(e: std::io::Error) -> rusqlite::Error {
