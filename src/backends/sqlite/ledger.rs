@@ -275,13 +275,21 @@ impl Ledger for Sqlite {
     ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
         let (processors, pipeline) = (processors.to_vec(), self.pipeline.clone());
         self.read_point(move |c| {
-            let tx = c.transaction()?;
+            // BEGIN and COMMIT prepared once (`Connection::transaction` parses them on every
+            // call); a failed read rolls back, as dropping a `Transaction` would.
+            c.prepare_cached("BEGIN")?.execute([])?;
             let found = processors
                 .iter()
-                .map(|p| latest(&tx, &pipeline, p, date))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            tx.commit()?;
-            Ok(found)
+                .map(|p| latest(c, &pipeline, p, date))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .and_then(|found| {
+                    c.prepare_cached("COMMIT")?.execute([])?;
+                    Ok(found)
+                });
+            if found.is_err() && !c.is_autocommit() {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+            found
         })
         .await
         .map_err(LedgerError)
@@ -375,5 +383,37 @@ impl Ledger for Sqlite {
         })
         .await
         .map_err(LedgerError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In memory, reads run on the writer connection: a read that fails inside its
+    /// transaction must not leave that transaction open under the writes that follow.
+    #[tokio::test]
+    async fn a_failed_read_leaves_no_transaction_open_on_the_writer() {
+        let db = Sqlite::open(std::path::Path::new(":memory:"), "p").expect("open");
+        db.ensure_schema().await.expect("schema");
+        db.with_connection(|c| {
+            c.execute(
+                "INSERT INTO processor_run_history (run_id, pipeline, processor_name, phase, \
+                 data_date, status, started_at, production_ready, trigger_source, \
+                 skip_downstream_trigger) VALUES ('r1', 'p', 'a', 'x', '2024-01-01', 'bogus', \
+                 '2024-01-01T00:00:00Z', 1, 'cli', 0)",
+                [],
+            )
+        })
+        .await
+        .expect("a row no reader can decode");
+        let date = NaiveDate::from_ymd_opt(2024, 1, 1).expect("date");
+        let read = db.latest_of(&["a".to_string()], date).await;
+        assert!(read.is_err(), "an unknown status is an error");
+        let open = db
+            .with_connection(|c| Ok(!c.is_autocommit()))
+            .await
+            .expect("writer");
+        assert!(!open, "the failed read's transaction was rolled back");
     }
 }
