@@ -183,28 +183,16 @@ impl Connections {
         T: Send + 'static,
         F: for<'c> FnOnce(Savepoint<'c>) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let work = Box::new(move |conn: &mut Connection| -> Reply {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        self.grouped_job(leads, move |conn| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 conn.savepoint().and_then(f)
-            }));
-            let result = match result {
+            })) {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 // The savepoint was dropped while unwinding: its changes are rolled back.
                 Err(_) => Err("sqlite write panicked".to_string()),
-            };
-            Box::new(move |group_failed: Option<String>| {
-                let _ = tx.send(match group_failed {
-                    Some(reason) if result.is_ok() => Err(reason),
-                    _ => result,
-                });
-            })
-        });
-        self.writer
-            .send(Job::Grouped { work, leads })
-            .map_err(|_| "sqlite writer thread is gone".to_string())?;
-        rx.await
-            .map_err(|_| "sqlite writer dropped the request".to_string())?
+            }
+        })
+        .await
     }
 
     /// Run `f` on the writer thread inside a group transaction, without a savepoint: for
@@ -216,11 +204,26 @@ impl Connections {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.grouped_job(false, move |conn| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("sqlite read panicked".to_string()),
+            }
+        })
+        .await
+    }
+
+    /// Queue `run` as a grouped job (`leads`: see [`Job::Grouped`]) and wait for its answer,
+    /// sent once its group's fate is known: `run`'s result if the group committed, the
+    /// group's failure otherwise.
+    async fn grouped_job<T, F>(&self, leads: bool, run: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, String> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let work = Box::new(move |conn: &mut Connection| -> Reply {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
-                .unwrap_or_else(|_| Err(rusqlite::Error::InvalidQuery))
-                .map_err(|e| e.to_string());
+            let result = run(conn);
             Box::new(move |group_failed: Option<String>| {
                 let _ = tx.send(match group_failed {
                     Some(reason) if result.is_ok() => Err(reason),
@@ -229,7 +232,7 @@ impl Connections {
             })
         });
         self.writer
-            .send(Job::Grouped { work, leads: false })
+            .send(Job::Grouped { work, leads })
             .map_err(|_| "sqlite writer thread is gone".to_string())?;
         rx.await
             .map_err(|_| "sqlite writer dropped the request".to_string())?
