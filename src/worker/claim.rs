@@ -187,6 +187,8 @@ impl Worker {
             // The gate reads what the claim does not write, so both go out together: on
             // SQLite their jobs share one group of the writer thread (one wait instead of
             // two), on BigQuery their jobs run side by side. A lost claim drops the report.
+            // The guard is made as soon as the claim is won, while the gate may still be
+            // reading: a request dropped then (deadline, client gone) releases the claim.
             let gate = gate::evaluate_with_upstream(
                 &self.config,
                 p,
@@ -194,18 +196,24 @@ impl Worker {
                 &upstream_latest,
                 self.warehouse.as_ref(),
             );
-            let (claim, report) = tokio::join!(self.ledger.claim(&run, seen.as_deref()), gate);
+            let claim = async {
+                Ok::<_, LedgerError>(match self.ledger.claim(&run, seen.as_deref()).await? {
+                    Claim::Won => Ok(Held::new(Arc::clone(&self.ledger), run.clone(), policy)),
+                    Claim::Lost(winner) => Err(winner),
+                })
+            };
+            let (claim, report) = tokio::join!(claim, gate);
             match claim? {
-                Claim::Won => {
+                Ok(held) => {
                     let claimed = Claimed {
-                        held: Held::new(Arc::clone(&self.ledger), run.clone(), policy),
+                        held,
                         run,
                         consumed: consumed.into_iter().map(|(_, r)| r).collect(),
                         report,
                     };
                     return self.run_claimed(p, req, claimed, deadline).await;
                 }
-                Claim::Lost(winner) => {
+                Err(winner) => {
                     tracing::debug!(processor = %p.name, data_date = %req.data_date,
                         winner = %winner.run_id, "claim lost to a concurrent delivery");
                 }

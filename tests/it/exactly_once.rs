@@ -78,11 +78,13 @@ impl Faulty {
     }
 }
 
-/// A warehouse that can hold or fail the next processor run: a point after the claim and
-/// before the run's outcome is written.
+/// A warehouse that can hold or fail the next processor run (a point after the claim and
+/// before the run's outcome is written), or hold the next gate read (which runs beside the
+/// claim).
 struct FaultyWarehouse {
     inner: Arc<dyn Warehouse>,
     pause_next_run: AtomicBool,
+    pause_next_gate: AtomicBool,
     fail_next_run: AtomicBool,
     paused: Notify,
 }
@@ -92,6 +94,7 @@ impl FaultyWarehouse {
         Arc::new(FaultyWarehouse {
             inner,
             pause_next_run: AtomicBool::new(false),
+            pause_next_gate: AtomicBool::new(false),
             fail_next_run: AtomicBool::new(false),
             paused: Notify::new(),
         })
@@ -130,6 +133,11 @@ impl Warehouse for FaultyWarehouse {
         to: NaiveDate,
         expected: Option<&Reference>,
     ) -> Result<Vec<DatePresence>, WarehouseError> {
+        if self.pause_next_gate.swap(false, Ordering::SeqCst) {
+            self.paused.notify_one();
+            // Held until the request is dropped.
+            std::future::pending::<()>().await;
+        }
         self.inner.date_presence(t, c, from, to, expected).await
     }
     async fn entity_counts(
@@ -361,6 +369,76 @@ async fn a_request_dropped_mid_run_is_released_and_its_redelivery_succeeds() {
         "no running row left behind"
     );
     assert_eq!(counting.count("test-analytics-done", day), 1);
+}
+
+#[tokio::test]
+async fn a_request_dropped_while_its_gate_reads_releases_its_claim() {
+    let env = TestEnv::new("soft").await;
+    // The second day: its gap check has a day before it to read.
+    let (first, day) = (d("2024-01-01"), d("2024-01-02"));
+    env.season(&[first, day]).await;
+    let faulty = FaultyWarehouse::new(env.app.warehouse().clone());
+    let counting = Arc::new(Counting::default());
+    let worker = worker_with(
+        &env,
+        env.app.ledger().clone(),
+        faulty.clone(),
+        counting.clone(),
+    );
+    for date in [first, day] {
+        for phase in ["raw", "analytics"] {
+            let status = worker
+                .handle_push(phase, &push_body(date, &format!("{phase}-{date}")))
+                .await
+                .http_status();
+            assert_eq!(status, 200, "{phase} {date}");
+        }
+    }
+    // precompute's gate (a gap check) reads while the claim is written; the gate is held,
+    // the claim commits, then the request is dropped (the push deadline, or the client).
+    faulty.pause_next_gate.store(true, Ordering::SeqCst);
+    let paused = faulty.paused.notified();
+    let dropped = {
+        let w = worker.clone();
+        tokio::spawn(async move { w.handle_push("precompute", &push_body(day, "m")).await })
+    };
+    paused.await;
+    for _ in 0..200 {
+        if env.status("features", day).await == Some(RunStatus::Running) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        env.status("features", day).await,
+        Some(RunStatus::Running),
+        "claimed while the gate was held"
+    );
+    dropped.abort();
+    let _ = dropped.await;
+
+    // Released at once (not left running until its lease runs out): the redelivery runs.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = worker
+            .handle_push("precompute", &push_body(day, "m"))
+            .await
+            .http_status();
+        if status != 409 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    let history = env.app.ledger().history("features", day).await.unwrap();
+    assert!(
+        history.iter().all(|r| r.status != RunStatus::Running),
+        "no running row left behind: {history:?}"
+    );
+    assert!(
+        history.iter().any(|r| r.status == RunStatus::Failed),
+        "the dropped run was released as failed: {history:?}"
+    );
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@
 //! a `WITHOUT ROWID` table, whose rows change without the hook seeing it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::NaiveDate;
@@ -46,26 +47,42 @@ const MAX_DAYS: usize = 100_000;
 /// What the writer knows of tables' days (see the module documentation).
 #[derive(Default)]
 pub(super) struct PresenceCache {
+    /// Never held while SQL runs: SQLite calls the hooks from inside a statement (a failed
+    /// read can roll the whole transaction back mid-step), on the same thread.
     inner: Mutex<Inner>,
-    /// Tables (lower case) ever looked up: their `DELETE`s run row by row (see
-    /// [`row_by_row_deletes`]). A separate lock: the authorizer takes it while SQLite
-    /// prepares a statement, which a lookup does holding `inner`.
+    /// Transactions rolled back so far (the rollback hook only counts, taking no lock).
+    rollbacks: AtomicU64,
+    /// Tables (lower case) whose `DELETE`s run row by row (see [`row_by_row_deletes`]).
     watched: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// `(data_version, schema_version)` of the writer connection when last checked.
-    versions: Option<(i64, i64)>,
+    /// `(data_version, schema_version)` of the writer connection when last checked, and
+    /// the rollbacks counted then.
+    seen: Option<((i64, i64), u64)>,
     /// By table name (lower case): its columns' known days, or `None` if the table is not
     /// one to remember.
     tables: HashMap<String, Option<Columns>>,
+    /// Bumped whenever something is forgotten: what a lookup learnt is kept only if nothing
+    /// was forgotten while it probed.
+    generation: u64,
     /// Days probed with SQL so far (the tests read it).
     probed: u64,
 }
 
 /// By date column (lower case): the days known present or absent.
 type Columns = HashMap<String, HashMap<NaiveDate, bool>>;
+
+/// What a lookup knows before probing.
+enum Known {
+    /// Not a table to remember.
+    Never,
+    /// The table's status is not known yet (first lookup since the schema changed).
+    Unchecked,
+    /// The days known so far among those asked, in order (`None`: unknown).
+    Days(Vec<Option<bool>>),
+}
 
 impl PresenceCache {
     /// Keep `cache` exact for the writer connection `conn`: forget a table when a row of it
@@ -77,7 +94,9 @@ impl PresenceCache {
         ));
         conn.authorizer(Some(row_by_row_deletes(Arc::clone(cache))));
         let on_rollback = Arc::clone(cache);
-        conn.rollback_hook(Some(move || on_rollback.lock().tables.clear()));
+        conn.rollback_hook(Some(move || {
+            on_rollback.rollbacks.fetch_add(1, Ordering::AcqRel);
+        }));
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -95,6 +114,7 @@ impl PresenceCache {
     fn watch(&self, conn: &Connection, name: &str) {
         let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
         if watched.insert(name.to_string()) {
+            drop(watched);
             conn.flush_prepared_statement_cache();
         }
     }
@@ -107,6 +127,7 @@ impl PresenceCache {
         inner
             .tables
             .retain(|name, _| !name.eq_ignore_ascii_case(table));
+        inner.generation += 1;
     }
 
     /// Days probed with SQL so far.
@@ -117,8 +138,8 @@ impl PresenceCache {
 
     /// Whether each of `days` has a row in `table` (`date_column` within the day), from
     /// memory where it is known and with one index probe per unknown day. `None`: not
-    /// answered here (a table not to remember, or more than [`MAX_FILL`] unknown days; up
-    /// to that many are learnt all the same).
+    /// answered here (a table not to remember, more than [`MAX_FILL`] unknown days — up to
+    /// that many are learnt all the same — or a transaction rolled back while it probed).
     /// Runs on the writer connection, inside its write transaction.
     pub(super) fn presence(
         &self,
@@ -127,50 +148,125 @@ impl PresenceCache {
         date_column: &str,
         days: &[NaiveDate],
     ) -> rusqlite::Result<Option<Vec<bool>>> {
-        let versions = versions(conn)?;
         let Some(name) = plain_table_name(table) else {
             return Ok(None);
         };
         let column = date_column.to_ascii_lowercase();
-        let mut inner = self.lock();
-        if inner.versions != Some(versions) {
-            inner.tables.clear();
-            inner.versions = Some(versions);
-        }
-        if !inner.tables.contains_key(&name) {
-            self.watch(conn, &name);
-            let remember = is_plain_table(conn, &name)?;
-            inner
-                .tables
-                .insert(name.clone(), remember.then(Columns::default));
-        }
-        let Some(Some(columns)) = inner.tables.get_mut(&name) else {
-            return Ok(None);
+        let versions = versions(conn)?;
+        let rollbacks = self.rollbacks.load(Ordering::Acquire);
+        let (known, generation) = self.known(&name, &column, days, (versions, rollbacks));
+        let known = match known {
+            Known::Never => return Ok(None),
+            Known::Unchecked => {
+                let remember = is_plain_table(conn, &name)?;
+                if remember {
+                    self.watch(conn, &name);
+                }
+                let mut inner = self.lock();
+                if inner.generation == generation {
+                    inner
+                        .tables
+                        .insert(name.clone(), remember.then(Columns::default));
+                }
+                if !remember {
+                    return Ok(None);
+                }
+                vec![None; days.len()]
+            }
+            Known::Days(known) => known,
         };
-        let known = columns.entry(column).or_default();
         let unknown: Vec<NaiveDate> = days
             .iter()
-            .filter(|d| !known.contains_key(d))
-            .copied()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(d, _)| *d)
+            .take(MAX_FILL)
             .collect();
-        if known.len() + unknown.len() > MAX_DAYS {
-            known.clear();
+        let learnt = probe(conn, &name, date_column, &unknown)?;
+        if self.rollbacks.load(Ordering::Acquire) != rollbacks {
+            // Rolled back while probing: what it read may be gone, and so is its transaction.
+            return Ok(None);
         }
-        // At most MAX_FILL probes per lookup: a long window with many unknown days is
-        // learnt over several lookups, and answered by a read connection meanwhile. A probe
-        // is a SELECT: it changes no row, so the hook does not run under this lock.
-        let sql = super::sql::every_day_sql(table, date_column, 1);
-        let mut stmt = conn.prepare_cached(&sql)?;
-        for day in unknown.iter().take(MAX_FILL) {
-            let next = day.succ_opt().unwrap_or(*day);
-            let present: bool =
-                stmt.query_row([day.to_string(), next.to_string()], |r| r.get(0))?;
-            known.insert(*day, present);
-        }
-        let answer: Option<Vec<bool>> = days.iter().map(|d| known.get(d).copied()).collect();
-        inner.probed += unknown.len().min(MAX_FILL) as u64;
-        Ok(answer)
+        Ok(self.learn(&name, &column, days, known, learnt, generation))
     }
+
+    /// What is known of `days` now, after forgetting everything if another connection
+    /// committed, the schema changed or a transaction rolled back since the last lookup.
+    fn known(
+        &self,
+        name: &str,
+        column: &str,
+        days: &[NaiveDate],
+        seen: ((i64, i64), u64),
+    ) -> (Known, u64) {
+        let mut inner = self.lock();
+        if inner.seen != Some(seen) {
+            inner.tables.clear();
+            inner.generation += 1;
+            inner.seen = Some(seen);
+        }
+        let known = match inner.tables.get(name) {
+            None => Known::Unchecked,
+            Some(None) => Known::Never,
+            Some(Some(columns)) => {
+                let days_of = columns.get(column);
+                Known::Days(
+                    days.iter()
+                        .map(|d| days_of.and_then(|k| k.get(d).copied()))
+                        .collect(),
+                )
+            }
+        };
+        (known, inner.generation)
+    }
+
+    /// Keep what the probes learnt (unless something was forgotten meanwhile) and answer.
+    fn learn(
+        &self,
+        name: &str,
+        column: &str,
+        days: &[NaiveDate],
+        known: Vec<Option<bool>>,
+        learnt: Vec<(NaiveDate, bool)>,
+        generation: u64,
+    ) -> Option<Vec<bool>> {
+        let mut inner = self.lock();
+        inner.probed += learnt.len() as u64;
+        let answer: HashMap<NaiveDate, bool> = learnt.iter().copied().collect();
+        if inner.generation == generation
+            && let Some(Some(columns)) = inner.tables.get_mut(name)
+        {
+            let days_of = columns.entry(column.to_string()).or_default();
+            if days_of.len() + learnt.len() > MAX_DAYS {
+                days_of.clear();
+            }
+            days_of.extend(learnt);
+        }
+        days.iter()
+            .zip(known)
+            .map(|(d, k)| k.or_else(|| answer.get(d).copied()))
+            .collect()
+    }
+}
+
+/// One index probe per day, on the main schema's table: a temporary table of the writer
+/// connection by the same name would shadow it here, but not on the read connections that
+/// answer the long windows.
+fn probe(
+    conn: &Connection,
+    name: &str,
+    date_column: &str,
+    days: &[NaiveDate],
+) -> rusqlite::Result<Vec<(NaiveDate, bool)>> {
+    let sql = super::sql::every_day_sql(&format!("main.{name}"), date_column, 1);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    days.iter()
+        .map(|day| {
+            let next = day.succ_opt().unwrap_or(*day);
+            let present = stmt.query_row([day.to_string(), next.to_string()], |r| r.get(0))?;
+            Ok((*day, present))
+        })
+        .collect()
 }
 
 /// An authorizer that allows everything, and answers `SQLITE_IGNORE` to a `DELETE` from a
@@ -215,15 +311,18 @@ fn versions(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     Ok((data, schema))
 }
 
-/// The table's name as the pre-update hook reports it (lower case), for a name of the main
-/// schema (`table` or `main.table`); `None` for anything else.
+/// The table's name as the update hook reports it (lower case), for a name of the main
+/// schema (`table` or `main.table`) that is not one of SQLite's own (`sqlite_…`, whose
+/// `DELETE`s must never be answered `SQLITE_IGNORE`); `None` for anything else.
 fn plain_table_name(table: &str) -> Option<String> {
     let name = match table.split_once('.') {
         None => table,
         Some((schema, name)) if schema.eq_ignore_ascii_case("main") => name,
         Some(_) => return None,
     };
-    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let plain = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.to_ascii_lowercase().starts_with("sqlite_");
     plain.then(|| name.to_ascii_lowercase())
 }
 
@@ -365,6 +464,34 @@ mod tests {
         assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
     }
 
+    /// SQLite calls the rollback hook from inside a failing statement (an I/O error in a
+    /// probe rolls the whole transaction back mid-step), on the thread that may hold the
+    /// cache's lock: the hook must not take it.
+    #[test]
+    fn the_rollback_hook_takes_no_lock_and_everything_is_forgotten() {
+        let (_dir, conn, cache) = setup();
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+        let probed = cache.probed();
+        // The lock held here, the rollback on another thread: a hook that took the lock
+        // would wait (on one thread, deadlock); the test then fails instead of hanging.
+        let held = cache.lock();
+        let (done, finished) = std::sync::mpsc::channel();
+        let rollback = std::thread::spawn(move || {
+            let result = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK");
+            let _ = done.send(());
+            (conn, result)
+        });
+        let in_time = finished
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .is_ok();
+        drop(held);
+        let (conn, result) = rollback.join().expect("rollback thread");
+        assert!(in_time, "the rollback hook waited for the cache's lock");
+        result.expect("rollback");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
+        assert_eq!(cache.probed(), probed + 3, "forgotten after the rollback");
+    }
+
     #[test]
     fn views_other_schemas_and_dropped_tables_are_not_answered() {
         let (_dir, conn, cache) = setup();
@@ -389,6 +516,14 @@ mod tests {
             .expect("schema");
         assert_eq!(left, 0, "everything dropped");
         assert_eq!(lookup(&conn, &cache, "t"), None, "dropped");
+    }
+
+    #[test]
+    fn a_temporary_table_of_the_same_name_is_not_what_is_probed() {
+        let (_dir, conn, cache) = setup();
+        conn.execute_batch("CREATE TEMP TABLE t (d TEXT, v INTEGER)")
+            .expect("temp table");
+        assert_eq!(lookup(&conn, &cache, "t"), Some(vec![true, true, false]));
     }
 
     #[test]
