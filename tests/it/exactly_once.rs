@@ -204,6 +204,23 @@ impl Ledger for Faulty {
     }
 }
 
+/// Redeliver message `m` for `day` until it is not answered "in progress" (409), for up to
+/// a second (a released claim is written by a task of its own); the last status.
+async fn redeliver(worker: &Worker, phase: &str, day: NaiveDate) -> u16 {
+    let mut status = 0;
+    for _ in 0..50 {
+        status = worker
+            .handle_push(phase, &push_body(day, "m"))
+            .await
+            .http_status();
+        if status != 409 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    status
+}
+
 fn push_body(date: NaiveDate, message_id: &str) -> Vec<u8> {
     let envelope = PushEnvelope::wrap(
         &json!({ "data_date": date }),
@@ -344,18 +361,7 @@ async fn a_request_dropped_mid_run_is_released_and_its_redelivery_succeeds() {
     let _ = dropped.await;
 
     // The redelivery is never told "in progress" by the abandoned claim.
-    let mut status = 0;
-    for _ in 0..50 {
-        status = worker
-            .handle_push("analytics", &push_body(day, "m"))
-            .await
-            .http_status();
-        if status != 409 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 200);
+    assert_eq!(redeliver(&worker, "analytics", day).await, 200);
     let latest = env.latest("summary", day).await.unwrap();
     assert!(latest.status.is_done(), "{latest:?}");
     assert!(
@@ -418,18 +424,7 @@ async fn a_request_dropped_while_its_gate_reads_releases_its_claim() {
     let _ = dropped.await;
 
     // Released at once (not left running until its lease runs out): the redelivery runs.
-    let mut status = 0;
-    for _ in 0..50 {
-        status = worker
-            .handle_push("precompute", &push_body(day, "m"))
-            .await
-            .http_status();
-        if status != 409 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 200);
+    assert_eq!(redeliver(&worker, "precompute", day).await, 200);
     let history = env.app.ledger().history("features", day).await.unwrap();
     assert!(
         history.iter().all(|r| r.status != RunStatus::Running),
