@@ -121,13 +121,13 @@ impl PresenceCache {
 
     fn forget(&self, table: &str) {
         let mut inner = self.lock();
-        if inner.tables.is_empty() {
-            return;
-        }
-        inner
-            .tables
-            .retain(|name, _| !name.eq_ignore_ascii_case(table));
+        // Even with nothing remembered: a lookup in flight must not store what it learns.
         inner.generation += 1;
+        if !inner.tables.is_empty() {
+            inner
+                .tables
+                .retain(|name, _| !name.eq_ignore_ascii_case(table));
+        }
     }
 
     /// Days probed with SQL so far.
