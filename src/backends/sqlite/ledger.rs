@@ -275,21 +275,14 @@ impl Ledger for Sqlite {
     ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
         let (processors, pipeline) = (processors.to_vec(), self.pipeline.clone());
         self.read_point(move |c| {
-            // BEGIN and COMMIT prepared once (`Connection::transaction` parses them on every
-            // call); a failed read rolls back, as dropping a `Transaction` would.
-            c.prepare_cached("BEGIN")?.execute([])?;
+            // A failed read rolls back when the transaction is dropped.
+            let tx = c.transaction()?;
             let found = processors
                 .iter()
-                .map(|p| latest(c, &pipeline, p, date))
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .and_then(|found| {
-                    c.prepare_cached("COMMIT")?.execute([])?;
-                    Ok(found)
-                });
-            if found.is_err() && !c.is_autocommit() {
-                let _ = c.execute_batch("ROLLBACK");
-            }
-            found
+                .map(|p| latest(&tx, &pipeline, p, date))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(found)
         })
         .await
         .map_err(LedgerError)

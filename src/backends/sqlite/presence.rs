@@ -9,14 +9,17 @@
 //! - **rows changed by this process** (every write runs on the writer connection): its
 //!   update hook sees every row inserted, updated or deleted in a rowid table, also by
 //!   triggers, and forgets that table. The hook's blind spots are closed: its authorizer
-//!   answers `SQLITE_IGNORE` to every `DELETE`, which (documented: R-17228-37124) turns off
-//!   the "truncate optimisation", so a `DELETE` without `WHERE` removes — and reports — its
-//!   rows one by one; rows that `REPLACE` removes unreported come with the reported row that
+//!   answers `SQLITE_IGNORE` to a `DELETE` from a watched table, which (documented:
+//!   R-17228-37124) turns off the "truncate optimisation", so a `DELETE` without `WHERE`
+//!   removes — and reports — its rows one by one (other tables keep the optimisation);
+//!   rows that `REPLACE` removes unreported come with the reported row that
 //!   replaced them, in the same table; `WITHOUT ROWID` tables, which the hook never
 //!   reports, are not remembered. (The pre-update hook would see all of it, but needs
 //!   SQLite's bindings generated at build time, with libclang.)
 //! - **a transaction rolled back** (a failed group, an interrupted processor): everything is
-//!   forgotten, since a lookup in the same group may have seen its uncommitted rows;
+//!   forgotten, since a lookup in the same group may have seen its uncommitted rows (the
+//!   rollback hook only counts: SQLite may call it from inside a lookup's own failing
+//!   probe, so no lock is ever held while SQL runs);
 //! - **commits by any other connection** (another worker, a backfill, a user's loader):
 //!   `PRAGMA data_version` on the writer connection changes; everything is forgotten;
 //! - **schema changes** (`DROP`, `ALTER`, a view redefined): `PRAGMA schema_version`
@@ -258,6 +261,9 @@ fn probe(
     date_column: &str,
     days: &[NaiveDate],
 ) -> rusqlite::Result<Vec<(NaiveDate, bool)>> {
+    if days.is_empty() {
+        return Ok(Vec::new());
+    }
     let sql = super::sql::every_day_sql(&format!("main.{name}"), date_column, 1);
     let mut stmt = conn.prepare_cached(&sql)?;
     days.iter()
