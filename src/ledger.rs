@@ -182,6 +182,25 @@ impl RunRecord {
         self.status == RunStatus::Running && self.lease_until.is_none_or(|l| l < now)
     }
 
+    /// This abandoned `running` run, closed `failed` as taken over by run `taker`.
+    pub fn taken_over_by(&self, taker: &str) -> RunRecord {
+        let mut dead = self.clone();
+        let lease = self
+            .lease_until
+            .map(|l| l.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_default();
+        dead.finish(
+            RunStatus::Failed,
+            None,
+            Some(format!(
+                "abandoned: its worker stopped renewing the claim (lease ran out at {lease}); \
+                 taken over by run {taker}"
+            )),
+        );
+        dead.lease_until = None;
+        dead
+    }
+
     /// Still held by the delivery that made it (running, or publishing its event).
     pub fn lease_alive(&self, now: DateTime<Utc>) -> bool {
         self.lease_until.is_some_and(|l| l >= now)
@@ -229,6 +248,12 @@ pub enum Claim {
 /// serialisation points of the exactly-once protocol (README, "Concurrent deliveries").
 #[async_trait]
 pub trait Ledger: Send + Sync {
+    /// The store's one-transaction processor run, where it has one (see
+    /// [`crate::atomic::shared`]). `None` (the default): claim, run, record.
+    fn one_transaction(&self) -> Option<&dyn crate::atomic::OneTransaction> {
+        None
+    }
+
     /// Create the ledger table if it is missing.
     async fn ensure_schema(&self) -> Result<(), LedgerError>;
     /// Insert or replace the state of `record.run_id` unconditionally (tools and tests).

@@ -4,6 +4,7 @@
 //! complete (the [`gate`]), runs its [`processor`]s, records every attempt in the run
 //! [`ledger`] and publishes its completion event — unless the message says the cascade stops.
 
+pub mod atomic;
 pub mod auth;
 pub mod backends;
 pub mod backfill;

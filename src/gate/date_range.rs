@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::config::Reference;
-use crate::warehouse::{Warehouse, WarehouseError};
+use crate::warehouse::{DatePresence, Warehouse, WarehouseError};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DateRangeCompleteness {
@@ -44,25 +44,42 @@ pub async fn date_range_completeness(
     } else {
         Vec::new()
     };
-    let missing_dates: Vec<NaiveDate> = presence
-        .iter()
-        .filter(|p| !p.present)
-        .map(|p| p.date)
-        .collect();
-    let expected_dates = presence.len();
-    let present = expected_dates - missing_dates.len();
-    let coverage_pct = (expected_dates > 0).then(|| present as f64 * 100.0 / expected_dates as f64);
-    let reference_empty = from <= to && expected_dates == 0;
-    Ok(DateRangeCompleteness {
-        table: table.to_string(),
-        reference: expected.map(|r| r.table.clone()),
-        date_range: (from, to),
-        expected_dates,
-        reference_empty,
-        has_gaps: !missing_dates.is_empty(),
-        gap_count: missing_dates.len(),
-        is_continuous: missing_dates.is_empty() && !reference_empty,
-        missing_dates,
-        coverage_pct,
-    })
+    Ok(DateRangeCompleteness::from_presence(
+        table, expected, from, to, &presence,
+    ))
+}
+
+impl DateRangeCompleteness {
+    /// The completeness of `from..=to` given which expected dates are present (what
+    /// [`Warehouse::date_presence`] answers; nothing when `from > to`).
+    pub fn from_presence(
+        table: &str,
+        expected: Option<&Reference>,
+        from: NaiveDate,
+        to: NaiveDate,
+        presence: &[DatePresence],
+    ) -> DateRangeCompleteness {
+        let missing_dates: Vec<NaiveDate> = presence
+            .iter()
+            .filter(|p| !p.present)
+            .map(|p| p.date)
+            .collect();
+        let expected_dates = presence.len();
+        let present = expected_dates - missing_dates.len();
+        let coverage_pct =
+            (expected_dates > 0).then(|| present as f64 * 100.0 / expected_dates as f64);
+        let reference_empty = from <= to && expected_dates == 0;
+        DateRangeCompleteness {
+            table: table.to_string(),
+            reference: expected.map(|r| r.table.clone()),
+            date_range: (from, to),
+            expected_dates,
+            reference_empty,
+            has_gaps: !missing_dates.is_empty(),
+            gap_count: missing_dates.len(),
+            is_continuous: missing_dates.is_empty() && !reference_empty,
+            missing_dates,
+            coverage_pct,
+        }
+    }
 }

@@ -5,7 +5,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::config::{EntityCompleteness, Reference, WindowKind};
-use crate::warehouse::{Warehouse, WarehouseError, entity_window};
+use crate::warehouse::{EntityCount, EntityWindow, Warehouse, WarehouseError, entity_window};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EntityResult {
@@ -49,37 +49,52 @@ pub async fn entity_completeness(
     } else {
         warehouse.entity_counts(spec, reference, date).await?
     };
-    let entities: Vec<EntityResult> = counts
-        .into_iter()
-        .map(|c| {
-            let actual = c.actual.min(c.expected);
-            let pct = if c.expected == 0 {
-                100.0
-            } else {
-                actual as f64 * 100.0 / c.expected as f64
-            };
-            EntityResult {
-                entity: c.entity,
-                expected_count: c.expected,
-                actual_count: c.actual,
-                completeness_pct: pct,
-                missing_count: c.expected - actual,
-                is_complete: actual == c.expected,
-                is_production_ready: pct >= spec.threshold_pct,
-            }
-        })
-        .collect();
-    let not_ready_count = entities.iter().filter(|e| !e.is_production_ready).count();
-    Ok(EntityCompletenessReport {
-        reference: reference.table.clone(),
-        upstream_table: spec.upstream_table.clone(),
-        window: spec.window,
-        lookback: spec.lookback,
-        window_days: spec.window_days(),
-        window_range: (window.floor, window.last),
-        threshold_pct: spec.threshold_pct,
-        reference_empty: !window.is_empty() && entities.is_empty(),
-        entities,
-        not_ready_count,
-    })
+    Ok(EntityCompletenessReport::from_counts(
+        spec, reference, &window, counts,
+    ))
+}
+
+impl EntityCompletenessReport {
+    /// The report of `window` given each expected entity's counts (what
+    /// [`Warehouse::entity_counts`] answers; nothing for an empty window).
+    pub fn from_counts(
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        window: &EntityWindow<'_>,
+        counts: Vec<EntityCount>,
+    ) -> EntityCompletenessReport {
+        let entities: Vec<EntityResult> = counts
+            .into_iter()
+            .map(|c| {
+                let actual = c.actual.min(c.expected);
+                let pct = if c.expected == 0 {
+                    100.0
+                } else {
+                    actual as f64 * 100.0 / c.expected as f64
+                };
+                EntityResult {
+                    entity: c.entity,
+                    expected_count: c.expected,
+                    actual_count: c.actual,
+                    completeness_pct: pct,
+                    missing_count: c.expected - actual,
+                    is_complete: actual == c.expected,
+                    is_production_ready: pct >= spec.threshold_pct,
+                }
+            })
+            .collect();
+        let not_ready_count = entities.iter().filter(|e| !e.is_production_ready).count();
+        EntityCompletenessReport {
+            reference: reference.table.clone(),
+            upstream_table: spec.upstream_table.clone(),
+            window: spec.window,
+            lookback: spec.lookback,
+            window_days: spec.window_days(),
+            window_range: (window.floor, window.last),
+            threshold_pct: spec.threshold_pct,
+            reference_empty: !window.is_empty() && entities.is_empty(),
+            entities,
+            not_ready_count,
+        }
+    }
 }

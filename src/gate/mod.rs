@@ -19,7 +19,9 @@ use serde::Serialize;
 use crate::config::{Config, EntityCompleteness, HistoricalGaps, Mode, Processor, Reference};
 use crate::dates::minus_days;
 use crate::ledger::{Ledger, LedgerError, RunRecord};
-use crate::warehouse::{Warehouse, WarehouseError};
+use crate::warehouse::{
+    DatePresence, EntityCount, EntityWindow, Warehouse, WarehouseError, entity_window,
+};
 
 /// A check could not be evaluated (the store failed), as opposed to a check that failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,40 @@ pub async fn evaluate_with_upstream(
     upstream: &[Option<RunRecord>],
     warehouse: &dyn Warehouse,
 ) -> Result<GateReport, GateError> {
+    let reads = Prefetched::read(config, processor, date, warehouse).await?;
+    evaluate_in(config, processor, date, upstream, &reads)
+}
+
+/// The gate's warehouse reads, answered where the caller already is: inside the embedded
+/// store's transaction of a whole processor run (see [`crate::atomic`]).
+pub trait GateReads {
+    /// As [`Warehouse::date_presence`].
+    fn date_presence(
+        &self,
+        table: &str,
+        date_column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError>;
+
+    /// As [`Warehouse::entity_counts`].
+    fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        date: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError>;
+}
+
+/// [`evaluate_with_upstream`] with the warehouse reads answered synchronously by `reads`.
+pub fn evaluate_in(
+    config: &Config,
+    processor: &Processor,
+    date: NaiveDate,
+    upstream: &[Option<RunRecord>],
+    reads: &dyn GateReads,
+) -> Result<GateReport, GateError> {
     let checks = &processor.checks;
     let mut report = GateReport {
         processor: processor.name.clone(),
@@ -122,16 +158,95 @@ pub async fn evaluate_with_upstream(
         report.upstream.push(status);
     }
     if let Some(gaps) = &checks.historical_gaps {
-        let (result, problem) = historical_gaps(config, gaps, date, warehouse).await?;
+        let window = GapWindow::of(config, gaps, date)?;
+        let presence = if window.is_empty() {
+            Vec::new()
+        } else {
+            let (table, column) = (&gaps.table, &gaps.date_column);
+            reads.date_presence(table, column, window.from, window.to, window.expected)?
+        };
+        let (result, problem) = window.verdict(gaps, date, &presence);
         report.problems.extend(problem);
         report.historical_gaps = Some(result);
     }
     if let Some(spec) = &checks.entity_completeness {
-        let (result, problem) = entities(config, spec, date, warehouse).await?;
+        let reference = reference(config, &spec.reference)?;
+        let window = entity_window(spec, reference, date)?;
+        let counts = if window.is_empty() {
+            Vec::new()
+        } else {
+            reads.entity_counts(spec, reference, date)?
+        };
+        let (result, problem) = entities_verdict(spec, reference, &window, counts);
         report.problems.extend(problem);
         report.entity_completeness = Some(result);
     }
     Ok(report)
+}
+
+/// The gate's warehouse reads made ahead over the async [`Warehouse`] (the reads
+/// [`evaluate_in`] will ask for, in its order), then answered to it.
+struct Prefetched {
+    presence: Option<Vec<DatePresence>>,
+    counts: Option<Vec<EntityCount>>,
+}
+
+impl Prefetched {
+    async fn read(
+        config: &Config,
+        processor: &Processor,
+        date: NaiveDate,
+        warehouse: &dyn Warehouse,
+    ) -> Result<Prefetched, GateError> {
+        let checks = &processor.checks;
+        let mut reads = Prefetched {
+            presence: None,
+            counts: None,
+        };
+        if let Some(gaps) = &checks.historical_gaps {
+            let w = GapWindow::of(config, gaps, date)?;
+            if !w.is_empty() {
+                let (table, column) = (&gaps.table, &gaps.date_column);
+                let found = warehouse
+                    .date_presence(table, column, w.from, w.to, w.expected)
+                    .await?;
+                reads.presence = Some(found);
+            }
+        }
+        if let Some(spec) = &checks.entity_completeness {
+            let reference = reference(config, &spec.reference)?;
+            if !entity_window(spec, reference, date)?.is_empty() {
+                reads.counts = Some(warehouse.entity_counts(spec, reference, date).await?);
+            }
+        }
+        Ok(reads)
+    }
+}
+
+impl GateReads for Prefetched {
+    fn date_presence(
+        &self,
+        table: &str,
+        _: &str,
+        _: NaiveDate,
+        _: NaiveDate,
+        _: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        self.presence
+            .clone()
+            .ok_or_else(|| WarehouseError(format!("date presence of {table} was not read")))
+    }
+
+    fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        _: &Reference,
+        _: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        self.counts.clone().ok_or_else(|| {
+            WarehouseError(format!("entity counts of {} were not read", spec.upstream_table))
+        })
+    }
 }
 
 fn reference<'a>(config: &'a Config, name: &str) -> Result<&'a Reference, GateError> {
@@ -140,62 +255,77 @@ fn reference<'a>(config: &'a Config, name: &str) -> Result<&'a Reference, GateEr
         .ok_or_else(|| GateError::UnknownReference(name.to_string()))
 }
 
-/// Date-range completeness over the `lookback_days` before `date` (clipped at `not_before`).
-async fn historical_gaps(
-    config: &Config,
-    gaps: &HistoricalGaps,
-    date: NaiveDate,
-    warehouse: &dyn Warehouse,
-) -> Result<(DateRangeCompleteness, Option<String>), GateError> {
-    let expected = match &gaps.expected {
-        Some(name) => Some(reference(config, name)?),
-        None => None,
-    };
-    let mut from = minus_days(date, gaps.lookback_days);
-    if let Some(floor) = gaps.not_before {
-        from = from.max(floor);
-    }
-    let to = date.pred_opt().unwrap_or(date);
-    let result = date_range_completeness(
-        warehouse,
-        &gaps.table,
-        &gaps.date_column,
-        from,
-        to,
-        expected,
-    )
-    .await?;
-    let problem = if result.reference_empty {
-        Some(format!(
-            "{} lists no date in {from}..{to} (the {} days before {date}): an empty or missing \
-             reference, so {} cannot be checked for gaps",
-            result.reference.as_deref().unwrap_or_default(),
-            gaps.lookback_days,
-            gaps.table
-        ))
-    } else if result.has_gaps {
-        Some(format!(
-            "{} has {} missing date(s) in the {} days before {date}: {}",
-            gaps.table,
-            result.gap_count,
-            gaps.lookback_days,
-            crate::dates::format_ranges(&result.missing_dates)
-        ))
-    } else {
-        None
-    };
-    Ok((result, problem))
+/// The days a historical-gaps check looks at: the `lookback_days` before the date
+/// (clipped at `not_before`), every day or the reference's.
+struct GapWindow<'a> {
+    from: NaiveDate,
+    to: NaiveDate,
+    expected: Option<&'a Reference>,
 }
 
-/// Entity completeness of the entities the reference expects in the window before `date`.
-async fn entities(
-    config: &Config,
+impl<'a> GapWindow<'a> {
+    fn of(
+        config: &'a Config,
+        gaps: &HistoricalGaps,
+        date: NaiveDate,
+    ) -> Result<GapWindow<'a>, GateError> {
+        let expected = match &gaps.expected {
+            Some(name) => Some(reference(config, name)?),
+            None => None,
+        };
+        let mut from = minus_days(date, gaps.lookback_days);
+        if let Some(floor) = gaps.not_before {
+            from = from.max(floor);
+        }
+        let to = date.pred_opt().unwrap_or(date);
+        Ok(GapWindow { from, to, expected })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.from > self.to
+    }
+
+    /// The finding for `presence` (the expected days of the window, each present or not).
+    fn verdict(
+        &self,
+        gaps: &HistoricalGaps,
+        date: NaiveDate,
+        presence: &[DatePresence],
+    ) -> (DateRangeCompleteness, Option<String>) {
+        let (from, to) = (self.from, self.to);
+        let result =
+            DateRangeCompleteness::from_presence(&gaps.table, self.expected, from, to, presence);
+        let problem = if result.reference_empty {
+            Some(format!(
+                "{} lists no date in {from}..{to} (the {} days before {date}): an empty or \
+                 missing reference, so {} cannot be checked for gaps",
+                result.reference.as_deref().unwrap_or_default(),
+                gaps.lookback_days,
+                gaps.table
+            ))
+        } else if result.has_gaps {
+            Some(format!(
+                "{} has {} missing date(s) in the {} days before {date}: {}",
+                gaps.table,
+                result.gap_count,
+                gaps.lookback_days,
+                crate::dates::format_ranges(&result.missing_dates)
+            ))
+        } else {
+            None
+        };
+        (result, problem)
+    }
+}
+
+/// Entity completeness of the entities the reference expects in `window`, and its finding.
+fn entities_verdict(
     spec: &EntityCompleteness,
-    date: NaiveDate,
-    warehouse: &dyn Warehouse,
-) -> Result<(EntityCompletenessReport, Option<String>), GateError> {
-    let reference = reference(config, &spec.reference)?;
-    let result = entity_completeness(warehouse, spec, reference, date).await?;
+    reference: &Reference,
+    window: &EntityWindow<'_>,
+    counts: Vec<EntityCount>,
+) -> (EntityCompletenessReport, Option<String>) {
+    let result = EntityCompletenessReport::from_counts(spec, reference, window, counts);
     let (from, to) = result.window_range;
     let problem = if result.reference_empty {
         Some(format!(
@@ -214,5 +344,5 @@ async fn entities(
     } else {
         None
     };
-    Ok((result, problem))
+    (result, problem)
 }

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::StoreTimer;
+use crate::atomic::{Answer, OneTransaction, Work};
 use crate::config::{EntityCompleteness, Reference};
 use crate::ledger::{Claim, Ledger, LedgerError, RunRecord};
 use crate::warehouse::{DatePresence, EntityCount, Warehouse, WarehouseError};
@@ -17,6 +18,10 @@ pub struct TimedLedger(pub Arc<dyn Ledger>);
 
 #[async_trait]
 impl Ledger for TimedLedger {
+    fn one_transaction(&self) -> Option<&dyn OneTransaction> {
+        self.0.one_transaction()
+    }
+
     async fn ensure_schema(&self) -> Result<(), LedgerError> {
         let _t = StoreTimer::start("ledger", "ensure_schema");
         self.0.ensure_schema().await
@@ -108,6 +113,11 @@ pub struct TimedWarehouse(pub Arc<dyn Warehouse>);
 
 #[async_trait]
 impl Warehouse for TimedWarehouse {
+    /// Timed as `one_transaction` (the whole processor run).
+    fn one_transaction(&self) -> Option<&dyn OneTransaction> {
+        self.0.one_transaction().map(|_| self as &dyn OneTransaction)
+    }
+
     // Delegated, not defaulted: the backend's own version is transactional.
     async fn run_and_record(
         &self,
@@ -160,5 +170,23 @@ impl Warehouse for TimedWarehouse {
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         let _t = StoreTimer::start("warehouse", "entity_counts");
         self.0.entity_counts(spec, reference, date).await
+    }
+}
+
+#[async_trait]
+impl OneTransaction for TimedWarehouse {
+    async fn run_boxed(&self, work: Work) -> Result<Result<Answer, Answer>, String> {
+        let _t = StoreTimer::start("warehouse", "one_transaction");
+        match self.0.one_transaction() {
+            Some(inner) => inner.run_boxed(work).await,
+            None => Err("this warehouse runs no processor in one transaction".into()),
+        }
+    }
+
+    fn store_id(&self) -> (usize, &str) {
+        match self.0.one_transaction() {
+            Some(inner) => inner.store_id(),
+            None => (0, ""),
+        }
     }
 }

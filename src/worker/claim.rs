@@ -14,7 +14,8 @@ use chrono::Utc;
 use tokio::task::JoinHandle;
 
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
-use crate::config::{LeasePolicy, Phase, Processor};
+use crate::atomic;
+use crate::config::{LeasePolicy, Phase, Processor, ProcessorKind};
 use crate::gate::{self, GateError, GateReport};
 use crate::ledger::{self, Claim, Ledger, LedgerError, RunRecord, RunStatus, UpstreamRun};
 
@@ -120,15 +121,16 @@ pub(super) struct Claimed {
 }
 
 /// What the latest run means for this delivery.
-enum Decision {
+pub(super) enum Decision {
     Reuse(RunRecord),
     Wait(RunRecord),
-    Run { seen: Option<String> },
+    /// Run again; the latest run, if any, is done (stale, failed, forced) or abandoned.
+    Run(Option<RunRecord>),
 }
 
-fn decide(req: &RunRequest, latest: Option<RunRecord>, lineage: &[UpstreamRun]) -> Decision {
+pub(super) fn decide(req: &RunRequest, latest: Option<RunRecord>, lineage: &[UpstreamRun]) -> Decision {
     let Some(run) = latest else {
-        return Decision::Run { seen: None };
+        return Decision::Run(None);
     };
     let same_message = req.message_id.is_some() && run.message_id == req.message_id;
     if run.status.is_done() && (same_message || (!req.force && !run.is_stale(lineage))) {
@@ -137,9 +139,7 @@ fn decide(req: &RunRequest, latest: Option<RunRecord>, lineage: &[UpstreamRun]) 
     if run.status == RunStatus::Running && !run.is_abandoned(Utc::now()) {
         return Decision::Wait(run);
     }
-    Decision::Run {
-        seen: Some(run.run_id),
-    }
+    Decision::Run(Some(run))
 }
 
 impl Worker {
@@ -151,6 +151,11 @@ impl Worker {
         req: &RunRequest,
         deadline: Instant,
     ) -> Result<Step, WorkerError> {
+        if p.kind == ProcessorKind::Sql
+            && let Some(one) = atomic::shared(self.ledger.as_ref(), self.warehouse.as_ref())
+        {
+            return self.run_in_one_transaction(one, phase, p, req, deadline).await;
+        }
         let policy = self.config.server.lease_policy(&self.config.backend.kind);
         // The processor's own latest run, then its upstream processors' (one ledger call).
         let names: Vec<String> = std::iter::once(p.name.clone())
@@ -171,7 +176,7 @@ impl Worker {
                 Decision::Wait(run) => {
                     return Ok(Step::Stop(PhaseOutcome::InProgress { run: Box::new(run) }));
                 }
-                Decision::Run { seen } => seen,
+                Decision::Run(latest) => latest.map(|r| r.run_id),
             };
             let mut run = RunRecord::start(
                 &p.name,

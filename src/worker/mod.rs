@@ -6,6 +6,7 @@
 //! ack and redelivery. The exactly-once protocol lives in [`claim`] (who runs a processor
 //! for a date) and [`publish`] (who announces it).
 
+mod atomic;
 mod claim;
 mod outcome;
 mod publish;

@@ -156,7 +156,7 @@ impl Worker {
 
 /// A run that consumes a not-production-ready upstream run is not production-ready; with
 /// `require_production_ready` in strict mode it is a problem that blocks.
-fn with_upstream_readiness(
+pub(super) fn with_upstream_readiness(
     mut report: GateReport,
     p: &Processor,
     upstream: &[RunRecord],

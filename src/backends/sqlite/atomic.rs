@@ -1,20 +1,32 @@
 //! A processor run as one SQLite transaction: its statements, the count of its output, the
 //! post-condition and its ledger outcome commit together or not at all.
 //!
-//! The outcome is written only while the run is still `running` (its claim is ours): a run
-//! whose lease ran out and was taken over rolls back instead of overwriting newer output.
-//! SQL still running at the push deadline is interrupted (a progress handler).
+//! Two ways in. [`OneTransaction`] runs the whole run on the writer — the latest runs, the
+//! decision, the gate's reads, the statements and the ledger row — so no claim is written
+//! at all (see [`crate::atomic`]). [`Sqlite::run_atomic`] runs a claimed run's statements
+//! and outcome: the outcome is written only while the run is still `running` (its claim is
+//! ours), so a run whose lease ran out and was taken over rolls back instead of overwriting
+//! newer output. Either way SQL still running at the push deadline is interrupted (a
+//! progress handler).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use chrono::NaiveDate;
 use rusqlite::{Connection, Savepoint, params};
 
 use super::Sqlite;
+use super::presence::PresenceCache;
 use super::sql::{count_rows_sql, expand_dataset};
-use crate::config::{Output, Reference};
-use crate::ledger::RunRecord;
-use crate::warehouse::{Committed, ProcessorRun, WarehouseError, finished, post_condition};
+use super::warehouse::{EntityCountsQuery, ReferencePresence, probe_every_day};
+use crate::atomic::{Answer, InTransaction, OneTransaction, Processed, Work};
+use crate::config::{EntityCompleteness, Output, Reference};
+use crate::gate::GateReads;
+use crate::ledger::{LedgerError, RunRecord};
+use crate::warehouse::{
+    Committed, DatePresence, EntityCount, ProcessorRun, WarehouseError, finished, post_condition,
+};
 
 /// Bound as `@data_date` in processor statements.
 const DATA_DATE_PARAM: &str = "@data_date";
@@ -54,6 +66,41 @@ fn count(tx: &Connection, table: &str, column: &str, date: NaiveDate) -> rusqlit
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// A processor's statements for one date, expanded, with what is checked after them.
+struct Steps<'a> {
+    statements: &'a [String],
+    date: NaiveDate,
+    output: Option<&'a Output>,
+    require_rows: Option<&'a Reference>,
+    deadline: Instant,
+}
+
+/// Run the statements, count the output and check the post-condition, interrupting SQL
+/// still running at the deadline. The caller keeps or rolls back what they wrote.
+fn process_in(conn: &Connection, steps: &Steps<'_>) -> rusqlite::Result<Processed> {
+    let deadline = steps.deadline;
+    conn.progress_handler(
+        DEADLINE_CHECK_STEPS,
+        Some(move || Instant::now() >= deadline),
+    );
+    let result = (|| {
+        execute_statements(conn, steps.statements, steps.date)?;
+        let rows = match steps.output {
+            Some(o) => Some(count(conn, &o.table, &o.date_column, steps.date)?),
+            None => None,
+        };
+        if let Some(reference) = steps.require_rows.filter(|_| rows == Some(0)) {
+            let scheduled = count(conn, &reference.table, &reference.date_column, steps.date)?;
+            if let Some(reason) = post_condition(rows, scheduled, reference, steps.date) {
+                return Ok(Processed::PostCondition(reason));
+            }
+        }
+        Ok(Processed::Rows(rows))
+    })();
+    conn.progress_handler(0, None::<fn() -> bool>);
+    result
+}
+
 /// Everything the writer thread needs, owned.
 struct Job {
     statements: Vec<String>,
@@ -67,37 +114,32 @@ struct Job {
 /// The run inside its savepoint (its own transaction, or the first part of a group's: see
 /// `connection`): committed only when the post-condition holds and the claim is still ours.
 fn run_in_transaction(tx: Savepoint<'_>, job: Job) -> rusqlite::Result<Committed> {
-    let deadline = job.deadline;
-    tx.progress_handler(
-        DEADLINE_CHECK_STEPS,
-        Some(move || Instant::now() >= deadline),
-    );
-    let result = (|| {
-        execute_statements(&tx, &job.statements, job.date)?;
-        let rows = match &job.output {
-            Some(o) => Some(count(&tx, &o.table, &o.date_column, job.date)?),
-            None => None,
-        };
-        if let Some(reference) = job.require_rows.as_ref().filter(|_| rows == Some(0)) {
-            let scheduled = count(&tx, &reference.table, &reference.date_column, job.date)?;
-            if let Some(reason) = post_condition(rows, scheduled, reference, job.date) {
-                return Ok(Committed::PostCondition(reason)); // dropped: rolled back
-            }
-        }
-        let done = finished(job.run, rows);
-        if !super::ledger::complete(&tx, &done)? {
-            return Ok(Committed::TakenOver); // rolled back
-        }
-        Ok(Committed::Done(Box::new(done)))
-    })();
-    tx.progress_handler(0, None::<fn() -> bool>);
-    match result {
-        Ok(Committed::Done(done)) => {
-            tx.commit()?;
-            Ok(Committed::Done(done))
-        }
+    let steps = Steps {
+        statements: &job.statements,
+        date: job.date,
+        output: job.output.as_ref(),
+        require_rows: job.require_rows.as_ref(),
+        deadline: job.deadline,
+    };
+    let rows = match process_in(&tx, &steps)? {
+        Processed::Rows(rows) => rows,
         // Dropping the savepoint rolls the run back.
-        other => other,
+        Processed::PostCondition(reason) => return Ok(Committed::PostCondition(reason)),
+    };
+    let done = finished(job.run, rows);
+    if !super::ledger::complete(&tx, &done)? {
+        return Ok(Committed::TakenOver); // rolled back
+    }
+    tx.commit()?;
+    Ok(Committed::Done(Box::new(done)))
+}
+
+/// A deadline interrupt, said so.
+fn deadline_error(e: String) -> String {
+    if e.contains("interrupted") {
+        format!("{e}: the push deadline was reached")
+    } else {
+        e
     }
 }
 
@@ -117,12 +159,155 @@ impl Sqlite {
         };
         self.grouped(true, move |sp| run_in_transaction(sp, job))
             .await
-            .map_err(|e| {
-                if e.contains("interrupted") {
-                    WarehouseError(format!("{e}: the push deadline was reached"))
-                } else {
-                    WarehouseError(e)
-                }
-            })
+            .map_err(|e| WarehouseError(deadline_error(e)))
+    }
+}
+
+/// A whole processor run on the writer, inside its group transaction (see
+/// [`crate::atomic`]): a job that leads its group, since an interrupt at the deadline rolls
+/// the whole transaction back.
+#[async_trait]
+impl OneTransaction for Sqlite {
+    async fn run_boxed(&self, work: Work) -> Result<Result<Answer, Answer>, String> {
+        let pipeline = Arc::clone(&self.pipeline);
+        let presence = Arc::clone(self.conns.presence_cache());
+        self.grouped(true, move |sp| {
+            let answer = work(&Tx {
+                conn: &sp,
+                pipeline: &pipeline,
+                presence: &presence,
+            });
+            // An `Err` answer drops the savepoint: what the work wrote is rolled back.
+            if answer.is_ok() {
+                sp.commit()?;
+            }
+            Ok(answer)
+        })
+        .await
+        .map_err(deadline_error)
+    }
+
+    fn store_id(&self) -> (usize, &str) {
+        (self.conns.id(), &self.pipeline)
+    }
+}
+
+/// The writer connection inside a one-transaction run.
+struct Tx<'a> {
+    conn: &'a Connection,
+    pipeline: &'a str,
+    presence: &'a PresenceCache,
+}
+
+impl Tx<'_> {
+    /// Fails once the transaction is gone (an interrupt rolled it back): nothing may then be
+    /// read or written as if it were still open.
+    fn open(&self) -> rusqlite::Result<()> {
+        if self.conn.is_autocommit() {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the run's transaction was rolled back".into()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn savepoint(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+}
+
+fn ledger_error(e: rusqlite::Error) -> LedgerError {
+    LedgerError(e.to_string())
+}
+
+fn warehouse_error(e: rusqlite::Error) -> WarehouseError {
+    WarehouseError(deadline_error(e.to_string()))
+}
+
+impl InTransaction for Tx<'_> {
+    fn latest_of(
+        &self,
+        processors: &[String],
+        date: NaiveDate,
+    ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
+        self.open().map_err(ledger_error)?;
+        processors
+            .iter()
+            .map(|p| super::ledger::latest(self.conn, self.pipeline, p, date))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(ledger_error)
+    }
+
+    fn process(&self, job: &ProcessorRun<'_>) -> Result<Processed, WarehouseError> {
+        self.open().map_err(warehouse_error)?;
+        let statements: Vec<String> = job.statements.iter().map(|s| expand_dataset(s)).collect();
+        let steps = Steps {
+            statements: &statements,
+            date: job.date,
+            output: job.output,
+            require_rows: job.require_rows,
+            deadline: job.deadline,
+        };
+        self.savepoint("SAVEPOINT processor").map_err(warehouse_error)?;
+        let result = process_in(self.conn, &steps);
+        let keep = matches!(result, Ok(Processed::Rows(_)));
+        // After an interrupt there is no savepoint left to close: the transaction is gone.
+        if self.open().is_ok() {
+            let close = if keep {
+                self.savepoint("RELEASE processor")
+            } else {
+                self.savepoint("ROLLBACK TO processor")
+                    .and_then(|()| self.savepoint("RELEASE processor"))
+            };
+            close.map_err(warehouse_error)?;
+        }
+        result.map_err(warehouse_error)
+    }
+
+    fn record(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        self.open().map_err(ledger_error)?;
+        super::ledger::upsert(self.conn, self.pipeline, run).map_err(ledger_error)
+    }
+}
+
+impl GateReads for Tx<'_> {
+    fn date_presence(
+        &self,
+        table: &str,
+        date_column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        self.open().map_err(warehouse_error)?;
+        if let Some(r) = expected {
+            let query = ReferencePresence::new(table, date_column, from, to, r);
+            return query.run(self.conn).map_err(warehouse_error);
+        }
+        let days: Vec<NaiveDate> = crate::dates::days(from, to).collect();
+        let known = self
+            .presence
+            .presence(self.conn, table, date_column, &days)
+            .map_err(warehouse_error)?;
+        match known {
+            Some(present) => Ok(days
+                .into_iter()
+                .zip(present)
+                .map(|(date, present)| DatePresence { date, present })
+                .collect()),
+            None => probe_every_day(self.conn, table, date_column, &days).map_err(warehouse_error),
+        }
+    }
+
+    fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        date: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        self.open().map_err(warehouse_error)?;
+        let query = EntityCountsQuery::new(spec, reference, date)?;
+        query.run(self.conn).map_err(warehouse_error)
     }
 }

@@ -90,7 +90,7 @@ pub(super) fn complete(c: &Connection, r: &RunRecord) -> rusqlite::Result<bool> 
     Ok(n == 1)
 }
 
-fn latest(
+pub(super) fn latest(
     c: &Connection,
     pipeline: &str,
     processor: &str,
@@ -120,19 +120,7 @@ fn claim_in(
             return Ok(Claim::Lost(Box::new(cur.clone())));
         }
         if cur.status == RunStatus::Running {
-            let mut dead = cur.clone();
-            dead.finish(
-                RunStatus::Failed,
-                None,
-                Some(format!(
-                    "abandoned: its worker stopped renewing the claim (lease ran out at {}); \
-                     taken over by run {}",
-                    cur.lease_until.map(|l| ts(&l)).unwrap_or_default(),
-                    run.run_id
-                )),
-            );
-            dead.lease_until = None;
-            complete(tx, &dead)?;
+            complete(tx, &cur.taken_over_by(&run.run_id))?;
         }
     } else if seen.is_some() {
         return Ok(Claim::Lost(Box::new(run.clone())));
@@ -185,6 +173,10 @@ fn ensure_schema(c: &mut Connection) -> rusqlite::Result<()> {
 
 #[async_trait]
 impl Ledger for Sqlite {
+    fn one_transaction(&self) -> Option<&dyn crate::atomic::OneTransaction> {
+        Some(self)
+    }
+
     async fn ensure_schema(&self) -> Result<(), LedgerError> {
         self.with(ensure_schema).await.map_err(LedgerError)
     }

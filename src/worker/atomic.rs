@@ -1,0 +1,231 @@
+//! A processor run as one transaction of the store (the embedded SQLite; see
+//! [`crate::atomic`]): the latest runs, the decision, the gate, the statements and the
+//! ledger row commit together.
+//!
+//! There is no claim. Nothing else commits in between, so two deliveries of a date run one
+//! after the other and the second finds the first's run done; a crash or a dropped request
+//! leaves nothing behind, so there is nothing to release or take over. A run cut off by
+//! the deadline rolls back and leaves no row; its delivery is answered with an error and
+//! redelivered.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::claim::{Decision, decide};
+use super::run::with_upstream_readiness;
+use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
+use crate::atomic::{InTransaction, OneTransaction, Processed};
+use crate::config::{Config, Phase, Processor};
+use crate::gate::{self, GateError, GateReport};
+use crate::ledger::{self, LedgerError, RunRecord, RunStatus, UpstreamRun};
+use crate::processor;
+use crate::warehouse::{ProcessorRun, finished};
+
+/// What a run in one transaction committed.
+enum Settled {
+    /// The latest run stands (done, or the same message's): nothing written.
+    Reused(RunRecord),
+    /// Another worker (a command processor's claim, another process) holds the date.
+    InProgress(RunRecord),
+    /// The gate could not be evaluated: recorded `failed`.
+    GateFailed(GateError),
+    /// The strict gate blocked it: recorded `blocked`.
+    Blocked { run: RunRecord, report: GateReport },
+    /// It ran: recorded `success`/`no_data`, or `failed` with its statements rolled back.
+    Ran { run: RunRecord, report: GateReport },
+}
+
+/// What the transaction needs, owned: it runs on the store's writer.
+struct Job {
+    config: Arc<Config>,
+    phase: String,
+    /// The processor's position in its phase.
+    index: usize,
+    req: RunRequest,
+    deadline: Instant,
+}
+
+impl Worker {
+    /// De-duplicate, gate, run and record one SQL processor in one transaction of `one`.
+    pub(super) async fn run_in_one_transaction(
+        &self,
+        one: &dyn OneTransaction,
+        phase: &Phase,
+        p: &Processor,
+        req: &RunRequest,
+        deadline: Instant,
+    ) -> Result<Step, WorkerError> {
+        let job = Job {
+            config: Arc::clone(&self.config),
+            phase: phase.name.clone(),
+            index: phase.processors.iter().position(|x| x.name == p.name).unwrap_or(0),
+            req: req.clone(),
+            deadline,
+        };
+        let settled = match one.run(move |tx| job.settle(tx)).await {
+            Ok(settled) => settled?,
+            Err(_) if Instant::now() >= deadline => {
+                return Err(WorkerError::Deadline(self.config.server.push_deadline_secs));
+            }
+            Err(e) => return Err(WorkerError::Ledger(LedgerError(e))),
+        };
+        announce_settled(p, req, settled).map_err(WorkerError::from)
+    }
+}
+
+/// The step a committed run makes, with its metrics and log lines (written here, after the
+/// transaction, not on the store's writer).
+fn announce_settled(p: &Processor, req: &RunRequest, settled: Settled) -> Result<Step, GateError> {
+    let (run, report) = match settled {
+        Settled::Reused(run) => return Ok(Step::Reused(Box::new(run))),
+        Settled::InProgress(run) => {
+            return Ok(Step::Stop(PhaseOutcome::InProgress { run: Box::new(run) }));
+        }
+        Settled::GateFailed(error) => return Err(error),
+        Settled::Blocked { run, report } => {
+            crate::metrics::gate_report(&report);
+            crate::metrics::run_finished(&run);
+            tracing::warn!(processor = %p.name, data_date = %req.data_date,
+                reason = %report.summary(), "blocked by strict gate");
+            return Ok(Step::Stop(PhaseOutcome::Blocked {
+                run: Box::new(run),
+                report: Box::new(report),
+            }));
+        }
+        Settled::Ran { run, report } => (run, report),
+    };
+    crate::metrics::gate_report(&report);
+    if !report.production_ready() {
+        tracing::warn!(processor = %p.name, data_date = %req.data_date,
+            reason = %report.summary(), "soft gate: processing, not production-ready");
+    }
+    crate::metrics::run_finished(&run);
+    if run.status == RunStatus::Failed {
+        tracing::error!(processor = %p.name, data_date = %req.data_date,
+            error = run.errors.as_deref().unwrap_or_default(), "processor failed");
+        return Ok(Step::Stop(PhaseOutcome::Failed { run: Box::new(run) }));
+    }
+    tracing::debug!(processor = %p.name, data_date = %req.data_date,
+        status = %run.status, rows = ?run.rows_affected, "processor finished");
+    Ok(Step::Ran(Box::new(run)))
+}
+
+impl Job {
+    fn processor(&self) -> Result<(&Phase, &Processor), WorkerError> {
+        let phase = self
+            .config
+            .phase(&self.phase)
+            .ok_or_else(|| WorkerError::UnknownPhase {
+                phase: self.phase.clone(),
+                known: self.config.phase_names(),
+            })?;
+        let p = phase.processors.get(self.index).ok_or_else(|| {
+            WorkerError::Ledger(LedgerError(format!(
+                "phase {} has no processor #{}",
+                phase.name, self.index
+            )))
+        })?;
+        Ok((phase, p))
+    }
+
+    /// Inside the transaction: decide, gate, run, record. `Err` rolls back what it wrote.
+    fn settle(self, tx: &dyn InTransaction) -> Result<Settled, WorkerError> {
+        let (phase, p) = self.processor()?;
+        let (config, req) = (&*self.config, &self.req);
+        let names: Vec<String> = std::iter::once(p.name.clone())
+            .chain(p.checks.upstream.iter().cloned())
+            .collect();
+        let mut upstream_latest = tx.latest_of(&names, req.data_date)?;
+        let latest = if upstream_latest.is_empty() {
+            None
+        } else {
+            upstream_latest.remove(0)
+        };
+        let consumed = ledger::consumed(&p.checks.upstream, &upstream_latest);
+        let lineage: Vec<UpstreamRun> = consumed.iter().map(|(u, _)| u.clone()).collect();
+        let latest = match decide(req, latest, &lineage) {
+            Decision::Reuse(run) => return Ok(Settled::Reused(run)),
+            Decision::Wait(run) => return Ok(Settled::InProgress(run)),
+            Decision::Run(latest) => latest,
+        };
+        let mut run = RunRecord::start(
+            &p.name,
+            &phase.name,
+            req.data_date,
+            req.trigger,
+            req.message_id.clone(),
+            req.skip_downstream,
+        );
+        run.delivery_attempt = req.delivery_attempt;
+        run.upstream_runs = lineage;
+        if let Some(cur) = &latest {
+            if cur.status == RunStatus::Running {
+                tx.record(&cur.taken_over_by(&run.run_id))?;
+            }
+            // Keep "latest = greatest started_at" true even if the clock stepped back.
+            if run.started_at <= cur.started_at {
+                run.started_at = cur.started_at + chrono::Duration::microseconds(1);
+            }
+        }
+        let report = match gate::evaluate_in(config, p, req.data_date, &upstream_latest, tx) {
+            Ok(report) => report,
+            Err(error) => {
+                let reason = format!("the gate could not be evaluated: {error}");
+                run.finish(RunStatus::Failed, None, Some(reason));
+                tx.record(&run)?;
+                return Ok(Settled::GateFailed(error));
+            }
+        };
+        let consumed: Vec<RunRecord> = consumed.into_iter().map(|(_, r)| r).collect();
+        let report = with_upstream_readiness(report, p, &consumed);
+        if !p.checks.is_empty() {
+            run.findings = serde_json::to_value(&report).ok();
+        }
+        run.production_ready = report.production_ready();
+        if report.blocks() {
+            run.finish(RunStatus::Blocked, None, Some(report.summary()));
+            tx.record(&run)?;
+            return Ok(Settled::Blocked { run, report });
+        }
+        let run = self.process(tx, p, run)?;
+        Ok(Settled::Ran { run, report })
+    }
+
+    /// Run the processor's statements and record how they ended.
+    fn process(
+        &self,
+        tx: &dyn InTransaction,
+        p: &Processor,
+        mut run: RunRecord,
+    ) -> Result<RunRecord, WorkerError> {
+        let config = &*self.config;
+        // A run that will announce itself keeps its lease until its event is out.
+        run.lease_until = (!self.req.skip_downstream).then(|| {
+            Utc::now() + config.server.lease_policy(&config.backend.kind).lease
+        });
+        let job = ProcessorRun {
+            statements: p.sql.for_backend(&config.backend.kind),
+            date: self.req.data_date,
+            output: p.output.as_ref(),
+            require_rows: processor::rows_reference(config, p),
+            deadline: self.deadline,
+        };
+        let failure = match tx.process(&job) {
+            Ok(Processed::Rows(rows)) => Ok(rows),
+            Ok(Processed::PostCondition(reason)) => Err(reason),
+            Err(e) => Err(e.to_string()),
+        };
+        let run = match failure {
+            Ok(rows) => finished(run, rows),
+            Err(reason) => {
+                run.finish(RunStatus::Failed, None, Some(reason));
+                run.lease_until = None;
+                run
+            }
+        };
+        tx.record(&run)?;
+        Ok(run)
+    }
+}
