@@ -244,7 +244,10 @@ impl GateReads for Prefetched {
         _: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         self.counts.clone().ok_or_else(|| {
-            WarehouseError(format!("entity counts of {} were not read", spec.upstream_table))
+            WarehouseError(format!(
+                "entity counts of {} were not read",
+                spec.upstream_table
+            ))
         })
     }
 }

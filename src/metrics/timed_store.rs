@@ -115,7 +115,9 @@ pub struct TimedWarehouse(pub Arc<dyn Warehouse>);
 impl Warehouse for TimedWarehouse {
     /// Timed as `one_transaction` (the whole processor run).
     fn one_transaction(&self) -> Option<&dyn OneTransaction> {
-        self.0.one_transaction().map(|_| self as &dyn OneTransaction)
+        self.0
+            .one_transaction()
+            .map(|_| self as &dyn OneTransaction)
     }
 
     // Delegated, not defaulted: the backend's own version is transactional.

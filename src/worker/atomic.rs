@@ -9,6 +9,7 @@
 //! redelivered.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -45,6 +46,19 @@ struct Job {
     index: usize,
     req: RunRequest,
     deadline: Instant,
+    /// The delivery still waits for the answer (see [`Waiting`]).
+    waiting: Arc<AtomicBool>,
+}
+
+/// Tells the transaction the delivery is gone when it is dropped (a request dropped by its
+/// client or its deadline): the run it may still commit then takes no lease, so the next
+/// delivery (or the outbox sweep) announces it at once instead of after the lease.
+struct Waiting(Arc<AtomicBool>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Worker {
@@ -57,14 +71,22 @@ impl Worker {
         req: &RunRequest,
         deadline: Instant,
     ) -> Result<Step, WorkerError> {
+        let waiting = Waiting(Arc::new(AtomicBool::new(true)));
         let job = Job {
             config: Arc::clone(&self.config),
             phase: phase.name.clone(),
-            index: phase.processors.iter().position(|x| x.name == p.name).unwrap_or(0),
+            index: phase
+                .processors
+                .iter()
+                .position(|x| x.name == p.name)
+                .unwrap_or(0),
             req: req.clone(),
             deadline,
+            waiting: Arc::clone(&waiting.0),
         };
-        let settled = match one.run(move |tx| job.settle(tx)).await {
+        let answer = one.run(move |tx| job.settle(tx)).await;
+        drop(waiting);
+        let settled = match answer {
             Ok(settled) => settled?,
             Err(_) if Instant::now() >= deadline => {
                 return Err(WorkerError::Deadline(self.config.server.push_deadline_secs));
@@ -201,10 +223,6 @@ impl Job {
         mut run: RunRecord,
     ) -> Result<RunRecord, WorkerError> {
         let config = &*self.config;
-        // A run that will announce itself keeps its lease until its event is out.
-        run.lease_until = (!self.req.skip_downstream).then(|| {
-            Utc::now() + config.server.lease_policy(&config.backend.kind).lease
-        });
         let job = ProcessorRun {
             statements: p.sql.for_backend(&config.backend.kind),
             date: self.req.data_date,
@@ -218,10 +236,16 @@ impl Job {
             Err(e) => Err(e.to_string()),
         };
         let run = match failure {
-            Ok(rows) => finished(run, rows),
+            Ok(rows) => {
+                let mut run = finished(run, rows);
+                // A run whose delivery will announce it keeps a lease until its event is out.
+                let announces = !self.req.skip_downstream && self.waiting.load(Ordering::Acquire);
+                run.lease_until = announces
+                    .then(|| Utc::now() + config.server.lease_policy(&config.backend.kind).lease);
+                run
+            }
             Err(reason) => {
                 run.finish(RunStatus::Failed, None, Some(reason));
-                run.lease_until = None;
                 run
             }
         };

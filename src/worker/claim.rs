@@ -128,7 +128,11 @@ pub(super) enum Decision {
     Run(Option<RunRecord>),
 }
 
-pub(super) fn decide(req: &RunRequest, latest: Option<RunRecord>, lineage: &[UpstreamRun]) -> Decision {
+pub(super) fn decide(
+    req: &RunRequest,
+    latest: Option<RunRecord>,
+    lineage: &[UpstreamRun],
+) -> Decision {
     let Some(run) = latest else {
         return Decision::Run(None);
     };
@@ -154,7 +158,9 @@ impl Worker {
         if p.kind == ProcessorKind::Sql
             && let Some(one) = atomic::shared(self.ledger.as_ref(), self.warehouse.as_ref())
         {
-            return self.run_in_one_transaction(one, phase, p, req, deadline).await;
+            return self
+                .run_in_one_transaction(one, phase, p, req, deadline)
+                .await;
         }
         let policy = self.config.server.lease_policy(&self.config.backend.kind);
         // The processor's own latest run, then its upstream processors' (one ledger call).

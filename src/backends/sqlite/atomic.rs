@@ -9,6 +9,7 @@
 //! newer output. Either way SQL still running at the push deadline is interrupted (a
 //! progress handler).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +24,7 @@ use super::warehouse::{EntityCountsQuery, ReferencePresence, probe_every_day};
 use crate::atomic::{Answer, InTransaction, OneTransaction, Processed, Work};
 use crate::config::{EntityCompleteness, Output, Reference};
 use crate::gate::GateReads;
-use crate::ledger::{LedgerError, RunRecord};
+use crate::ledger::{LedgerError, RunRecord, RunStatus};
 use crate::warehouse::{
     Committed, DatePresence, EntityCount, ProcessorRun, WarehouseError, finished, post_condition,
 };
@@ -172,11 +173,19 @@ impl OneTransaction for Sqlite {
         let pipeline = Arc::clone(&self.pipeline);
         let presence = Arc::clone(self.conns.presence_cache());
         self.grouped(true, move |sp| {
-            let answer = work(&Tx {
+            let tx = Tx {
                 conn: &sp,
                 pipeline: &pipeline,
                 presence: &presence,
-            });
+                unrecorded: RefCell::new(None),
+            };
+            let answer = work(&tx);
+            if let Some(run) = tx.unrecorded.take() {
+                // An interrupted write rolled the whole transaction back: the run's failure
+                // is recorded on its own (autocommit); the group reports the rollback.
+                super::ledger::upsert(&sp, &pipeline, &run)?;
+                return Ok(answer);
+            }
             // An `Err` answer drops the savepoint: what the work wrote is rolled back.
             if answer.is_ok() {
                 sp.commit()?;
@@ -197,6 +206,9 @@ struct Tx<'a> {
     conn: &'a Connection,
     pipeline: &'a str,
     presence: &'a PresenceCache,
+    /// A run recorded after the transaction was rolled back (a deadline interrupt of a
+    /// write): written on its own once the work is done.
+    unrecorded: RefCell<Option<RunRecord>>,
 }
 
 impl Tx<'_> {
@@ -249,7 +261,8 @@ impl InTransaction for Tx<'_> {
             require_rows: job.require_rows,
             deadline: job.deadline,
         };
-        self.savepoint("SAVEPOINT processor").map_err(warehouse_error)?;
+        self.savepoint("SAVEPOINT processor")
+            .map_err(warehouse_error)?;
         let result = process_in(self.conn, &steps);
         let keep = matches!(result, Ok(Processed::Rows(_)));
         // After an interrupt there is no savepoint left to close: the transaction is gone.
@@ -266,7 +279,12 @@ impl InTransaction for Tx<'_> {
     }
 
     fn record(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        self.open().map_err(ledger_error)?;
+        if let Err(e) = self.open() {
+            if run.status == RunStatus::Failed {
+                *self.unrecorded.borrow_mut() = Some(run.clone());
+            }
+            return Err(ledger_error(e));
+        }
         super::ledger::upsert(self.conn, self.pipeline, run).map_err(ledger_error)
     }
 }

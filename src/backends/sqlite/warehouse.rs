@@ -227,9 +227,9 @@ impl EntityCountsQuery {
         reference: &Reference,
         date: NaiveDate,
     ) -> Result<EntityCountsQuery, WarehouseError> {
-            let window = crate::warehouse::entity_window(spec, reference, date)?;
-            let sql = format!(
-                "WITH ref AS (
+        let window = crate::warehouse::entity_window(spec, reference, date)?;
+        let sql = format!(
+            "WITH ref AS (
                     SELECT DISTINCT CAST({re} AS TEXT) AS entity, {rd} AS d FROM {rt}
                     WHERE {rr}),
                  ranked AS (
@@ -242,21 +242,21 @@ impl EntityCountsQuery {
                  SELECT e.entity, COUNT(*), COUNT(a.d)
                  FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
                  GROUP BY e.entity ORDER BY e.entity",
-                re = window.entity_column,
-                rd = day(&reference.date_column),
-                rt = reference.table,
-                rr = days_between(&reference.date_column, ":floor", ":last"),
-                ue = spec.upstream_entity_column,
-                ud = day(&spec.upstream_date_column),
-                ut = spec.upstream_table,
-                ur = days_between(&spec.upstream_date_column, ":floor", ":last"),
-            );
-            Ok(EntityCountsQuery {
-                sql,
-                floor: window.floor.to_string(),
-                last: window.last.to_string(),
-                max_dates: window.max_dates,
-            })
+            re = window.entity_column,
+            rd = day(&reference.date_column),
+            rt = reference.table,
+            rr = days_between(&reference.date_column, ":floor", ":last"),
+            ue = spec.upstream_entity_column,
+            ud = day(&spec.upstream_date_column),
+            ut = spec.upstream_table,
+            ur = days_between(&spec.upstream_date_column, ":floor", ":last"),
+        );
+        Ok(EntityCountsQuery {
+            sql,
+            floor: window.floor.to_string(),
+            last: window.last.to_string(),
+            max_dates: window.max_dates,
+        })
     }
 
     pub(super) fn run(&self, c: &Connection) -> rusqlite::Result<Vec<EntityCount>> {

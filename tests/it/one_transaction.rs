@@ -1,0 +1,344 @@
+//! The embedded store's one-transaction run (SQLite only): a SQL processor's decision, gate,
+//! statements and ledger row commit together, so there is no claim to strand. A run cut off
+//! by the deadline is recorded failed with none of its output; a delivery dropped mid-run
+//! still commits its run whole, and every delivery queued behind it reuses that run.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use common::{TestEnv, d};
+use phasegate::atomic::{Answer, InTransaction, OneTransaction, Processed, Work};
+use phasegate::bus::{PublishError, Publisher};
+use phasegate::config::{EntityCompleteness, Reference};
+use phasegate::envelope::PushEnvelope;
+use phasegate::gate::GateReads;
+use phasegate::ledger::{LedgerError, RunRecord, RunStatus};
+use phasegate::warehouse::{DatePresence, EntityCount, ProcessorRun, Warehouse, WarehouseError};
+use phasegate::worker::Worker;
+use serde_json::json;
+use tokio::sync::Notify;
+
+/// One phase whose processor spins (a recursive query, as `{SPIN}`) while `slow` lists
+/// the date.
+const SPINNING: &str = r#"
+[pipeline]
+name = "test"
+
+[auth]
+mode = "disabled"
+
+[server]
+push_deadline_secs = 1
+
+[setup]
+sqlite = [
+  "CREATE TABLE IF NOT EXISTS {dataset}.feed (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date TEXT NOT NULL, team TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.slow (on_date TEXT NOT NULL)",
+]
+
+[[phases]]
+name = "raw"
+input_topic = "spin-trigger"
+completion_topic = "spin-done"
+
+[[phases.processors]]
+name = "ingest"
+kind = "sql"
+output = { table = "raw", date_column = "game_date" }
+sql.sqlite = [
+  "DELETE FROM {dataset}.raw WHERE game_date = @data_date",
+  "INSERT INTO {dataset}.raw (game_date, team) SELECT game_date, team FROM {dataset}.feed WHERE game_date = @data_date",
+  "{SPIN}",
+]
+"#;
+
+const SPIN: &str = "WITH RECURSIVE spin(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM spin \
+    WHERE EXISTS (SELECT 1 FROM {dataset}.slow WHERE on_date = @data_date)) SELECT x FROM spin";
+
+/// The spin as a read (SQLite interrupts the statement) and as a write (SQLite rolls the
+/// whole transaction back).
+fn spins() -> [String; 2] {
+    [
+        format!("SELECT max(x) FROM ({SPIN})"),
+        format!(
+            "INSERT INTO {{dataset}}.raw (game_date, team) SELECT @data_date, x FROM ({SPIN}) WHERE x < 0"
+        ),
+    ]
+}
+
+fn push_body(date: NaiveDate, message_id: &str) -> Vec<u8> {
+    let envelope = PushEnvelope::wrap(
+        &json!({ "data_date": date }),
+        BTreeMap::new(),
+        message_id.into(),
+        "s".into(),
+    );
+    serde_json::to_vec(&envelope).expect("envelope")
+}
+
+async fn teams(env: &TestEnv, day: NaiveDate) -> Vec<String> {
+    let sql = format!("SELECT team FROM raw WHERE game_date = '{day}' ORDER BY team");
+    let db = env.app.sqlite.clone().expect("sqlite");
+    db.with_connection(move |c| {
+        c.prepare(&sql)?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect()
+    })
+    .await
+    .expect("read raw")
+}
+
+#[tokio::test]
+async fn a_run_cut_off_by_the_deadline_is_recorded_failed_and_keeps_the_previous_output() {
+    for spin in spins() {
+        let env = TestEnv::with_pipeline(&SPINNING.replace("{SPIN}", &spin)).await;
+        let day = d("2024-03-01");
+        for sql in [
+            "INSERT INTO feed VALUES (@data_date, 'new')",
+            "INSERT INTO raw VALUES (@data_date, 'old')",
+            "INSERT INTO slow VALUES (@data_date)",
+        ] {
+            env.exec_for(sql, &[day]).await;
+        }
+
+        let started = Instant::now();
+        let cut = env
+            .app
+            .worker
+            .handle_push("raw", &push_body(day, "m1"))
+            .await;
+        assert!(cut.http_status() >= 500, "{spin}: {:?}", cut.body());
+        assert!(started.elapsed() < Duration::from_secs(30), "interrupted");
+        let history = env
+            .app
+            .ledger()
+            .history("ingest", day)
+            .await
+            .expect("history");
+        assert_eq!(history.len(), 1, "{spin}: {history:?}");
+        assert_eq!(
+            history[0].status,
+            RunStatus::Failed,
+            "{spin}: never left running"
+        );
+        let error = history[0].errors.as_deref().unwrap_or_default();
+        assert!(error.contains("deadline"), "{spin}: {error}");
+        assert_eq!(
+            teams(&env, day).await,
+            ["old"],
+            "{spin}: its DELETE was rolled back"
+        );
+
+        env.exec_for("DELETE FROM slow WHERE on_date = @data_date", &[day])
+            .await;
+        let again = env
+            .app
+            .worker
+            .handle_push("raw", &push_body(day, "m1"))
+            .await;
+        assert_eq!(again.http_status(), 200, "{spin}: {:?}", again.body());
+        let latest = env.latest("ingest", day).await.expect("latest");
+        assert_eq!(latest.status, RunStatus::Success, "{spin}");
+        assert_eq!(teams(&env, day).await, ["new"], "{spin}");
+    }
+}
+
+/// Holds the next processor run inside its transaction (on the store's writer) until told.
+#[derive(Default)]
+struct Hold {
+    armed: Mutex<Option<mpsc::Receiver<()>>>,
+    holding: Notify,
+}
+
+/// The app's warehouse, whose one-transaction runs go through [`Hold`].
+struct Holding {
+    inner: Arc<dyn Warehouse>,
+    hold: Arc<Hold>,
+}
+
+/// The store's transaction, with `process` held while a hold is armed.
+struct HeldTx<'a> {
+    inner: &'a dyn InTransaction,
+    hold: &'a Hold,
+}
+
+impl GateReads for HeldTx<'_> {
+    fn date_presence(
+        &self,
+        table: &str,
+        column: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        self.inner.date_presence(table, column, from, to, expected)
+    }
+    fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        date: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        self.inner.entity_counts(spec, reference, date)
+    }
+}
+
+impl InTransaction for HeldTx<'_> {
+    fn latest_of(
+        &self,
+        processors: &[String],
+        date: NaiveDate,
+    ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
+        self.inner.latest_of(processors, date)
+    }
+    fn process(&self, job: &ProcessorRun<'_>) -> Result<Processed, WarehouseError> {
+        let armed = self.hold.armed.lock().expect("hold").take();
+        if let Some(release) = armed {
+            self.hold.holding.notify_one();
+            let _ = release.recv();
+        }
+        self.inner.process(job)
+    }
+    fn record(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        self.inner.record(run)
+    }
+}
+
+#[async_trait]
+impl OneTransaction for Holding {
+    async fn run_boxed(&self, work: Work) -> Result<Result<Answer, Answer>, String> {
+        let inner = self.inner.one_transaction().expect("sqlite");
+        let hold = Arc::clone(&self.hold);
+        let held: Work = Box::new(move |tx| {
+            work(&HeldTx {
+                inner: tx,
+                hold: &hold,
+            })
+        });
+        inner.run_boxed(held).await
+    }
+    fn store_id(&self) -> (usize, &str) {
+        self.inner.one_transaction().expect("sqlite").store_id()
+    }
+}
+
+#[async_trait]
+impl Warehouse for Holding {
+    fn one_transaction(&self) -> Option<&dyn OneTransaction> {
+        Some(self)
+    }
+    async fn run_statements(&self, s: &[String], d: NaiveDate) -> Result<(), WarehouseError> {
+        self.inner.run_statements(s, d).await
+    }
+    async fn count_rows(&self, t: &str, c: &str, d: NaiveDate) -> Result<u64, WarehouseError> {
+        self.inner.count_rows(t, c, d).await
+    }
+    async fn date_presence(
+        &self,
+        t: &str,
+        c: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        expected: Option<&Reference>,
+    ) -> Result<Vec<DatePresence>, WarehouseError> {
+        self.inner.date_presence(t, c, from, to, expected).await
+    }
+    async fn entity_counts(
+        &self,
+        spec: &EntityCompleteness,
+        reference: &Reference,
+        d: NaiveDate,
+    ) -> Result<Vec<EntityCount>, WarehouseError> {
+        self.inner.entity_counts(spec, reference, d).await
+    }
+}
+
+/// Counts the completion events published.
+#[derive(Default)]
+struct Events(Mutex<usize>);
+
+#[async_trait]
+impl Publisher for Events {
+    async fn publish(
+        &self,
+        _: &str,
+        _: &serde_json::Value,
+        _: BTreeMap<String, String>,
+    ) -> Result<String, PublishError> {
+        *self.0.lock().expect("events") += 1;
+        Ok("counted".into())
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_dropped_inside_its_transaction_commits_whole_and_queued_ones_reuse_it() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let hold = Arc::new(Hold::default());
+    let warehouse = Arc::new(Holding {
+        inner: env.app.warehouse().clone(),
+        hold: Arc::clone(&hold),
+    });
+    let events = Arc::new(Events::default());
+    let worker = Arc::new(Worker::new(
+        env.app.config.clone(),
+        env.app.ledger().clone(),
+        warehouse,
+        events.clone(),
+    ));
+    let (release, armed) = mpsc::channel();
+    *hold.armed.lock().expect("hold") = Some(armed);
+
+    // A is held inside its transaction, after its decision and gate, before its statements.
+    let holding = hold.holding.notified();
+    let a = {
+        let w = Arc::clone(&worker);
+        tokio::spawn(async move { w.handle_push("raw", &push_body(day, "a")).await })
+    };
+    holding.await;
+    // B (another message for the date) queues behind A on the store's writer.
+    let b = {
+        let w = Arc::clone(&worker);
+        tokio::spawn(async move { w.handle_push("raw", &push_body(day, "b")).await })
+    };
+    // A's request is dropped (client gone, or the push deadline) while it is held.
+    a.abort();
+    assert!(a.await.expect_err("aborted").is_cancelled());
+    assert!(
+        env.app
+            .ledger()
+            .history("ingest", day)
+            .await
+            .expect("history")
+            .is_empty(),
+        "nothing is visible while A's transaction is open: no claim row"
+    );
+    release.send(()).expect("release");
+
+    let b = b.await.expect("B");
+    assert_eq!(b.http_status(), 200, "{:?}", b.body());
+    assert_eq!(b.label(), "already_done", "B reuses A's run");
+    // A's run was recorded after its delivery was gone, so without a lease: B announced it
+    // at once instead of leaving it to the outbox sweep after the lease.
+    let redelivered = worker.handle_push("raw", &push_body(day, "a")).await;
+    assert_eq!(redelivered.label(), "already_done");
+    let history = env
+        .app
+        .ledger()
+        .history("ingest", day)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1, "one run, committed whole: {history:?}");
+    assert_eq!(history[0].status, RunStatus::Success);
+    assert_eq!(history[0].message_id.as_deref(), Some("a"));
+    assert_eq!(env.count("raw", "game_date", day).await, 2);
+    assert_eq!(*events.0.lock().expect("events"), 1, "one completion event");
+}
