@@ -150,11 +150,31 @@ async fn a_run_cut_off_by_the_deadline_is_recorded_failed_and_keeps_the_previous
     }
 }
 
-/// Holds the next processor run inside its transaction (on the store's writer) until told.
+/// Holds the next processor run inside its transaction (on the store's writer) until told:
+/// before its statements, or (`after_statements`) once they ran, before its ledger row.
 #[derive(Default)]
 struct Hold {
     armed: Mutex<Option<mpsc::Receiver<()>>>,
+    after_statements: bool,
     holding: Notify,
+    /// How many runs have been queued on the store's writer.
+    queued: Mutex<Option<tokio::sync::watch::Sender<usize>>>,
+}
+
+impl Hold {
+    fn arm(&self) -> mpsc::Sender<()> {
+        let (release, armed) = mpsc::channel();
+        *self.armed.lock().expect("hold") = Some(armed);
+        release
+    }
+
+    fn wait_here(&self) {
+        let armed = self.armed.lock().expect("hold").take();
+        if let Some(release) = armed {
+            self.holding.notify_one();
+            let _ = release.recv();
+        }
+    }
 }
 
 /// The app's warehouse, whose one-transaction runs go through [`Hold`].
@@ -199,14 +219,15 @@ impl InTransaction for HeldTx<'_> {
         self.inner.latest_of(processors, date)
     }
     fn process(&self, job: &ProcessorRun<'_>) -> Result<Processed, WarehouseError> {
-        let armed = self.hold.armed.lock().expect("hold").take();
-        if let Some(release) = armed {
-            self.hold.holding.notify_one();
-            let _ = release.recv();
+        if !self.hold.after_statements {
+            self.hold.wait_here();
         }
         self.inner.process(job)
     }
     fn record(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        if self.hold.after_statements {
+            self.hold.wait_here();
+        }
         self.inner.record(run)
     }
 }
@@ -222,7 +243,17 @@ impl OneTransaction for Holding {
                 hold: &hold,
             })
         });
-        inner.run_boxed(held).await
+        let mut run = inner.run_boxed(held);
+        // The first poll queues the job on the writer; then count it.
+        tokio::select! {
+            biased;
+            answer = &mut run => return answer,
+            () = std::future::ready(()) => {}
+        }
+        if let Some(queued) = &*self.hold.queued.lock().expect("hold") {
+            queued.send_modify(|n| *n += 1);
+        }
+        run.await
     }
     fn store_id(&self) -> (usize, &str) {
         self.inner.one_transaction().expect("sqlite").store_id()
@@ -294,8 +325,7 @@ async fn a_delivery_dropped_inside_its_transaction_commits_whole_and_queued_ones
         warehouse,
         events.clone(),
     ));
-    let (release, armed) = mpsc::channel();
-    *hold.armed.lock().expect("hold") = Some(armed);
+    let release = hold.arm();
 
     // A is held inside its transaction, after its decision and gate, before its statements.
     let holding = hold.holding.notified();
@@ -341,4 +371,75 @@ async fn a_delivery_dropped_inside_its_transaction_commits_whole_and_queued_ones
     assert_eq!(history[0].message_id.as_deref(), Some("a"));
     assert_eq!(env.count("raw", "game_date", day).await, 2);
     assert_eq!(*events.0.lock().expect("events"), 1, "one completion event");
+}
+
+#[tokio::test]
+async fn an_interrupted_run_takes_down_only_redoable_runs_of_its_group_and_they_run_again() {
+    let insert_spin = &spins()[1];
+    let env = TestEnv::with_pipeline(&SPINNING.replace("{SPIN}", insert_spin)).await;
+    let (b_day, a_day) = (d("2024-03-01"), d("2024-03-02"));
+    env.exec_for(
+        "INSERT INTO feed VALUES (@data_date, 'new')",
+        &[b_day, a_day],
+    )
+    .await;
+    env.exec_for("INSERT INTO slow VALUES (@data_date)", &[a_day])
+        .await;
+    let (queued, mut queued_rx) = tokio::sync::watch::channel(0);
+    let hold = Arc::new(Hold {
+        after_statements: true,
+        queued: Mutex::new(Some(queued)),
+        ..Hold::default()
+    });
+    let warehouse = Arc::new(Holding {
+        inner: env.app.warehouse().clone(),
+        hold: Arc::clone(&hold),
+    });
+    let worker = Arc::new(Worker::new(
+        env.app.config.clone(),
+        env.app.ledger().clone(),
+        warehouse,
+        Arc::new(Events::default()),
+    ));
+    let push = |day: NaiveDate, id: &'static str| {
+        let w = Arc::clone(&worker);
+        tokio::spawn(async move { w.handle_push("raw", &push_body(day, id)).await })
+    };
+
+    // B's statements ran; B is held before its ledger row, first of its group.
+    let release = hold.arm();
+    let holding = hold.holding.notified();
+    let b = push(b_day, "b");
+    holding.await;
+    // A (spinning until its deadline) queues behind B, so it joins B's group.
+    let a = push(a_day, "a");
+    queued_rx.wait_for(|n| *n == 2).await.expect("queued");
+    release.send(()).expect("release");
+    let (a, b) = (a.await.expect("A"), b.await.expect("B"));
+    assert!(a.http_status() >= 500, "{:?}", a.body());
+    assert!(b.http_status() >= 500, "B is told: {:?}", b.body());
+
+    // A's interrupted INSERT rolled the group back: B's run and output are gone, A's
+    // failure is recorded.
+    let history = env
+        .app
+        .ledger()
+        .history("ingest", b_day)
+        .await
+        .expect("history");
+    assert!(history.is_empty(), "B rolled back with A: {history:?}");
+    assert!(teams(&env, b_day).await.is_empty());
+    let a_runs = env
+        .app
+        .ledger()
+        .history("ingest", a_day)
+        .await
+        .expect("history");
+    assert_eq!(a_runs.len(), 1, "{a_runs:?}");
+    assert_eq!(a_runs[0].status, RunStatus::Failed);
+
+    // B's redelivery runs it again.
+    let again = worker.handle_push("raw", &push_body(b_day, "b")).await;
+    assert_eq!(again.http_status(), 200, "{:?}", again.body());
+    assert_eq!(teams(&env, b_day).await, ["new"]);
 }

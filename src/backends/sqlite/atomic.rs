@@ -18,6 +18,7 @@ use chrono::NaiveDate;
 use rusqlite::{Connection, Savepoint, params};
 
 use super::Sqlite;
+use super::connection::Role;
 use super::presence::PresenceCache;
 use super::sql::{count_rows_sql, expand_dataset};
 use super::warehouse::{EntityCountsQuery, ReferencePresence, probe_every_day};
@@ -158,7 +159,7 @@ impl Sqlite {
             deadline: job.deadline,
             run,
         };
-        self.grouped(true, move |sp| run_in_transaction(sp, job))
+        self.grouped(Role::Leads, move |sp| run_in_transaction(sp, job))
             .await
             .map_err(|e| WarehouseError(deadline_error(e)))
     }
@@ -172,7 +173,7 @@ impl OneTransaction for Sqlite {
     async fn run_boxed(&self, work: Work) -> Result<Result<Answer, Answer>, String> {
         let pipeline = Arc::clone(&self.pipeline);
         let presence = Arc::clone(self.conns.presence_cache());
-        self.grouped(true, move |sp| {
+        self.grouped(Role::Redoable, move |sp| {
             let tx = Tx {
                 conn: &sp,
                 pipeline: &pipeline,

@@ -28,13 +28,25 @@ enum Job {
     /// loads, the bus's queue).
     Solo(Box<dyn FnOnce(&mut Connection) + Send>),
     /// Runs in a savepoint inside the writer's group transaction.
-    Grouped {
-        work: Box<dyn FnOnce(&mut Connection) -> Reply + Send>,
-        /// Starts a group of its own (a processor run: it may be interrupted at its
-        /// deadline, and SQLite rolls the whole transaction back on an interrupt, so no
-        /// other write may share a transaction with it before it has finished).
-        leads: bool,
-    },
+    Grouped { work: Work, role: Role },
+}
+
+/// A grouped job's work: it runs, then answers once its group's fate is known.
+type Work = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+
+/// How a grouped job may share its group. A processor run may be interrupted at its
+/// deadline, and SQLite rolls the whole transaction back when it interrupts a write, so an
+/// interruptible job never joins a group holding work that must not be lost with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Never interrupted (a ledger write): joins any group.
+    Plain,
+    /// Interruptible, and its work must not be lost with others' (a claimed run's outcome):
+    /// starts a group of its own, which plain jobs may join after it.
+    Leads,
+    /// Interruptible, and safe to lose with its group (a one-transaction run: its delivery
+    /// is told the group failed and is redelivered): joins a group of such jobs only.
+    Redoable,
 }
 
 /// Read connections kept open for reuse.
@@ -177,13 +189,13 @@ impl Connections {
     /// `f` keeps its changes with `Savepoint::commit` and rolls them back by dropping the
     /// savepoint. The answer comes once the group has committed; if the group could not
     /// commit, the caller gets an error even though `f` succeeded (nothing was written).
-    /// `leads`: `f` starts a group (see [`Job::Grouped`]). A panic in `f` is contained.
-    pub(super) async fn write_grouped<T, F>(&self, leads: bool, f: F) -> Result<T, String>
+    /// `role`: which group `f` may join ([`Role`]). A panic in `f` is contained.
+    pub(super) async fn write_grouped<T, F>(&self, role: Role, f: F) -> Result<T, String>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(Savepoint<'c>) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.grouped_job(leads, move |conn| {
+        self.grouped_job(role, move |conn| {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 conn.savepoint().and_then(f)
             })) {
@@ -204,7 +216,7 @@ impl Connections {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.grouped_job(false, move |conn| {
+        self.grouped_job(Role::Plain, move |conn| {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err("sqlite read panicked".to_string()),
@@ -213,10 +225,10 @@ impl Connections {
         .await
     }
 
-    /// Queue `run` as a grouped job (`leads`: see [`Job::Grouped`]) and wait for its answer,
+    /// Queue `run` as a grouped job (`role`: see [`Role`]) and wait for its answer,
     /// sent once its group's fate is known: `run`'s result if the group committed, the
     /// group's failure otherwise.
-    async fn grouped_job<T, F>(&self, leads: bool, run: F) -> Result<T, String>
+    async fn grouped_job<T, F>(&self, role: Role, run: F) -> Result<T, String>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, String> + Send + 'static,
@@ -232,7 +244,7 @@ impl Connections {
             })
         });
         self.writer
-            .send(Job::Grouped { work, leads })
+            .send(Job::Grouped { work, role })
             .map_err(|_| "sqlite writer thread is gone".to_string())?;
         rx.await
             .map_err(|_| "sqlite writer dropped the request".to_string())?
@@ -363,17 +375,17 @@ fn serve_writes(conn: &mut Connection, rx: &mpsc::Receiver<Job>, commits: &Atomi
                 f(conn);
                 None
             }
-            Job::Grouped { work, .. } => run_group(conn, work, rx, commits),
+            Job::Grouped { work, role } => run_group(conn, (work, role), rx, commits),
         };
     }
 }
 
 /// Run `first` and the grouped jobs already queued behind it (up to [`MAX_GROUP`]) in one
 /// transaction, commit once, then answer them all. Returns the job that ended the group,
-/// if one did (a solo job or one that leads its own group).
+/// if one did (a solo job, or a grouped job whose [`Role`] may not join this group).
 fn run_group(
     conn: &mut Connection,
-    first: Box<dyn FnOnce(&mut Connection) -> Reply + Send>,
+    (first, role): (Work, Role),
     rx: &mpsc::Receiver<Job>,
     commits: &AtomicU64,
 ) -> Option<Job> {
@@ -385,9 +397,21 @@ fn run_group(
     }
     let mut replies = vec![first(conn)];
     let mut ended_by = None;
+    // An interruptible job may join only while everything before it is safe to lose.
+    let mut redoable_only = role == Role::Redoable;
     while !conn.is_autocommit() && replies.len() < MAX_GROUP {
         match rx.try_recv() {
-            Ok(Job::Grouped { work, leads: false }) => replies.push(work(conn)),
+            Ok(Job::Grouped {
+                work,
+                role: Role::Plain,
+            }) => {
+                redoable_only = false;
+                replies.push(work(conn));
+            }
+            Ok(Job::Grouped {
+                work,
+                role: Role::Redoable,
+            }) if redoable_only => replies.push(work(conn)),
             Ok(job) => {
                 ended_by = Some(job);
                 break;
@@ -546,7 +570,7 @@ mod tests {
     ) -> tokio::task::JoinHandle<Result<(), String>> {
         let c = Arc::clone(conns);
         tokio::spawn(async move {
-            c.write_grouped(false, move |sp| {
+            c.write_grouped(Role::Plain, move |sp| {
                 sp.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
                 if fail {
                     // Changes made, then refused: the savepoint is dropped, not committed.
@@ -602,7 +626,7 @@ mod tests {
         for _ in 0..pages / 16 {
             let page = page.clone();
             conns
-                .write_grouped(false, move |sp| {
+                .write_grouped(Role::Plain, move |sp| {
                     for _ in 0..16 {
                         sp.execute("INSERT INTO t (v) VALUES (?1)", [&page])?;
                     }
@@ -690,7 +714,7 @@ mod tests {
         let first = insert(&conns, 1, false);
         let c = Arc::clone(&conns);
         let panics = tokio::spawn(async move {
-            c.write_grouped(false, |sp| -> rusqlite::Result<()> {
+            c.write_grouped(Role::Plain, |sp| -> rusqlite::Result<()> {
                 sp.execute("INSERT INTO t (v) VALUES (99)", [])?;
                 panic!("a bug in a write");
             })
@@ -714,7 +738,7 @@ mod tests {
         let before = insert(&conns, 1, false);
         let c = Arc::clone(&conns);
         let interrupted = tokio::spawn(async move {
-            c.write_grouped(true, |sp| {
+            c.write_grouped(Role::Leads, |sp| {
                 sp.execute("INSERT INTO t (v) VALUES (50)", [])?;
                 // An interrupt (the push deadline) makes SQLite roll back the whole
                 // transaction, not just this savepoint.
@@ -735,5 +759,66 @@ mod tests {
         assert!(e.contains("interrupt"), "{e}");
         assert!(after.await.expect("task").is_ok());
         assert_eq!(values(&conns).await, vec![1, 2]);
+    }
+
+    /// A write of `v` as `role`, or (`v` = None) one interrupted after writing 50.
+    fn write_as(
+        conns: &Arc<Connections>,
+        v: Option<i64>,
+        role: Role,
+    ) -> tokio::task::JoinHandle<Result<(), String>> {
+        let c = Arc::clone(conns);
+        tokio::spawn(async move {
+            c.write_grouped(role, move |sp| {
+                let Some(v) = v else {
+                    sp.execute("INSERT INTO t (v) VALUES (50)", [])?;
+                    sp.progress_handler(1, Some(|| true));
+                    let r = sp.execute("INSERT INTO t (v) VALUES (51)", []);
+                    sp.progress_handler(0, None::<fn() -> bool>);
+                    return r.map(|_| ());
+                };
+                sp.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                sp.commit()
+            })
+            .await
+        })
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_redoable_write_joins_no_group_holding_a_plain_write() {
+        let (_dir, conns) = open();
+        setup(&conns).await;
+        let (release, blocker) = hold_writer(&conns).await;
+        let redoable = write_as(&conns, Some(10), Role::Redoable);
+        let plain = write_as(&conns, Some(1), Role::Plain);
+        let interrupted = write_as(&conns, None, Role::Redoable);
+        let after = write_as(&conns, Some(11), Role::Redoable);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).expect("release");
+        blocker.await.expect("blocker");
+        assert!(redoable.await.expect("task").is_ok());
+        assert!(
+            plain.await.expect("task").is_ok(),
+            "not lost with the interrupt"
+        );
+        assert!(interrupted.await.expect("task").is_err());
+        assert!(after.await.expect("task").is_ok());
+        assert_eq!(values(&conns).await, vec![1, 10, 11]);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_redoable_write_takes_its_redoable_group_down_and_says_so() {
+        let (_dir, conns) = open();
+        setup(&conns).await;
+        let (release, blocker) = hold_writer(&conns).await;
+        let first = write_as(&conns, Some(10), Role::Redoable);
+        let interrupted = write_as(&conns, None, Role::Redoable);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).expect("release");
+        blocker.await.expect("blocker");
+        let e = first.await.expect("task").expect_err("lost with its group");
+        assert!(e.contains("rolled back with its group"), "{e}");
+        assert!(interrupted.await.expect("task").is_err());
+        assert_eq!(values(&conns).await, Vec::<i64>::new(), "nothing committed");
     }
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::connection::Role;
 use super::{
     LEDGER_COLUMNS, LEDGER_DDL, LEDGER_INDEXES, LEDGER_MIGRATIONS, Sqlite, record_from_row, ts,
 };
@@ -183,7 +184,7 @@ impl Ledger for Sqlite {
 
     async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
         let (r, pipeline) = (r.clone(), self.pipeline.clone());
-        self.grouped(false, move |sp| {
+        self.grouped(Role::Plain, move |sp| {
             upsert(&sp, &pipeline, &r)?;
             sp.commit()
         })
@@ -194,7 +195,7 @@ impl Ledger for Sqlite {
     async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
         let (run, pipeline) = (run.clone(), self.pipeline.clone());
         let seen = seen.map(str::to_string);
-        self.grouped(false, move |sp| {
+        self.grouped(Role::Plain, move |sp| {
             let claim = claim_in(&sp, &pipeline, &run, seen.as_deref())?;
             sp.commit()?;
             Ok(claim)
@@ -205,7 +206,7 @@ impl Ledger for Sqlite {
 
     async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
         let run = run.clone();
-        self.grouped(false, move |sp| {
+        self.grouped(Role::Plain, move |sp| {
             let completed = complete(&sp, &run)?;
             sp.commit()?;
             Ok(completed)
@@ -216,7 +217,7 @@ impl Ledger for Sqlite {
 
     async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
         let id = run_id.to_string();
-        self.grouped(false, move |sp| {
+        self.grouped(Role::Plain, move |sp| {
             let n = sp
                 .prepare_cached(
                     "UPDATE processor_run_history SET lease_until = ?2 WHERE run_id = ?1 \
@@ -236,7 +237,7 @@ impl Ledger for Sqlite {
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
         let ids = run_ids.to_vec();
-        self.grouped(false, move |sp| {
+        self.grouped(Role::Plain, move |sp| {
             let won = claim_publication_in(&sp, &ids, until)?;
             if won {
                 sp.commit()?;
@@ -354,7 +355,7 @@ impl Ledger for Sqlite {
         at: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
         let ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
-        self.grouped(false, move |sp| {
+        self.grouped(Role::Plain, move |sp| {
             {
                 let mut stmt = sp.prepare_cached(
                     "UPDATE processor_run_history SET published_at = ?1, lease_until = NULL \

@@ -158,14 +158,14 @@ impl Sqlite {
     }
 
     /// Run `f` on the writer thread in a savepoint of a group transaction (group commit;
-    /// see [`connection`]). `f` keeps its changes with `Savepoint::commit`. `leads`: `f`
-    /// may be interrupted (a processor run), so it starts a group of its own.
-    async fn grouped<T, F>(&self, leads: bool, f: F) -> Result<T, String>
+    /// see [`connection`]). `f` keeps its changes with `Savepoint::commit`. `role`: which
+    /// group `f` may join (an interruptible processor run may not join every group).
+    async fn grouped<T, F>(&self, role: connection::Role, f: F) -> Result<T, String>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(rusqlite::Savepoint<'c>) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.conns.write_grouped(leads, f).await
+        self.conns.write_grouped(role, f).await
     }
 
     /// Run `f` with a read connection on the calling thread (short synchronous reads).
