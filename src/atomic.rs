@@ -8,6 +8,7 @@
 //! below, run on its writer inside one transaction.
 
 use std::any::Any;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -29,7 +30,8 @@ pub trait InTransaction: GateReads {
 
     /// Run a processor's statements, count its output and check its post-condition, in a
     /// savepoint kept only when the post-condition holds. SQL still running at the job's
-    /// deadline is interrupted, which rolls the whole transaction back.
+    /// deadline is interrupted; SQLite rolls the whole transaction back when that SQL was
+    /// a write, and every later call fails.
     fn process(&self, job: &ProcessorRun<'_>) -> Result<Processed, WarehouseError>;
 
     /// Write a run's row: a new run, or the final state of one it takes over.
@@ -55,9 +57,16 @@ pub type Work = Box<dyn FnOnce(&dyn InTransaction) -> Result<Answer, Answer> + S
 #[async_trait]
 pub trait OneTransaction: Send + Sync {
     /// Run `work` in one transaction: commit what it wrote if it answers `Ok`, roll it back
-    /// if it answers `Err`. The outer `Err`: the transaction did not commit (interrupted, or
-    /// the store failed), so nothing of it was written.
-    async fn run_boxed(&self, work: Work) -> Result<Result<Answer, Answer>, String>;
+    /// if it answers `Err`. Work still waiting for the store at `deadline` is not started;
+    /// reads and statements still running then are interrupted. The outer `Err`: the
+    /// transaction did not commit (not started, interrupted, or the store failed), so
+    /// nothing of it was written — except, after an interrupt that rolled the whole
+    /// transaction back, the `failed` rows it recorded, which are written on their own.
+    async fn run_boxed(
+        &self,
+        deadline: Instant,
+        work: Work,
+    ) -> Result<Result<Answer, Answer>, String>;
 
     /// Which store this is and whose runs it records: a ledger and a warehouse share
     /// transactions only if both are equal.
@@ -66,7 +75,7 @@ pub trait OneTransaction: Send + Sync {
 
 impl dyn OneTransaction + '_ {
     /// Run `f` in one transaction (see [`OneTransaction::run_boxed`]).
-    pub async fn run<T, E, F>(&self, f: F) -> Result<Result<T, E>, String>
+    pub async fn run<T, E, F>(&self, deadline: Instant, f: F) -> Result<Result<T, E>, String>
     where
         T: Send + 'static,
         E: Send + 'static,
@@ -76,7 +85,7 @@ impl dyn OneTransaction + '_ {
             Ok(t) => Ok(Box::new(t) as Answer),
             Err(e) => Err(Box::new(e) as Answer),
         });
-        let answer = self.run_boxed(work).await?;
+        let answer = self.run_boxed(deadline, work).await?;
         let wrong = |_| "a one-transaction run answered with another type".to_string();
         Ok(match answer {
             Ok(t) => Ok(*t.downcast::<T>().map_err(wrong)?),
@@ -86,7 +95,8 @@ impl dyn OneTransaction + '_ {
 }
 
 /// The one-transaction run `ledger` and `warehouse` share, if they are the same store that
-/// has one (SQLite; a decorated or different ledger or warehouse: none).
+/// has one (SQLite, and decorators that pass it on; a different ledger or warehouse, or a
+/// decorator that does not pass it on: none).
 pub fn shared<'a>(
     ledger: &'a dyn Ledger,
     warehouse: &'a dyn Warehouse,

@@ -177,10 +177,14 @@ impl Warehouse for TimedWarehouse {
 
 #[async_trait]
 impl OneTransaction for TimedWarehouse {
-    async fn run_boxed(&self, work: Work) -> Result<Result<Answer, Answer>, String> {
+    async fn run_boxed(
+        &self,
+        deadline: std::time::Instant,
+        work: Work,
+    ) -> Result<Result<Answer, Answer>, String> {
         let _t = StoreTimer::start("warehouse", "one_transaction");
         match self.0.one_transaction() {
-            Some(inner) => inner.run_boxed(work).await,
+            Some(inner) => inner.run_boxed(deadline, work).await,
             None => Err("this warehouse runs no processor in one transaction".into()),
         }
     }

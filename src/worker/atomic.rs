@@ -14,13 +14,12 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use super::claim::{Decision, decide};
-use super::run::with_upstream_readiness;
+use super::decide::{Decision, Seen, judge};
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
 use crate::atomic::{InTransaction, OneTransaction, Processed};
 use crate::config::{Config, Phase, Processor};
 use crate::gate::{self, GateError, GateReport};
-use crate::ledger::{self, LedgerError, RunRecord, RunStatus, UpstreamRun};
+use crate::ledger::{LedgerError, RunRecord, RunStatus};
 use crate::processor;
 use crate::warehouse::{ProcessorRun, finished};
 
@@ -28,7 +27,8 @@ use crate::warehouse::{ProcessorRun, finished};
 enum Settled {
     /// The latest run stands (done, or the same message's): nothing written.
     Reused(RunRecord),
-    /// Another worker (a command processor's claim, another process) holds the date.
+    /// A claimed run of the processor holds the date (written by a worker that claims:
+    /// another process on an older version, or a decorated store's).
     InProgress(RunRecord),
     /// The gate could not be evaluated: recorded `failed`.
     GateFailed(GateError),
@@ -38,8 +38,8 @@ enum Settled {
     Ran { run: RunRecord, report: GateReport },
 }
 
-/// What the transaction needs, owned: it runs on the store's writer.
-struct Job {
+/// One processor's run, owned: it is made on the store's writer.
+struct OneRun {
     config: Arc<Config>,
     phase: String,
     /// The processor's position in its phase.
@@ -62,29 +62,25 @@ impl Drop for Waiting {
 }
 
 impl Worker {
-    /// De-duplicate, gate, run and record one SQL processor in one transaction of `one`.
+    /// De-duplicate, gate, run and record `p`, processor `index` of `phase`, in one
+    /// transaction of `one`.
     pub(super) async fn run_in_one_transaction(
         &self,
         one: &dyn OneTransaction,
-        phase: &Phase,
-        p: &Processor,
+        (phase, p, index): (&Phase, &Processor, usize),
         req: &RunRequest,
         deadline: Instant,
     ) -> Result<Step, WorkerError> {
         let waiting = Waiting(Arc::new(AtomicBool::new(true)));
-        let job = Job {
+        let run = OneRun {
             config: Arc::clone(&self.config),
             phase: phase.name.clone(),
-            index: phase
-                .processors
-                .iter()
-                .position(|x| x.name == p.name)
-                .unwrap_or(0),
+            index,
             req: req.clone(),
             deadline,
             waiting: Arc::clone(&waiting.0),
         };
-        let answer = one.run(move |tx| job.settle(tx)).await;
+        let answer = one.run(deadline, move |tx| run.decide_and_run(tx)).await;
         drop(waiting);
         let settled = match answer {
             Ok(settled) => settled?,
@@ -134,7 +130,7 @@ fn announce_settled(p: &Processor, req: &RunRequest, settled: Settled) -> Result
     Ok(Step::Ran(Box::new(run)))
 }
 
-impl Job {
+impl OneRun {
     fn processor(&self) -> Result<(&Phase, &Processor), WorkerError> {
         let phase = self
             .config
@@ -153,35 +149,17 @@ impl Job {
     }
 
     /// Inside the transaction: decide, gate, run, record. `Err` rolls back what it wrote.
-    fn settle(self, tx: &dyn InTransaction) -> Result<Settled, WorkerError> {
+    fn decide_and_run(self, tx: &dyn InTransaction) -> Result<Settled, WorkerError> {
         let (phase, p) = self.processor()?;
         let (config, req) = (&*self.config, &self.req);
-        let names: Vec<String> = std::iter::once(p.name.clone())
-            .chain(p.checks.upstream.iter().cloned())
-            .collect();
-        let mut upstream_latest = tx.latest_of(&names, req.data_date)?;
-        let latest = if upstream_latest.is_empty() {
-            None
-        } else {
-            upstream_latest.remove(0)
-        };
-        let consumed = ledger::consumed(&p.checks.upstream, &upstream_latest);
-        let lineage: Vec<UpstreamRun> = consumed.iter().map(|(u, _)| u.clone()).collect();
-        let latest = match decide(req, latest, &lineage) {
+        let read = tx.latest_of(&Seen::names(p), req.data_date)?;
+        let mut seen = Seen::new(p, read);
+        let latest = match seen.decide(req) {
             Decision::Reuse(run) => return Ok(Settled::Reused(run)),
             Decision::Wait(run) => return Ok(Settled::InProgress(run)),
             Decision::Run(latest) => latest,
         };
-        let mut run = RunRecord::start(
-            &p.name,
-            &phase.name,
-            req.data_date,
-            req.trigger,
-            req.message_id.clone(),
-            req.skip_downstream,
-        );
-        run.delivery_attempt = req.delivery_attempt;
-        run.upstream_runs = lineage;
+        let mut run = seen.start(p, phase, req);
         if let Some(cur) = &latest {
             if cur.status == RunStatus::Running {
                 tx.record(&cur.taken_over_by(&run.run_id))?;
@@ -191,7 +169,7 @@ impl Job {
                 run.started_at = cur.started_at + chrono::Duration::microseconds(1);
             }
         }
-        let report = match gate::evaluate_in(config, p, req.data_date, &upstream_latest, tx) {
+        let report = match gate::evaluate_in(config, p, req.data_date, &seen.upstream, tx) {
             Ok(report) => report,
             Err(error) => {
                 let reason = format!("the gate could not be evaluated: {error}");
@@ -200,21 +178,14 @@ impl Job {
                 return Ok(Settled::GateFailed(error));
             }
         };
-        let consumed: Vec<RunRecord> = consumed.into_iter().map(|(_, r)| r).collect();
-        let report = with_upstream_readiness(report, p, &consumed);
-        if !p.checks.is_empty() {
-            run.findings = serde_json::to_value(&report).ok();
-        }
-        run.production_ready = report.production_ready();
+        let report = judge(&mut run, report, p, &seen.consumed_runs());
         if report.blocks() {
-            run.finish(RunStatus::Blocked, None, Some(report.summary()));
             tx.record(&run)?;
             return Ok(Settled::Blocked { run, report });
         }
         let run = self.process(tx, p, run)?;
         Ok(Settled::Ran { run, report })
     }
-
     /// Run the processor's statements and record how they ended.
     fn process(
         &self,

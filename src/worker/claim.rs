@@ -13,11 +13,12 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 
+use super::decide::{Decision, Seen};
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
 use crate::atomic;
 use crate::config::{LeasePolicy, Phase, Processor, ProcessorKind};
 use crate::gate::{self, GateError, GateReport};
-use crate::ledger::{self, Claim, Ledger, LedgerError, RunRecord, RunStatus, UpstreamRun};
+use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus};
 
 /// Decisions re-taken after losing a claim before answering "in progress".
 const CLAIM_ROUNDS: usize = 3;
@@ -120,34 +121,10 @@ pub(super) struct Claimed {
     pub report: Result<GateReport, GateError>,
 }
 
-/// What the latest run means for this delivery.
-pub(super) enum Decision {
-    Reuse(RunRecord),
-    Wait(RunRecord),
-    /// Run again; the latest run, if any, is done (stale, failed, forced) or abandoned.
-    Run(Option<RunRecord>),
-}
-
-pub(super) fn decide(
-    req: &RunRequest,
-    latest: Option<RunRecord>,
-    lineage: &[UpstreamRun],
-) -> Decision {
-    let Some(run) = latest else {
-        return Decision::Run(None);
-    };
-    let same_message = req.message_id.is_some() && run.message_id == req.message_id;
-    if run.status.is_done() && (same_message || (!req.force && !run.is_stale(lineage))) {
-        return Decision::Reuse(run);
-    }
-    if run.status == RunStatus::Running && !run.is_abandoned(Utc::now()) {
-        return Decision::Wait(run);
-    }
-    Decision::Run(Some(run))
-}
-
 impl Worker {
-    /// De-duplicate, claim and (if won) run one processor.
+    /// De-duplicate, claim and (if won) run one processor — or, where the ledger and the
+    /// warehouse are one store that can, run a SQL processor in one transaction instead
+    /// ([`super::atomic`]).
     pub(super) async fn run_processor(
         &self,
         phase: &Phase,
@@ -157,43 +134,26 @@ impl Worker {
     ) -> Result<Step, WorkerError> {
         if p.kind == ProcessorKind::Sql
             && let Some(one) = atomic::shared(self.ledger.as_ref(), self.warehouse.as_ref())
+            && let Some(index) = phase.processors.iter().position(|x| x.name == p.name)
         {
             return self
-                .run_in_one_transaction(one, phase, p, req, deadline)
+                .run_in_one_transaction(one, (phase, p, index), req, deadline)
                 .await;
         }
         let policy = self.config.server.lease_policy(&self.config.backend.kind);
         // The processor's own latest run, then its upstream processors' (one ledger call).
-        let names: Vec<String> = std::iter::once(p.name.clone())
-            .chain(p.checks.upstream.iter().cloned())
-            .collect();
+        let names = Seen::names(p);
         for _ in 0..CLAIM_ROUNDS {
-            let mut read = self.ledger.latest_of(&names, req.data_date).await?;
-            let latest = if read.is_empty() {
-                None
-            } else {
-                read.remove(0)
-            };
-            let upstream_latest = read;
-            let consumed = ledger::consumed(&p.checks.upstream, &upstream_latest);
-            let lineage: Vec<UpstreamRun> = consumed.iter().map(|(u, _)| u.clone()).collect();
-            let seen = match decide(req, latest, &lineage) {
+            let read = self.ledger.latest_of(&names, req.data_date).await?;
+            let mut seen = Seen::new(p, read);
+            let latest = match seen.decide(req) {
                 Decision::Reuse(run) => return Ok(Step::Reused(Box::new(run))),
                 Decision::Wait(run) => {
                     return Ok(Step::Stop(PhaseOutcome::InProgress { run: Box::new(run) }));
                 }
                 Decision::Run(latest) => latest.map(|r| r.run_id),
             };
-            let mut run = RunRecord::start(
-                &p.name,
-                &phase.name,
-                req.data_date,
-                req.trigger,
-                req.message_id.clone(),
-                req.skip_downstream,
-            );
-            run.delivery_attempt = req.delivery_attempt;
-            run.upstream_runs = lineage;
+            let mut run = seen.start(p, phase, req);
             run.lease_until = Some(Utc::now() + policy.lease);
             // The gate reads what the claim does not write, so both go out together: on
             // SQLite their jobs share one group of the writer thread (one wait instead of
@@ -204,11 +164,11 @@ impl Worker {
                 &self.config,
                 p,
                 req.data_date,
-                &upstream_latest,
+                &seen.upstream,
                 self.warehouse.as_ref(),
             );
             let claim = async {
-                Ok::<_, LedgerError>(match self.ledger.claim(&run, seen.as_deref()).await? {
+                Ok::<_, LedgerError>(match self.ledger.claim(&run, latest.as_deref()).await? {
                     Claim::Won => Ok(Held::new(Arc::clone(&self.ledger), run.clone(), policy)),
                     Claim::Lost(winner) => Err(winner),
                 })
@@ -219,7 +179,7 @@ impl Worker {
                     let claimed = Claimed {
                         held,
                         run,
-                        consumed: consumed.into_iter().map(|(_, r)| r).collect(),
+                        consumed: seen.consumed_runs(),
                         report,
                     };
                     return self.run_claimed(p, req, claimed, deadline).await;

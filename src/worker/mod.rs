@@ -8,6 +8,7 @@
 
 mod atomic;
 mod claim;
+mod decide;
 mod outcome;
 mod publish;
 mod run;

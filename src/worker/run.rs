@@ -9,9 +9,9 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::claim::{Claimed, Held};
+use super::decide::judge;
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
-use crate::config::{Mode, Processor, ProcessorKind};
-use crate::gate::GateReport;
+use crate::config::{Processor, ProcessorKind};
 use crate::ledger::{RunRecord, RunStatus};
 use crate::processor;
 use crate::warehouse::{Committed, ProcessorRun};
@@ -44,14 +44,8 @@ impl Worker {
             }
         };
         crate::metrics::gate_report(&report);
-        let report = with_upstream_readiness(report, p, &consumed);
-        if !p.checks.is_empty() {
-            run.findings = serde_json::to_value(&report).ok();
-        }
-        run.production_ready = report.production_ready();
+        let report = judge(&mut run, report, p, &consumed);
         if report.blocks() {
-            run.finish(RunStatus::Blocked, None, Some(report.summary()));
-            run.lease_until = None;
             held.complete(&run).await?;
             crate::metrics::run_finished(&run);
             tracing::warn!(processor = %p.name, data_date = %req.data_date,
@@ -152,31 +146,4 @@ impl Worker {
             error = %error, "processor failed");
         Ok(Step::Stop(PhaseOutcome::Failed { run: Box::new(run) }))
     }
-}
-
-/// A run that consumes a not-production-ready upstream run is not production-ready; with
-/// `require_production_ready` in strict mode it is a problem that blocks.
-pub(super) fn with_upstream_readiness(
-    mut report: GateReport,
-    p: &Processor,
-    upstream: &[RunRecord],
-) -> GateReport {
-    let not_ready: Vec<String> = upstream
-        .iter()
-        .filter(|r| !r.production_ready)
-        .map(|r| format!("{} (run {})", r.processor, r.run_id))
-        .collect();
-    if not_ready.is_empty() {
-        return report;
-    }
-    let sentence = format!(
-        "consumes upstream run(s) that are not production-ready: {}",
-        not_ready.join(", ")
-    );
-    if p.checks.mode == Mode::Strict && p.checks.require_production_ready {
-        report.problems.push(sentence);
-    } else {
-        report.not_production_ready.push(sentence);
-    }
-    report
 }

@@ -166,25 +166,34 @@ impl Sqlite {
 }
 
 /// A whole processor run on the writer, inside its group transaction (see
-/// [`crate::atomic`]): a job that leads its group, since an interrupt at the deadline rolls
-/// the whole transaction back.
+/// [`crate::atomic`]): it shares its group with other such runs only ([`Role::Redoable`]),
+/// since an interrupt at its deadline rolls the whole transaction back.
 #[async_trait]
 impl OneTransaction for Sqlite {
-    async fn run_boxed(&self, work: Work) -> Result<Result<Answer, Answer>, String> {
+    async fn run_boxed(
+        &self,
+        deadline: Instant,
+        work: Work,
+    ) -> Result<Result<Answer, Answer>, String> {
         let pipeline = Arc::clone(&self.pipeline);
         let presence = Arc::clone(self.conns.presence_cache());
-        self.grouped(Role::Redoable, move |sp| {
+        let role = Role::Redoable { deadline };
+        self.grouped(role, move |sp| {
+            if Instant::now() >= deadline {
+                return Err(not_started());
+            }
             let tx = Tx {
                 conn: &sp,
                 pipeline: &pipeline,
                 presence: &presence,
-                unrecorded: RefCell::new(None),
+                deadline,
+                failed: RefCell::new(Vec::new()),
             };
             let answer = work(&tx);
-            if let Some(run) = tx.unrecorded.take() {
-                // An interrupted write rolled the whole transaction back: the run's failure
-                // is recorded on its own (autocommit); the group reports the rollback.
-                super::ledger::upsert(&sp, &pipeline, &run)?;
+            if sp.is_autocommit() {
+                // An interrupted write rolled the whole transaction back: the failures it
+                // recorded are facts all the same; the group reports the rollback.
+                tx.record_failures_alone();
                 return Ok(answer);
             }
             // An `Err` answer drops the savepoint: what the work wrote is rolled back.
@@ -202,14 +211,23 @@ impl OneTransaction for Sqlite {
     }
 }
 
+fn not_started() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+        Some("not started: the push deadline passed while the run waited for the writer".into()),
+    )
+}
+
 /// The writer connection inside a one-transaction run.
 struct Tx<'a> {
     conn: &'a Connection,
     pipeline: &'a str,
     presence: &'a PresenceCache,
-    /// A run recorded after the transaction was rolled back (a deadline interrupt of a
-    /// write): written on its own once the work is done.
-    unrecorded: RefCell<Option<RunRecord>>,
+    /// Reads still running at this instant are interrupted.
+    deadline: Instant,
+    /// The `failed` rows the run recorded (or tried to, after an interrupt rolled the
+    /// transaction back): an abandoned run it took over, its own failure.
+    failed: RefCell<Vec<RunRecord>>,
 }
 
 impl Tx<'_> {
@@ -225,8 +243,32 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// A read of the open transaction, interrupted at the deadline (a read interrupt fails
+    /// the statement only).
+    fn bounded<T>(&self, read: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        self.open()?;
+        let deadline = self.deadline;
+        self.conn.progress_handler(
+            DEADLINE_CHECK_STEPS,
+            Some(move || Instant::now() >= deadline),
+        );
+        let result = read();
+        self.conn.progress_handler(0, None::<fn() -> bool>);
+        result
+    }
+
     fn savepoint(&self, sql: &str) -> rusqlite::Result<()> {
         self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    /// After the transaction was rolled back: write the failures on their own.
+    fn record_failures_alone(&self) {
+        for run in self.failed.borrow().iter() {
+            if let Err(e) = super::ledger::upsert(self.conn, self.pipeline, run) {
+                tracing::error!(run_id = %run.run_id, error = %e,
+                    "could not record a failed run after its transaction was rolled back");
+            }
+        }
     }
 }
 
@@ -244,12 +286,13 @@ impl InTransaction for Tx<'_> {
         processors: &[String],
         date: NaiveDate,
     ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
-        self.open().map_err(ledger_error)?;
-        processors
-            .iter()
-            .map(|p| super::ledger::latest(self.conn, self.pipeline, p, date))
-            .collect::<rusqlite::Result<_>>()
-            .map_err(ledger_error)
+        self.bounded(|| {
+            processors
+                .iter()
+                .map(|p| super::ledger::latest(self.conn, self.pipeline, p, date))
+                .collect()
+        })
+        .map_err(ledger_error)
     }
 
     fn process(&self, job: &ProcessorRun<'_>) -> Result<Processed, WarehouseError> {
@@ -280,12 +323,10 @@ impl InTransaction for Tx<'_> {
     }
 
     fn record(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        if let Err(e) = self.open() {
-            if run.status == RunStatus::Failed {
-                *self.unrecorded.borrow_mut() = Some(run.clone());
-            }
-            return Err(ledger_error(e));
+        if run.status == RunStatus::Failed {
+            self.failed.borrow_mut().push(run.clone());
         }
+        self.open().map_err(ledger_error)?;
         super::ledger::upsert(self.conn, self.pipeline, run).map_err(ledger_error)
     }
 }
@@ -299,24 +340,27 @@ impl GateReads for Tx<'_> {
         to: NaiveDate,
         expected: Option<&Reference>,
     ) -> Result<Vec<DatePresence>, WarehouseError> {
-        self.open().map_err(warehouse_error)?;
         if let Some(r) = expected {
             let query = ReferencePresence::new(table, date_column, from, to, r);
-            return query.run(self.conn).map_err(warehouse_error);
+            return self
+                .bounded(|| query.run(self.conn))
+                .map_err(warehouse_error);
         }
         let days: Vec<NaiveDate> = crate::dates::days(from, to).collect();
-        let known = self
-            .presence
-            .presence(self.conn, table, date_column, &days)
-            .map_err(warehouse_error)?;
-        match known {
-            Some(present) => Ok(days
-                .into_iter()
-                .zip(present)
-                .map(|(date, present)| DatePresence { date, present })
-                .collect()),
-            None => probe_every_day(self.conn, table, date_column, &days).map_err(warehouse_error),
-        }
+        self.bounded(|| {
+            match self
+                .presence
+                .presence(self.conn, table, date_column, &days)?
+            {
+                Some(present) => Ok(days
+                    .iter()
+                    .zip(present)
+                    .map(|(&date, present)| DatePresence { date, present })
+                    .collect()),
+                None => probe_every_day(self.conn, table, date_column, &days),
+            }
+        })
+        .map_err(warehouse_error)
     }
 
     fn entity_counts(
@@ -325,8 +369,8 @@ impl GateReads for Tx<'_> {
         reference: &Reference,
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
-        self.open().map_err(warehouse_error)?;
         let query = EntityCountsQuery::new(spec, reference, date)?;
-        query.run(self.conn).map_err(warehouse_error)
+        self.bounded(|| query.run(self.conn))
+            .map_err(warehouse_error)
     }
 }

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use rusqlite::{Connection, Savepoint};
@@ -28,15 +28,15 @@ enum Job {
     /// loads, the bus's queue).
     Solo(Box<dyn FnOnce(&mut Connection) + Send>),
     /// Runs in a savepoint inside the writer's group transaction.
-    Grouped { work: Work, role: Role },
+    Grouped { work: GroupedWork, role: Role },
 }
 
 /// A grouped job's work: it runs, then answers once its group's fate is known.
-type Work = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+type GroupedWork = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
 
 /// How a grouped job may share its group. A processor run may be interrupted at its
 /// deadline, and SQLite rolls the whole transaction back when it interrupts a write, so an
-/// interruptible job never joins a group holding work that must not be lost with it.
+/// interruptible job joins a group only where that loses nothing that cannot be redone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
     /// Never interrupted (a ledger write): joins any group.
@@ -44,10 +44,18 @@ pub(super) enum Role {
     /// Interruptible, and its work must not be lost with others' (a claimed run's outcome):
     /// starts a group of its own, which plain jobs may join after it.
     Leads,
-    /// Interruptible, and safe to lose with its group (a one-transaction run: its delivery
-    /// is told the group failed and is redelivered): joins a group of such jobs only.
-    Redoable,
+    /// Interruptible at `deadline`, and safe to lose with its group (a one-transaction run:
+    /// its caller is told the group failed, and a push is redelivered): joins a group of
+    /// such jobs only, and only with [`SHARE_MARGIN`] left before its deadline, so that
+    /// only SQL running that long can take the group down; otherwise it starts its own.
+    Redoable { deadline: Instant },
 }
+
+/// Time a one-transaction run must have left to join a group (see [`Role::Redoable`]).
+#[cfg(not(test))]
+const SHARE_MARGIN: Duration = Duration::from_secs(5);
+#[cfg(test)]
+const SHARE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 8;
@@ -385,7 +393,7 @@ fn serve_writes(conn: &mut Connection, rx: &mpsc::Receiver<Job>, commits: &Atomi
 /// if one did (a solo job, or a grouped job whose [`Role`] may not join this group).
 fn run_group(
     conn: &mut Connection,
-    (first, role): (Work, Role),
+    (first, role): (GroupedWork, Role),
     rx: &mpsc::Receiver<Job>,
     commits: &AtomicU64,
 ) -> Option<Job> {
@@ -398,7 +406,7 @@ fn run_group(
     let mut replies = vec![first(conn)];
     let mut ended_by = None;
     // An interruptible job may join only while everything before it is safe to lose.
-    let mut redoable_only = role == Role::Redoable;
+    let mut redoable_only = matches!(role, Role::Redoable { .. });
     while !conn.is_autocommit() && replies.len() < MAX_GROUP {
         match rx.try_recv() {
             Ok(Job::Grouped {
@@ -410,8 +418,10 @@ fn run_group(
             }
             Ok(Job::Grouped {
                 work,
-                role: Role::Redoable,
-            }) if redoable_only => replies.push(work(conn)),
+                role: Role::Redoable { deadline },
+            }) if redoable_only && deadline > Instant::now() + SHARE_MARGIN => {
+                replies.push(work(conn));
+            }
             Ok(job) => {
                 ended_by = Some(job);
                 break;
@@ -761,6 +771,34 @@ mod tests {
         assert_eq!(values(&conns).await, vec![1, 2]);
     }
 
+    /// A redoable write whose deadline is far enough to share a group.
+    fn far() -> Role {
+        Role::Redoable {
+            deadline: Instant::now() + SHARE_MARGIN * 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_redoable_write_near_its_deadline_starts_its_own_group() {
+        let (_dir, conns) = open();
+        setup(&conns).await;
+        let (release, blocker) = hold_writer(&conns).await;
+        let first = write_as(&conns, Some(10), far());
+        let near = Role::Redoable {
+            deadline: Instant::now() + SHARE_MARGIN / 5,
+        };
+        let interrupted = write_as(&conns, None, near);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).expect("release");
+        blocker.await.expect("blocker");
+        assert!(
+            first.await.expect("task").is_ok(),
+            "not lost with the interrupt"
+        );
+        assert!(interrupted.await.expect("task").is_err());
+        assert_eq!(values(&conns).await, vec![10]);
+    }
+
     /// A write of `v` as `role`, or (`v` = None) one interrupted after writing 50.
     fn write_as(
         conns: &Arc<Connections>,
@@ -789,10 +827,10 @@ mod tests {
         let (_dir, conns) = open();
         setup(&conns).await;
         let (release, blocker) = hold_writer(&conns).await;
-        let redoable = write_as(&conns, Some(10), Role::Redoable);
+        let redoable = write_as(&conns, Some(10), far());
         let plain = write_as(&conns, Some(1), Role::Plain);
-        let interrupted = write_as(&conns, None, Role::Redoable);
-        let after = write_as(&conns, Some(11), Role::Redoable);
+        let interrupted = write_as(&conns, None, far());
+        let after = write_as(&conns, Some(11), far());
         tokio::time::sleep(Duration::from_millis(50)).await;
         release.send(()).expect("release");
         blocker.await.expect("blocker");
@@ -811,8 +849,8 @@ mod tests {
         let (_dir, conns) = open();
         setup(&conns).await;
         let (release, blocker) = hold_writer(&conns).await;
-        let first = write_as(&conns, Some(10), Role::Redoable);
-        let interrupted = write_as(&conns, None, Role::Redoable);
+        let first = write_as(&conns, Some(10), far());
+        let interrupted = write_as(&conns, None, far());
         tokio::time::sleep(Duration::from_millis(50)).await;
         release.send(()).expect("release");
         blocker.await.expect("blocker");
