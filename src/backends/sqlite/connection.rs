@@ -397,9 +397,9 @@ fn serve_writes(conn: &mut Connection, rx: &mpsc::Receiver<Job>, commits: &Atomi
 }
 
 /// Run `first` and the grouped jobs already queued behind it (up to [`MAX_GROUP`], for up to
-/// [`GROUP_TIME`]) in one
-/// transaction, commit once, then answer them all. Returns the job that ended the group,
-/// if one did (a solo job, or a grouped job whose [`Role`] may not join this group).
+/// [`GROUP_TIME`]) in one transaction, commit once, then answer them all. Returns the job
+/// that ended the group, if one did (a solo job, or a grouped job whose [`Role`] may not
+/// join this group).
 fn run_group(
     conn: &mut Connection,
     (first, role): (GroupedWork, Role),
