@@ -31,16 +31,18 @@
 # the backfill being most of it); printed on every seeding, then cached. Pristine databases
 # take ~125 MB; the whole default run takes ~3 minutes. Run it on an idle machine: other load
 # costs the baseline (three processes) far more than phasegate and inflates the ratios.
-# push-fresh.lua's second wrk thread starts at day 20,001, so each thread has DAYS/2 - 1 seeded
-# dates: a side faster than ~4,000 req/s pushes past 40,000 days in a 10 s round (the default
-# of 60,000 leaves room for ~8,000 req/s). Past the seeded days both sides still process the
-# dates (soft mode, no rows), but that is not the "fresh" comparison: the checks flag it.
+# The load is scripts/push-fresh.lua: the baseline's push-fresh.lua with the second wrk thread
+# starting at day DAYS/2 instead of 20,000 (at ~4,000 req/s the first thread ran into the
+# second's dates). Each thread has DAYS/2 seeded dates: the default of 60,000 leaves room for
+# ~6,000 req/s in a 10 s round. Past them a side pushes dates already done or not seeded; the
+# checks flag it.
 #
 # Each round and side: a fresh copy of the pristine database (no -wal/-shm), the server started
 # in its own process group on a free port, then
 #   cold start:  time from spawn to the first 2xx answer to one valid push (curl in a loop, ~10 ms
 #                granularity; the date is the last seeded day, which wrk does not reach)
-#   load:        wrk -t2 -c8 -d${DURATION}s --latency -s push-fresh.lua http://127.0.0.1:PORT/push
+#   load:        wrk -t2 -c8 -d${DURATION}s --latency -s scripts/push-fresh.lua
+#                http://127.0.0.1:PORT/push -- DAYS/2
 #                (every request a new seeded date, skip_downstream_trigger set)
 #   CPU / push:  utime+stime of every process of the server's group (gunicorn master and
 #                workers) from /proc, before and after wrk, divided by the requests wrk completed
@@ -309,8 +311,9 @@ run_side() {
   start_server "$side" "$port" "$db" "$logs/$tag.log"
   cold=$(cold_start "$port" "$t0")
   cpu0=$(group_cpu_ticks "$server_pid")
-  wrk -t2 -c8 -d"${duration}s" --latency -s "$baseline_dir/push-fresh.lua" \
-    "http://127.0.0.1:$port/push" >"$logs/$tag.wrk" 2>&1 || die "wrk failed: $logs/$tag.wrk"
+  wrk -t2 -c8 -d"${duration}s" --latency -s "$repo/scripts/push-fresh.lua" \
+    "http://127.0.0.1:$port/push" -- $((days / 2)) >"$logs/$tag.wrk" 2>&1 ||
+    die "wrk failed: $logs/$tag.wrk"
   cpu1=$(group_cpu_ticks "$server_pid")
   rss=$(group_rss_kb "$server_pid")
   stop_server
@@ -369,8 +372,8 @@ PY
 }
 
 warn_range() {
-  ((days >= 25000)) || note "warning: DAYS=$days < 25000: push-fresh.lua's second wrk thread starts at" \
-    "day 20,001, so it pushes dates that were not seeded (soft mode processes them anyway)"
+  ((days >= 25000)) || note "warning: DAYS=$days < 25000: each wrk thread has DAYS/2 dates;" \
+    "a fast side runs past them (dates already done or not seeded)"
 }
 
 main() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One round of the side-by-side benchmark's phasegate half, for A/B comparisons and profiles:
 # `phasegate serve --phase analytics` on a fresh copy of the pristine database that
-# scripts/bench-vs-baseline.sh seeded, under `wrk -t2 -c8` with push-fresh.lua.
+# scripts/bench-vs-baseline.sh seeded, under `wrk -t2 -c8` with scripts/push-fresh.lua.
 #
 #   scripts/profile-push.sh                 throughput, p50/p99, CPU per push, SQLite counters
 #   scripts/profile-push.sh perf            the same under `perf record` (dwarf call graphs,
@@ -24,7 +24,7 @@ case "$mode" in
 esac
 bin="${BIN:-$PWD/target/release/phasegate}"
 pristine="$PWD/target/bench-vs-baseline/pristine-${DAYS:-60000}x${PLAYERS:-20}"
-lua="${BASELINE_DIR:-$PWD/../shared/baselines/seed-python-worker}/push-fresh.lua"
+lua="$PWD/scripts/push-fresh.lua"
 work="$PWD/target/profile-push"
 port=18088
 [[ -f "$pristine/phasegate.db" ]] || { echo "no $pristine/phasegate.db: run scripts/bench-vs-baseline.sh first" >&2; exit 2; }
@@ -48,7 +48,8 @@ case "$mode" in
   perf) perf record -F 499 --call-graph dwarf,16384 -p "$pid" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1 & side=$! ;;
   stat) perf stat -e context-switches,task-clock -p "$pid" -o "$work/perf-stat.txt" -- sleep "${DUR:-8}" >/dev/null 2>&1 & side=$! ;;
 esac
-wrk -t"${THREADS:-2}" -c"${CONNS:-8}" -d"${DUR:-8}s" --latency -s "$lua" "http://127.0.0.1:$port/push" >"$work/wrk.txt"
+wrk -t"${THREADS:-2}" -c"${CONNS:-8}" -d"${DUR:-8}s" --latency -s "$lua" "http://127.0.0.1:$port/push" \
+  -- $((${DAYS:-60000} / 2)) >"$work/wrk.txt"
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^phasegate_sqlite' || true
 t1=$(cpu)
 [[ -n "$side" ]] && wait "$side"
