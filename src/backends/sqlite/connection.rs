@@ -150,6 +150,14 @@ impl Connections {
             // The backstop: a commit stops to copy the log back (and sync) only if the log
             // reaches this bound, which the checkpointer's requests normally prevent.
             conn.pragma_update(None, "wal_autocheckpoint", WAL_LIMIT_PAGES)?;
+            // Copy back what an earlier process left in the log (one that never closed its
+            // connections: a CLI run that exits, a crash), so that this process's first write
+            // starts the log over. Without it a run of short processes (`phasegate run` per
+            // date) grew the log by every run's pages, and each start read all of it: 4.5 MB
+            // after 330 runs, +50 % per run. PASSIVE: it never waits for another process.
+            if let Err(e) = checkpoint(&conn) {
+                tracing::warn!(error = %e, "sqlite checkpoint at open failed; the log is copied back later");
+            }
             Some(spawn_checkpointer(path, tx.clone(), Arc::clone(&restarts))?)
         };
         let presence = Arc::new(PresenceCache::default());
@@ -868,5 +876,39 @@ mod tests {
         assert!(e.contains("rolled back with its group"), "{e}");
         assert!(interrupted.await.expect("task").is_err());
         assert_eq!(values(&conns).await, Vec::<i64>::new(), "nothing committed");
+    }
+
+    #[tokio::test]
+    async fn a_log_left_by_a_process_that_never_closed_is_copied_back_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.db");
+        let wal = dir.path().join("t.db-wal");
+        // An earlier process: writes, never closes its connection (a CLI run that exits).
+        let gone = Connection::open(&path).expect("open");
+        gone.pragma_update(None, "journal_mode", "WAL")
+            .expect("wal");
+        gone.pragma_update(None, "wal_autocheckpoint", 0)
+            .expect("no autocheckpoint");
+        gone.execute_batch("CREATE TABLE t (v INTEGER)")
+            .expect("create");
+        for i in 0..200 {
+            gone.execute("INSERT INTO t (v) VALUES (?1)", [i])
+                .expect("insert");
+        }
+        std::mem::forget(gone);
+        assert!(std::fs::metadata(&wal).expect("log").len() > 200 * 4096);
+
+        let conns = Connections::open(&path).expect("open");
+        insert(&conns, 1_000, false)
+            .await
+            .expect("task")
+            .expect("write");
+        // The file keeps its size; the log's frames (what the next start reads) start over.
+        let (frames, _) = conns.write(|c| checkpoint(c)).await.expect("frames");
+        assert!(
+            frames < 16,
+            "the first write started the log over: {frames} frames"
+        );
+        assert_eq!(values(&conns).await.len(), 201);
     }
 }
