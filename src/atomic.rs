@@ -18,8 +18,8 @@ use crate::ledger::{Ledger, LedgerError, RunRecord};
 use crate::warehouse::{ProcessorRun, Warehouse, WarehouseError};
 
 /// What a processor run can do inside the store's transaction. Every method fails once the
-/// transaction is gone (an interrupt at the deadline rolls it back), so nothing is ever
-/// written outside it.
+/// transaction is gone (an interrupt at the deadline rolls it back), so nothing is written
+/// outside it but the `failed` rows [`OneTransaction::run_boxed`] names.
 pub trait InTransaction: GateReads {
     /// The latest run of each processor for `date` (as [`crate::ledger::Ledger::latest_of`]).
     fn latest_of(

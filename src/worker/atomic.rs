@@ -5,8 +5,8 @@
 //! There is no claim. Nothing else commits in between, so two deliveries of a date run one
 //! after the other and the second finds the first's run done; a crash or a dropped request
 //! leaves nothing behind, so there is nothing to release or take over. A run cut off by
-//! the deadline rolls back and leaves no row; its delivery is answered with an error and
-//! redelivered.
+//! the deadline is recorded `failed` with none of its output (one that never started
+//! leaves no row); its delivery is answered with an error and redelivered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -186,6 +186,7 @@ impl OneRun {
         let run = self.process(tx, p, run)?;
         Ok(Settled::Ran { run, report })
     }
+
     /// Run the processor's statements and record how they ended.
     fn process(
         &self,

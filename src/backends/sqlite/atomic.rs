@@ -21,7 +21,7 @@ use super::Sqlite;
 use super::connection::Role;
 use super::presence::PresenceCache;
 use super::sql::{count_rows_sql, expand_dataset};
-use super::warehouse::{EntityCountsQuery, ReferencePresence, probe_every_day};
+use super::warehouse::{EntityCountsQuery, ReferencePresence, presence_of, probe_every_day};
 use crate::atomic::{Answer, InTransaction, OneTransaction, Processed, Work};
 use crate::config::{EntityCompleteness, Output, Reference};
 use crate::gate::GateReads;
@@ -80,12 +80,7 @@ struct Steps<'a> {
 /// Run the statements, count the output and check the post-condition, interrupting SQL
 /// still running at the deadline. The caller keeps or rolls back what they wrote.
 fn process_in(conn: &Connection, steps: &Steps<'_>) -> rusqlite::Result<Processed> {
-    let deadline = steps.deadline;
-    conn.progress_handler(
-        DEADLINE_CHECK_STEPS,
-        Some(move || Instant::now() >= deadline),
-    );
-    let result = (|| {
+    interrupted_at(conn, steps.deadline, || {
         execute_statements(conn, steps.statements, steps.date)?;
         let rows = match steps.output {
             Some(o) => Some(count(conn, &o.table, &o.date_column, steps.date)?),
@@ -98,7 +93,20 @@ fn process_in(conn: &Connection, steps: &Steps<'_>) -> rusqlite::Result<Processe
             }
         }
         Ok(Processed::Rows(rows))
-    })();
+    })
+}
+
+/// Run `f` with SQL still running at `deadline` interrupted (a progress handler).
+fn interrupted_at<T>(
+    conn: &Connection,
+    deadline: Instant,
+    f: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.progress_handler(
+        DEADLINE_CHECK_STEPS,
+        Some(move || Instant::now() >= deadline),
+    );
+    let result = f();
     conn.progress_handler(0, None::<fn() -> bool>);
     result
 }
@@ -247,14 +255,7 @@ impl Tx<'_> {
     /// the statement only).
     fn bounded<T>(&self, read: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
         self.open()?;
-        let deadline = self.deadline;
-        self.conn.progress_handler(
-            DEADLINE_CHECK_STEPS,
-            Some(move || Instant::now() >= deadline),
-        );
-        let result = read();
-        self.conn.progress_handler(0, None::<fn() -> bool>);
-        result
+        interrupted_at(self.conn, self.deadline, read)
     }
 
     fn savepoint(&self, sql: &str) -> rusqlite::Result<()> {
@@ -352,11 +353,7 @@ impl GateReads for Tx<'_> {
                 .presence
                 .presence(self.conn, table, date_column, &days)?
             {
-                Some(present) => Ok(days
-                    .iter()
-                    .zip(present)
-                    .map(|(&date, present)| DatePresence { date, present })
-                    .collect()),
+                Some(present) => Ok(presence_of(&days, present)),
                 None => probe_every_day(self.conn, table, date_column, &days),
             }
         })

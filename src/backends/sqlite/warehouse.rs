@@ -112,10 +112,7 @@ impl Sqlite {
             .await
             .map_err(WarehouseError)?;
         if let Some(present) = known {
-            let found = days.into_iter().zip(present);
-            return Ok(found
-                .map(|(date, present)| DatePresence { date, present })
-                .collect());
+            return Ok(presence_of(&days, present));
         }
         // One index seek per day of a bounded window: short enough for the calling task.
         self.read_point(move |c| probe_every_day(c, &table, &date_column, &days))
@@ -137,6 +134,14 @@ impl Sqlite {
             .await
             .map_err(WarehouseError)
     }
+}
+
+/// `days`, each with whether it is present (the writer's memory's answer).
+pub(super) fn presence_of(days: &[NaiveDate], present: Vec<bool>) -> Vec<DatePresence> {
+    days.iter()
+        .zip(present)
+        .map(|(&date, present)| DatePresence { date, present })
+        .collect()
 }
 
 /// The every-day gap check by SQL: one index seek per day, with the day bounds computed
