@@ -104,6 +104,14 @@ async fn teams(env: &TestEnv, day: NaiveDate) -> Vec<String> {
     .expect("read raw")
 }
 
+/// Wait until every job queued on the store's writer so far is done.
+async fn writer_done(env: &TestEnv) {
+    let db = env.app.sqlite.clone().expect("sqlite");
+    db.with_connection(|_| Ok(()))
+        .await
+        .expect("the writer's queue is done");
+}
+
 #[tokio::test]
 async fn a_run_cut_off_by_the_deadline_is_recorded_failed_and_keeps_the_previous_output() {
     for spin in spins() {
@@ -125,13 +133,16 @@ async fn a_run_cut_off_by_the_deadline_is_recorded_failed_and_keeps_the_previous
             .await;
         assert!(cut.http_status() >= 500, "{spin}: {:?}", cut.body());
         assert!(started.elapsed() < Duration::from_secs(30), "interrupted");
+        // The delivery is answered at its deadline; the writer, interrupted at the same
+        // instant, records the failure just after: wait for its queue.
+        writer_done(&env).await;
         let history = env
             .app
             .ledger()
             .history("ingest", day)
             .await
             .expect("history");
-        assert_eq!(history.len(), 1, "{spin}: {history:?}");
+        assert_eq!(history.len(), 1, "{spin}: {history:?} {:?}", cut.body());
         assert_eq!(
             history[0].status,
             RunStatus::Failed,
@@ -451,10 +462,7 @@ async fn a_run_near_or_past_its_deadline_takes_no_other_run_down() {
     // finishes their jobs after, in order: wait for it.
     assert!(a2.await.expect("A2").http_status() >= 500);
     assert!(b2.await.expect("B2").http_status() >= 500);
-    let db = env.app.sqlite.clone().expect("sqlite");
-    db.with_connection(|_| Ok(()))
-        .await
-        .expect("the writer's queue is done");
+    writer_done(&env).await;
     assert_eq!(env.status("ingest", b2_day).await, Some(RunStatus::Success));
     let history = env
         .app
