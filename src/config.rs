@@ -431,6 +431,52 @@ impl SqlByBackend {
             BackendKind::Bigquery => &self.bigquery,
         }
     }
+
+    /// The first BigQuery statement that begins, commits or rolls back a transaction. A
+    /// processor's statements run inside the script that commits them with the run's ledger
+    /// row, so a `COMMIT TRANSACTION` among them would commit half a run. (SQLite refuses
+    /// transaction control wherever it appears, when the statement is compiled.)
+    fn bigquery_transaction_control(&self) -> Option<(usize, &str)> {
+        self.bigquery
+            .iter()
+            .enumerate()
+            .find(|(_, sql)| {
+                let [first, second] = leading_words(sql).map(|w| w.map(str::to_ascii_uppercase));
+                match (first.as_deref(), second.as_deref()) {
+                    (Some("COMMIT" | "ROLLBACK"), _) => true,
+                    // `BEGIN` alone or `BEGIN TRANSACTION`; `BEGIN <statements> END` is a block.
+                    (Some("BEGIN"), None | Some("TRANSACTION")) => true,
+                    _ => false,
+                }
+            })
+            .map(|(i, sql)| (i, sql.as_str()))
+    }
+}
+
+/// The first two words of a statement, past whitespace and comments (`--`, `#`, `/* */`);
+/// a word is `None` where the statement ends (`;` or the end of the text) before it.
+fn leading_words(sql: &str) -> [Option<&str>; 2] {
+    let (first, rest) = next_word(sql.trim_start_matches(|c: char| c.is_whitespace() || c == ';'));
+    let second = first.and_then(|_| next_word(rest).0);
+    [first, second]
+}
+
+/// The word at the start of `sql` (past whitespace and comments), and what follows it.
+fn next_word(mut sql: &str) -> (Option<&str>, &str) {
+    loop {
+        sql = sql.trim_start();
+        sql = if let Some(line) = sql.strip_prefix("--").or_else(|| sql.strip_prefix('#')) {
+            line.split_once('\n').map_or("", |(_, after)| after)
+        } else if let Some(block) = sql.strip_prefix("/*") {
+            block.split_once("*/").map_or("", |(_, after)| after)
+        } else {
+            let end = sql
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .unwrap_or(sql.len());
+            let (word, rest) = sql.split_at(end);
+            return ((!word.is_empty()).then_some(word), rest);
+        };
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -945,6 +991,16 @@ impl Config {
                     return Err(self.invalid(
                         format!("{key}.sql.{}", self.backend.kind.as_str()),
                         "a sql processor needs at least one statement for the configured backend",
+                    ));
+                }
+                if let Some((i, sql)) = p.sql.bigquery_transaction_control() {
+                    return Err(self.invalid(
+                        format!("{key}.sql.bigquery[{i}]"),
+                        format!(
+                            "`{sql}` controls the transaction: phasegate commits a processor's \
+                             statements with its ledger row in one transaction, so they may not \
+                             begin, commit or roll back one"
+                        ),
                     ));
                 }
             }

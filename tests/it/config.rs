@@ -99,6 +99,15 @@ fn every_error_names_the_file_and_the_key() {
             "unknown variant `kafka`",
         ),
         (
+            GOOD.replacen(
+                "  \"DELETE FROM {dataset}.player_game_summary WHERE game_date = @data_date\",\n  \"INSERT",
+                "  \"DELETE FROM {dataset}.player_game_summary WHERE game_date = @data_date\",\n  \"/* done */ COMMIT TRANSACTION\",\n  \"INSERT",
+                2,
+            ),
+            "phases[1].processors[0].sql.bigquery[1]",
+            "controls the transaction",
+        ),
+        (
             GOOD.replace("[pipeline]", "[pipeline]\ncolour = 1"),
             "bad.toml",
             "unknown field `colour`",
@@ -109,6 +118,41 @@ fn every_error_names_the_file_and_the_key() {
         assert!(e.starts_with("bad.toml"), "{e}");
         assert!(e.contains(key), "expected key {key} in: {e}");
         assert!(e.contains(what), "expected {what:?} in: {e}");
+    }
+}
+
+#[test]
+fn bigquery_statements_that_begin_commit_or_roll_back_are_refused_and_blocks_are_not() {
+    let with = |statement: &str| {
+        GOOD.replacen(
+            "sql.bigquery = [\n",
+            &format!("sql.bigquery = [\n  \"{statement}\",\n"),
+            1,
+        )
+    };
+    for refused in [
+        "COMMIT TRANSACTION",
+        "commit",
+        "ROLLBACK TRANSACTION",
+        "BEGIN TRANSACTION",
+        "BEGIN;",
+        "-- first\\nBEGIN",
+        "# first\\n rollback",
+    ] {
+        let e = error_of(&with(refused));
+        assert!(
+            e.contains("phases[0].processors[0].sql.bigquery[0]")
+                && e.contains("controls the transaction"),
+            "{refused}: {e}"
+        );
+    }
+    for allowed in [
+        "BEGIN SELECT 1; END",
+        "SELECT 'COMMIT'",
+        "INSERT INTO {dataset}.commits SELECT 1",
+    ] {
+        let mut c = Config::parse(&with(allowed), Path::new("ok.toml")).expect("parses");
+        c.validate().unwrap_or_else(|e| panic!("{allowed}: {e}"));
     }
 }
 

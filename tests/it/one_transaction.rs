@@ -474,3 +474,51 @@ async fn a_run_near_or_past_its_deadline_takes_no_other_run_down() {
     let again = worker.handle_push("raw", &push_body(a2_day, "a2")).await;
     assert_eq!(again.http_status(), 200, "{:?}", again.body());
 }
+
+#[tokio::test]
+async fn transaction_control_in_processor_sql_is_refused_and_the_run_fails_whole() {
+    let day = d("2024-03-01");
+    for control in [
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "BEGIN",
+        "SAVEPOINT mine",
+        "RELEASE processor",
+        "ROLLBACK TO processor",
+    ] {
+        let env = TestEnv::with_pipeline(&SPINNING.replace("{SPIN}", control)).await;
+        env.exec_for("INSERT INTO feed VALUES (@data_date, 'new')", &[day])
+            .await;
+        env.exec_for("INSERT INTO raw VALUES (@data_date, 'old')", &[day])
+            .await;
+
+        let refused = env
+            .app
+            .worker
+            .handle_push("raw", &push_body(day, "m1"))
+            .await;
+        assert!(
+            refused.http_status() >= 500,
+            "{control}: {:?}",
+            refused.body()
+        );
+        let latest = env.latest("ingest", day).await.expect("a ledger row");
+        assert_eq!(latest.status, RunStatus::Failed, "{control}");
+        let error = latest.errors.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("may not control the transaction") && error.contains(control),
+            "{control}: {error}"
+        );
+        assert_eq!(
+            teams(&env, day).await,
+            ["old"],
+            "{control}: the statements before it were rolled back"
+        );
+        // The writer is not left inside a transaction: its next write commits.
+        let next = d("2024-03-02");
+        env.exec_for("INSERT INTO raw VALUES (@data_date, 'after')", &[next])
+            .await;
+        assert_eq!(teams(&env, next).await, ["after"], "{control}");
+    }
+}

@@ -19,6 +19,7 @@ use rusqlite::{Connection, Savepoint, params};
 
 use super::Sqlite;
 use super::connection::Role;
+use super::guard::{self, own};
 use super::presence::PresenceCache;
 use super::sql::{count_rows_sql, expand_dataset};
 use super::warehouse::{EntityCountsQuery, ReferencePresence, presence_of, probe_every_day};
@@ -41,23 +42,30 @@ pub(super) fn execute_statements(
     statements: &[String],
     date: NaiveDate,
 ) -> rusqlite::Result<()> {
-    for sql in statements {
-        let mut stmt = tx.prepare_cached(sql)?;
-        let bound = match stmt.parameter_index(DATA_DATE_PARAM)? {
-            Some(i) => {
-                stmt.raw_bind_parameter(i, date.to_string())?;
-                1
-            }
-            None => 0,
-        };
-        if stmt.parameter_count() != bound {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "statement uses parameters other than {DATA_DATE_PARAM}: {sql}"
-            )));
+    guard::user_sql(|| {
+        statements
+            .iter()
+            .try_for_each(|sql| execute_one(tx, sql, date))
+    })
+}
+
+/// Run one processor statement (transaction control refused: see [`guard`]).
+fn execute_one(tx: &Connection, sql: &str, date: NaiveDate) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(sql).map_err(|e| guard::explain(e, sql))?;
+    let bound = match stmt.parameter_index(DATA_DATE_PARAM)? {
+        Some(i) => {
+            stmt.raw_bind_parameter(i, date.to_string())?;
+            1
         }
-        let mut rows = stmt.raw_query();
-        while rows.next()?.is_some() {}
+        None => 0,
+    };
+    if stmt.parameter_count() != bound {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "statement uses parameters other than {DATA_DATE_PARAM}: {sql}"
+        )));
     }
+    let mut rows = stmt.raw_query();
+    while rows.next().map_err(|e| guard::explain(e, sql))?.is_some() {}
     Ok(())
 }
 
@@ -306,17 +314,16 @@ impl InTransaction for Tx<'_> {
             require_rows: job.require_rows,
             deadline: job.deadline,
         };
-        self.savepoint("SAVEPOINT processor")
-            .map_err(warehouse_error)?;
+        self.savepoint(own::SAVEPOINT).map_err(warehouse_error)?;
         let result = process_in(self.conn, &steps);
         let keep = matches!(result, Ok(Processed::Rows(_)));
         // After an interrupt there is no savepoint left to close: the transaction is gone.
         if self.open().is_ok() {
             let close = if keep {
-                self.savepoint("RELEASE processor")
+                self.savepoint(own::RELEASE)
             } else {
-                self.savepoint("ROLLBACK TO processor")
-                    .and_then(|()| self.savepoint("RELEASE processor"))
+                self.savepoint(own::ROLLBACK_TO)
+                    .and_then(|()| self.savepoint(own::RELEASE))
             };
             close.map_err(warehouse_error)?;
         }

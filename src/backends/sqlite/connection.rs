@@ -16,6 +16,7 @@ use chrono::NaiveDate;
 use rusqlite::{Connection, Savepoint};
 use tokio::sync::oneshot;
 
+use super::guard::own;
 use super::presence::PresenceCache;
 
 /// Answers a grouped write's caller once its group's fate is known: `None` when the group
@@ -414,7 +415,7 @@ fn run_group(
     rx: &mpsc::Receiver<Job>,
     commits: &AtomicU64,
 ) -> Option<Job> {
-    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+    if let Err(e) = run_cached(conn, own::BEGIN_GROUP) {
         // No group: the job runs on its own (its savepoint is then its transaction).
         tracing::warn!(error = %e, "sqlite could not begin a group transaction");
         first(conn)(None);
@@ -451,7 +452,7 @@ fn run_group(
         // A failed statement (interrupt, full disk, I/O error) rolled the whole group back.
         Some("rolled back with its group after a failed write; nothing was written".into())
     } else {
-        run_cached(conn, "COMMIT").err().map(|e| {
+        run_cached(conn, own::COMMIT).err().map(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             format!("group commit failed: {e}")
         })

@@ -297,6 +297,9 @@ fn row_by_row_deletes(
                     | AuthAction::DropVtable { .. }
             ),
         );
+        if let Some(refused) = super::guard::refuse(&ctx.action) {
+            return refused;
+        }
         match ctx.action {
             AuthAction::Delete { table_name } if !after_drop && cache.watches(table_name) => {
                 Authorization::Ignore
