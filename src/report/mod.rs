@@ -117,7 +117,8 @@ pub fn reason(run: &RunRecord) -> Option<String> {
     if let Some(e) = run.errors.as_ref().filter(|e| !e.is_empty()) {
         return Some(e.clone());
     }
-    let problems = run.findings.as_ref()?.get("problems")?.as_array()?;
+    let findings = run.findings.as_ref()?.value();
+    let problems = findings.get("problems")?.as_array()?;
     let text: Vec<&str> = problems.iter().filter_map(|p| p.as_str()).collect();
     (!text.is_empty()).then(|| text.join("; "))
 }

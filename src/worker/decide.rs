@@ -7,7 +7,7 @@ use chrono::Utc;
 use super::RunRequest;
 use crate::config::{Mode, Phase, Processor};
 use crate::gate::GateReport;
-use crate::ledger::{self, RunRecord, RunStatus, UpstreamRun};
+use crate::ledger::{self, Findings, RunRecord, RunStatus, UpstreamRun};
 
 /// What the latest run means for this delivery.
 pub(super) enum Decision {
@@ -101,7 +101,7 @@ pub(super) fn judge(
 ) -> GateReport {
     let report = with_upstream_readiness(report, p, consumed);
     if !p.checks.is_empty() {
-        run.findings = serde_json::to_value(&report).ok();
+        run.findings = Findings::of(&report);
     }
     run.production_ready = report.production_ready();
     if report.blocks() {

@@ -142,7 +142,7 @@ async fn a_strict_historical_gap_check_blocks_the_day_after_a_failure() {
         0,
         "nothing processed"
     );
-    let findings = blocked.findings.unwrap();
+    let findings = blocked.findings.unwrap().value();
     assert_eq!(findings["historical_gaps"]["gap_count"], 1);
     assert_eq!(env.status("preds", days[3]).await, None);
     // Blocked means nacked: redelivered, then dead-lettered.

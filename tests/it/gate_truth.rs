@@ -102,7 +102,7 @@ async fn an_empty_reference_blocks_in_strict_mode_and_is_a_finding_in_soft_mode(
         let run = env.latest("features", day).await.expect("features ran");
         assert_eq!(run.status, features, "{mode}");
         assert!(!run.production_ready, "{mode}");
-        let findings = run.findings.expect("findings recorded");
+        let findings = run.findings.expect("findings recorded").value();
         let gaps = &findings["historical_gaps"];
         assert_eq!(gaps["reference_empty"], true, "{findings}");
         assert_eq!(gaps["expected_dates"], 0);

@@ -7,7 +7,7 @@ use super::{
     BigQuery, CLAIMS_SCHEMA, CLAIMS_TABLE, LEDGER_SCHEMA, LEDGER_TABLE, Row, array_param,
     date_param, param, parse_bool, parse_bq_ts, script, ts_param,
 };
-use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus, TriggerKind};
+use crate::ledger::{Claim, Findings, Ledger, LedgerError, RunRecord, RunStatus, TriggerKind};
 
 fn column_list(schema: &[(&str, &str, &str)]) -> String {
     schema
@@ -123,7 +123,7 @@ pub(super) fn record_from_row(r: Row) -> Result<RunRecord, LedgerError> {
         finished_at: ts(6)?,
         rows_affected: get(7).and_then(|s| s.parse().ok()),
         errors: get(8),
-        findings: get(9).and_then(|s| serde_json::from_str(&s).ok()),
+        findings: get(9).and_then(Findings::parse),
         production_ready: parse_bool(r.get(10).and_then(Option::as_ref)),
         trigger: TriggerKind::parse(&trigger)
             .ok_or_else(|| LedgerError(format!("unknown trigger {trigger}")))?,
@@ -193,7 +193,7 @@ impl Ledger for BigQuery {
             param(
                 "findings",
                 "STRING",
-                r.findings.as_ref().map(|f| f.to_string()),
+                r.findings.as_ref().map(|f| f.as_str().to_string()),
             ),
             param(
                 "production_ready",

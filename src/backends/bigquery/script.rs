@@ -10,7 +10,7 @@ use base64::Engine;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
 use super::LEDGER_SCHEMA;
-use crate::ledger::RunRecord;
+use crate::ledger::{Findings, RunRecord};
 
 /// Marks the errors a script raises on purpose (`ERROR('phasegate: …')`).
 pub(super) const CLAIM_LOST: &str = "phasegate: claim lost";
@@ -79,7 +79,7 @@ pub(super) fn ledger_values(r: &RunRecord, pipeline: &str) -> Vec<(&'static str,
     let upstream = (!r.upstream_runs.is_empty())
         .then(|| serde_json::to_string(&r.upstream_runs).ok())
         .flatten();
-    let findings = r.findings.as_ref().map(|f| f.to_string());
+    let findings = r.findings.as_ref().map(Findings::as_str);
     let values = [
         ("run_id", string(Some(&r.run_id))),
         ("processor_name", string(Some(&r.processor))),
@@ -90,7 +90,7 @@ pub(super) fn ledger_values(r: &RunRecord, pipeline: &str) -> Vec<(&'static str,
         ("finished_at", timestamp(r.finished_at.as_ref())),
         ("rows_affected", int(r.rows_affected)),
         ("errors", string(r.errors.as_deref())),
-        ("findings", string(findings.as_deref())),
+        ("findings", string(findings)),
         ("production_ready", boolean(r.production_ready)),
         ("trigger_source", string(Some(r.trigger.as_str()))),
         ("message_id", string(r.message_id.as_deref())),

@@ -14,7 +14,7 @@ use super::connection::Role;
 use super::{
     LEDGER_COLUMNS, LEDGER_DDL, LEDGER_INDEXES, LEDGER_MIGRATIONS, Sqlite, record_from_row, ts,
 };
-use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus};
+use crate::ledger::{Claim, Findings, Ledger, LedgerError, RunRecord, RunStatus};
 
 const UPSERT: &str = "INSERT INTO processor_run_history (run_id, pipeline, processor_name, \
     phase, data_date, status, started_at, finished_at, rows_affected, errors, findings, \
@@ -56,7 +56,7 @@ pub(super) fn upsert(c: &Connection, pipeline: &str, r: &RunRecord) -> rusqlite:
             r.finished_at.as_ref().map(ts),
             r.rows_affected,
             r.errors,
-            r.findings.as_ref().map(|f| f.to_string()),
+            r.findings.as_ref().map(Findings::as_str),
             r.production_ready,
             r.trigger.as_str(),
             r.message_id,
@@ -83,7 +83,7 @@ pub(super) fn complete(c: &Connection, r: &RunRecord) -> rusqlite::Result<bool> 
         r.finished_at.as_ref().map(ts),
         r.rows_affected,
         r.errors,
-        r.findings.as_ref().map(|f| f.to_string()),
+        r.findings.as_ref().map(Findings::as_str),
         r.production_ready,
         upstream_json(r),
         r.lease_until.as_ref().map(ts),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, Row};
 
-use crate::ledger::{RunRecord, RunStatus, TriggerKind, UpstreamRun};
+use crate::ledger::{Findings, RunRecord, RunStatus, TriggerKind, UpstreamRun};
 use crate::warehouse::WarehouseError;
 
 mod atomic;
@@ -126,7 +126,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         finished_at: opt_ts(row, 7)?,
         rows_affected: row.get(8)?,
         errors: row.get(9)?,
-        findings: findings.and_then(|f| serde_json::from_str(&f).ok()),
+        findings: findings.and_then(Findings::parse),
         production_ready: row.get(11)?,
         trigger: TriggerKind::parse(&trigger).ok_or_else(|| bad_column("trigger", &trigger))?,
         message_id: row.get(13)?,
