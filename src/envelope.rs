@@ -66,23 +66,36 @@ pub struct Payload {
 impl Payload {
     /// Parse decoded `message.data`: a JSON object, nothing else.
     pub fn from_json(bytes: &[u8]) -> Result<Payload, BadMessage> {
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(bytes).map_err(|e| BadMessage::Payload(e.to_string()))?;
-        serde_json::from_value(serde_json::Value::Object(map))
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        object_only(&mut de)
+            .and_then(|payload| de.end().map(|()| payload))
             .map_err(|e| BadMessage::Payload(e.to_string()))
     }
 }
 
 /// Deserialize a struct from a JSON object only: serde's derive also accepts a JSON array
-/// (fields by position), which no Pub/Sub sender produces.
+/// (fields by position), which no Pub/Sub sender produces. Straight from the parser, with
+/// no `serde_json::Value` built in between.
 fn object_only<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
+    T: Deserialize<'de>,
 {
-    use serde::de::Error;
-    let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)
+    struct ObjectOnly<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
 }
 
 /// Why a push was refused.
