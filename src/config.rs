@@ -440,43 +440,94 @@ impl SqlByBackend {
         self.bigquery
             .iter()
             .enumerate()
-            .find(|(_, sql)| {
-                let [first, second] = leading_words(sql).map(|w| w.map(str::to_ascii_uppercase));
-                match (first.as_deref(), second.as_deref()) {
-                    (Some("COMMIT" | "ROLLBACK"), _) => true,
-                    // `BEGIN` alone or `BEGIN TRANSACTION`; `BEGIN <statements> END` is a block.
-                    (Some("BEGIN"), None | Some("TRANSACTION")) => true,
-                    _ => false,
-                }
-            })
+            .find(|(_, sql)| controls_transaction(&bigquery_words(sql)))
             .map(|(i, sql)| (i, sql.as_str()))
     }
 }
 
-/// The first two words of a statement, past whitespace and comments (`--`, `#`, `/* */`);
-/// a word is `None` where the statement ends (`;` or the end of the text) before it.
-fn leading_words(sql: &str) -> [Option<&str>; 2] {
-    let (first, rest) = next_word(sql.trim_start_matches(|c: char| c.is_whitespace() || c == ';'));
-    let second = first.and_then(|_| next_word(rest).0);
-    [first, second]
+/// Whether BigQuery words (see [`bigquery_words`]) contain transaction control anywhere:
+/// `COMMIT`, `ROLLBACK`, or `BEGIN` that starts a transaction (`BEGIN TRANSACTION`, or
+/// `BEGIN` ending its statement) rather than a block (`BEGIN <statements> END`).
+fn controls_transaction(words: &[&str]) -> bool {
+    words.iter().enumerate().any(|(k, word)| {
+        let is = |w: &str, keyword: &str| w.eq_ignore_ascii_case(keyword);
+        is(word, "COMMIT")
+            || is(word, "ROLLBACK")
+            || (is(word, "BEGIN")
+                && words
+                    .get(k + 1)
+                    .is_none_or(|next| *next == ";" || is(next, "TRANSACTION")))
+    })
 }
 
-/// The word at the start of `sql` (past whitespace and comments), and what follows it.
-fn next_word(mut sql: &str) -> (Option<&str>, &str) {
-    loop {
-        sql = sql.trim_start();
-        sql = if let Some(line) = sql.strip_prefix("--").or_else(|| sql.strip_prefix('#')) {
-            line.split_once('\n').map_or("", |(_, after)| after)
-        } else if let Some(block) = sql.strip_prefix("/*") {
-            block.split_once("*/").map_or("", |(_, after)| after)
-        } else {
-            let end = sql
-                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                .unwrap_or(sql.len());
-            let (word, rest) = sql.split_at(end);
-            return ((!word.is_empty()).then_some(word), rest);
+/// The words of a BigQuery statement, with `;` as a word of its own, outside string
+/// literals, quoted identifiers (`` `commit` ``) and comments (`--`, `#`, `/* */`); a word
+/// right after a `.` (a path: `t.commit`) is left out.
+fn bigquery_words(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut words = Vec::new();
+    let (mut i, mut after_dot) = (0, false);
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        i = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => line_end(b, i),
+            b'#' => line_end(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => find(b, i + 2, b"*/").map_or(b.len(), |e| e + 2),
+            b'\'' | b'"' | b'`' => quoted_end(b, i),
+            b';' => {
+                words.push(";");
+                i + 1
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+                    .map_or(b.len(), |n| i + n);
+                if !after_dot {
+                    words.push(&sql[start..end]);
+                }
+                end
+            }
+            _ => i + 1,
         };
+        after_dot = c == b'.';
     }
+    words
+}
+
+/// Where the comment starting at `i` ends (at its line's end).
+fn line_end(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|c| *c == b'\n')
+        .map_or(b.len(), |n| i + n)
+}
+
+/// The index of `needle` in `b` at or after `from`.
+fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    b.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|n| from + n)
+}
+
+/// Where the quoted text starting at `i` ends: a string (`'…'`, `"…"`, their triple-quoted
+/// forms, backslash escapes) or a quoted identifier (`` `…` ``).
+fn quoted_end(b: &[u8], i: usize) -> usize {
+    let q = b[i];
+    if q != b'`' && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) {
+        return find(b, i + 3, &[q, q, q]).map_or(b.len(), |e| e + 3);
+    }
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            c if c == q => return j + 1,
+            _ => j += 1,
+        }
+    }
+    b.len()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -999,7 +1050,8 @@ impl Config {
                         format!(
                             "`{sql}` controls the transaction: phasegate commits a processor's \
                              statements with its ledger row in one transaction, so they may not \
-                             begin, commit or roll back one"
+                             begin, commit or roll back one (quote a column named like those \
+                             keywords: `commit`)"
                         ),
                     ));
                 }

@@ -138,6 +138,11 @@ fn bigquery_statements_that_begin_commit_or_roll_back_are_refused_and_blocks_are
         "BEGIN;",
         "-- first\\nBEGIN",
         "# first\\n rollback",
+        // Anywhere in the statement, not only at its start (TOML-escaped: `\n` is a newline).
+        "INSERT INTO {dataset}.t SELECT 1; COMMIT TRANSACTION",
+        r"BEGIN\n  COMMIT TRANSACTION;\nEND",
+        "IF TRUE THEN ROLLBACK TRANSACTION; END IF",
+        "SELECT 1; BEGIN TRANSACTION; SELECT 2",
     ] {
         let e = error_of(&with(refused));
         assert!(
@@ -150,6 +155,12 @@ fn bigquery_statements_that_begin_commit_or_roll_back_are_refused_and_blocks_are
         "BEGIN SELECT 1; END",
         "SELECT 'COMMIT'",
         "INSERT INTO {dataset}.commits SELECT 1",
+        "SELECT t.commit FROM {dataset}.git t",
+        "SELECT `commit`, `rollback` FROM {dataset}.git",
+        r"-- COMMIT first\nSELECT 1",
+        // In strings, with escaped quotes and a triple-quoted one (TOML-escaped).
+        r#"SELECT 'it\\'s; COMMIT', \"a \\\" ROLLBACK\", '''COMMIT'''"#,
+        "BEGIN SELECT 1; END; BEGIN SELECT 2; END",
     ] {
         let mut c = Config::parse(&with(allowed), Path::new("ok.toml")).expect("parses");
         c.validate().unwrap_or_else(|e| panic!("{allowed}: {e}"));
