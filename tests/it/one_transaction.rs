@@ -486,6 +486,9 @@ async fn transaction_control_in_processor_sql_is_refused_and_the_run_fails_whole
         "SAVEPOINT mine",
         "RELEASE processor",
         "ROLLBACK TO processor",
+        // Written exactly like phasegate's own cached statements.
+        "COMMIT -- phasegate",
+        "RELEASE processor -- phasegate",
     ] {
         let env = TestEnv::with_pipeline(&SPINNING.replace("{SPIN}", control)).await;
         env.exec_for("INSERT INTO feed VALUES (@data_date, 'new')", &[day])
@@ -514,6 +517,26 @@ async fn transaction_control_in_processor_sql_is_refused_and_the_run_fails_whole
             teams(&env, day).await,
             ["old"],
             "{control}: the statements before it were rolled back"
+        );
+        // Again, now that every statement of phasegate's own is cached (the first run's
+        // group committed, its savepoint was rolled back): still refused.
+        let again = d("2024-03-03");
+        env.exec_for("INSERT INTO feed VALUES (@data_date, 'again')", &[again])
+            .await;
+        let refused = env
+            .app
+            .worker
+            .handle_push("raw", &push_body(again, "m2"))
+            .await;
+        assert!(
+            refused.http_status() >= 500,
+            "{control}: {:?}",
+            refused.body()
+        );
+        assert_eq!(
+            teams(&env, again).await,
+            Vec::<String>::new(),
+            "{control}: second run rolled back"
         );
         // The writer is not left inside a transaction: its next write commits.
         let next = d("2024-03-02");

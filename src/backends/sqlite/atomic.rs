@@ -51,6 +51,7 @@ pub(super) fn execute_statements(
 
 /// Run one processor statement (transaction control refused: see [`guard`]).
 fn execute_one(tx: &Connection, sql: &str, date: NaiveDate) -> rusqlite::Result<()> {
+    guard::not_own(sql)?;
     let mut stmt = tx.prepare_cached(sql).map_err(|e| guard::explain(e, sql))?;
     let bound = match stmt.parameter_index(DATA_DATE_PARAM)? {
         Some(i) => {

@@ -51,6 +51,18 @@ pub(super) mod own {
     pub const SAVEPOINT: &str = "SAVEPOINT processor -- phasegate";
     pub const RELEASE: &str = "RELEASE processor -- phasegate";
     pub const ROLLBACK_TO: &str = "ROLLBACK TO processor -- phasegate";
+    /// All of them: a processor statement written exactly like one is refused (it would
+    /// get phasegate's cached statement, which the authorizer never sees again).
+    pub const ALL: [&str; 5] = [BEGIN_GROUP, COMMIT, SAVEPOINT, RELEASE, ROLLBACK_TO];
+}
+
+/// Refuse a processor statement written exactly like one of phasegate's own (see [`own`]).
+pub(super) fn not_own(sql: &str) -> rusqlite::Result<()> {
+    if own::ALL.contains(&sql.trim()) {
+        let denied = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH);
+        return Err(explain(rusqlite::Error::SqliteFailure(denied, None), sql));
+    }
+    Ok(())
 }
 
 /// Name the refusal: SQLite says only "not authorized".
