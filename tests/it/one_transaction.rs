@@ -475,6 +475,20 @@ async fn a_run_near_or_past_its_deadline_takes_no_other_run_down() {
     assert_eq!(again.http_status(), 200, "{:?}", again.body());
 }
 
+/// Push `day` and expect the run to fail (its processor SQL holds `control`).
+async fn push_refused(env: &TestEnv, day: NaiveDate, message_id: &str, control: &str) {
+    let refused = env
+        .app
+        .worker
+        .handle_push("raw", &push_body(day, message_id))
+        .await;
+    assert!(
+        refused.http_status() >= 500,
+        "{control}: {:?}",
+        refused.body()
+    );
+}
+
 #[tokio::test]
 async fn transaction_control_in_processor_sql_is_refused_and_the_run_fails_whole() {
     let day = d("2024-03-01");
@@ -496,16 +510,7 @@ async fn transaction_control_in_processor_sql_is_refused_and_the_run_fails_whole
         env.exec_for("INSERT INTO raw VALUES (@data_date, 'old')", &[day])
             .await;
 
-        let refused = env
-            .app
-            .worker
-            .handle_push("raw", &push_body(day, "m1"))
-            .await;
-        assert!(
-            refused.http_status() >= 500,
-            "{control}: {:?}",
-            refused.body()
-        );
+        push_refused(&env, day, "m1", control).await;
         let latest = env.latest("ingest", day).await.expect("a ledger row");
         assert_eq!(latest.status, RunStatus::Failed, "{control}");
         let error = latest.errors.as_deref().unwrap_or_default();
@@ -523,16 +528,7 @@ async fn transaction_control_in_processor_sql_is_refused_and_the_run_fails_whole
         let again = d("2024-03-03");
         env.exec_for("INSERT INTO feed VALUES (@data_date, 'again')", &[again])
             .await;
-        let refused = env
-            .app
-            .worker
-            .handle_push("raw", &push_body(again, "m2"))
-            .await;
-        assert!(
-            refused.http_status() >= 500,
-            "{control}: {:?}",
-            refused.body()
-        );
+        push_refused(&env, again, "m2", control).await;
         assert_eq!(
             teams(&env, again).await,
             Vec::<String>::new(),

@@ -76,7 +76,7 @@ pub(super) fn explain(e: rusqlite::Error, sql: &str) -> rusqlite::Error {
                 Some(format!(
                     "processor statements may not control the transaction (BEGIN, COMMIT, \
                      END, ROLLBACK, SAVEPOINT, RELEASE): phasegate commits each run's output \
-                     with its ledger row: {sql}"
+                     with its ledger row; remove it from the processor's statements: {sql}"
                 )),
             )
         }
