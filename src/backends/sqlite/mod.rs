@@ -14,6 +14,7 @@ use crate::warehouse::WarehouseError;
 
 mod atomic;
 mod connection;
+mod file_sync;
 mod guard;
 mod ledger;
 mod presence;
