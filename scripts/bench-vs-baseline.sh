@@ -9,7 +9,7 @@
 # Environment:
 #   ROUNDS         interleaved rounds; each runs both sides, alternating which goes first (default 6)
 #   DURATION       seconds of wrk load per side and round (default 10)
-#   DAYS, PLAYERS  seeded days (from 2000-01-01) x players per day, both sides (default 60000 x 20)
+#   DAYS, PLAYERS  seeded days (from 2000-01-01) x players per day, both sides (default 73000 x 20; 2000-01-01 + 73,000 days is the last year phasegate accepts, 2199)
 #   PHASEGATE_BIN  a phasegate binary to measure; skips `cargo build --release --locked`
 #   BASELINE_DIR   the baseline (default ../shared/baselines/seed-python-worker, from the repo root)
 #   RESEED=1       seed the pristine databases again (they are cached per DAYS x PLAYERS; reseed
@@ -33,8 +33,8 @@
 # costs the baseline (three processes) far more than phasegate and inflates the ratios.
 # The load is scripts/push-fresh.lua: the baseline's push-fresh.lua with the second wrk thread
 # starting at day DAYS/2 instead of 20,000 (at ~4,000 req/s the first thread ran into the
-# second's dates). Each thread has DAYS/2 seeded dates: the default of 60,000 leaves room for
-# ~6,000 req/s in a 10 s round. Past them a side pushes dates already done or not seeded; the
+# second's dates). Each thread has DAYS/2 seeded dates: the default of 73,000 leaves room for
+# ~7,300 req/s in a 10 s round (60,000 was the default until phasegate passed 6,000). Past them a side pushes dates already done or not seeded; the
 # checks flag it.
 #
 # Each round and side: a fresh copy of the pristine database (no -wal/-shm), the server started
@@ -65,7 +65,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 rounds=${ROUNDS:-6}
 duration=${DURATION:-10}
-days=${DAYS:-60000}
+days=${DAYS:-73000}
 players=${PLAYERS:-20}
 bench=$repo/target/bench-vs-baseline
 venv=$bench/venv

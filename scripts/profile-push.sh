@@ -12,7 +12,7 @@
 #                                           minutes, so one round each proves nothing)
 #
 # Environment: BIN (default target/release/phasegate), CONNS (8), THREADS (2), DUR (8 s),
-# DAYS and PLAYERS (60000 x 20: which pristine database). Run scripts/bench-vs-baseline.sh
+# DAYS and PLAYERS (73000 x 20: which pristine database). Run scripts/bench-vs-baseline.sh
 # once first (it seeds the pristine databases). Reading a profile:
 #   perf report -i target/profile-push/perf.data --children --sort sym --stdio -g none
 set -euo pipefail
@@ -23,7 +23,7 @@ case "$mode" in
   *) echo "unknown mode '$mode' (perf, stat or nothing)" >&2; exit 2 ;;
 esac
 bin="${BIN:-$PWD/target/release/phasegate}"
-pristine="$PWD/target/bench-vs-baseline/pristine-${DAYS:-60000}x${PLAYERS:-20}"
+pristine="$PWD/target/bench-vs-baseline/pristine-${DAYS:-73000}x${PLAYERS:-20}"
 lua="$PWD/scripts/push-fresh.lua"
 work="$PWD/target/profile-push"
 port=18088
@@ -49,7 +49,7 @@ case "$mode" in
   stat) perf stat -e context-switches,task-clock -p "$pid" -o "$work/perf-stat.txt" -- sleep "${DUR:-8}" >/dev/null 2>&1 & side=$! ;;
 esac
 wrk -t"${THREADS:-2}" -c"${CONNS:-8}" -d"${DUR:-8}s" --latency -s "$lua" "http://127.0.0.1:$port/push" \
-  -- $((${DAYS:-60000} / 2)) >"$work/wrk.txt"
+  -- $((${DAYS:-73000} / 2)) >"$work/wrk.txt"
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^phasegate_sqlite' || true
 t1=$(cpu)
 [[ -n "$side" ]] && wait "$side"
