@@ -12,8 +12,10 @@ use std::os::raw::{c_int, c_void};
 use rusqlite::{Connection, ffi};
 
 /// `fsync` (`SQLITE_SYNC_NORMAL`) the main database file of `conn`, as SQLite's own
-/// checkpoint does. `Ok(false)`: `conn` has not opened the file yet (nothing to flush
-/// through it).
+/// checkpoint does on Linux (with `checkpoint_fullfsync` it asks for `SQLITE_SYNC_FULL`,
+/// which differs on macOS only). `Ok(false)`: the database has no file (in memory, or an
+/// anonymous temporary database); a database opened from a path has its file opened with
+/// the connection.
 pub(super) fn sync_database_file(conn: &Connection) -> rusqlite::Result<bool> {
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
     // SAFETY: `conn.handle()` is a live connection for as long as `conn` is borrowed, and
@@ -41,7 +43,8 @@ pub(super) fn sync_database_file(conn: &Connection) -> rusqlite::Result<bool> {
         return Ok(false);
     };
     // SAFETY: xSync is the handle's own method, called with that handle, on the only
-    // thread using the connection; it flushes the file and touches nothing else.
+    // thread using the connection; besides flushing the file it writes only fields of this
+    // handle (its last errno, its flags), no state shared with other connections.
     check(unsafe { x_sync(file, ffi::SQLITE_SYNC_NORMAL) })?;
     Ok(true)
 }
@@ -59,7 +62,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn syncs_an_open_database_and_reports_an_unopened_one() {
+    fn syncs_a_database_file_and_reports_an_in_memory_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         let conn = Connection::open(dir.path().join("t.db")).expect("open");
         conn.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1);")
