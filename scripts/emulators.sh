@@ -27,7 +27,8 @@ ensure_venv() {
     return
   fi
   echo "== creating $VENV (bqemulator)"
-  python3 -m venv "$VENV"
+  # --clear: a venv left half-made by an interrupted run (no pip yet) is made again.
+  python3 -m venv --clear "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     bqemulator==1.4.0 duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions numpy
   # Offline, bqemulator refuses to start unless the spatial extension is installed.
