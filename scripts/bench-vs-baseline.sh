@@ -9,7 +9,8 @@
 # Environment:
 #   ROUNDS         interleaved rounds; each runs both sides, alternating which goes first (default 6)
 #   DURATION       seconds of wrk load per side and round (default 10)
-#   DAYS, PLAYERS  seeded days (from 2000-01-01) x players per day, both sides (default 73000 x 20; 2000-01-01 + 73,000 days is the last year phasegate accepts, 2199)
+#   DAYS, PLAYERS  seeded days (from 2000-01-01) x players per day, both sides (default 73000 x 20;
+#                  2000-01-01 + 73,000 days is in 2199, the last year phasegate accepts)
 #   PHASEGATE_BIN  a phasegate binary to measure; skips `cargo build --release --locked`
 #   BASELINE_DIR   the baseline (default ../shared/baselines/seed-python-worker, from the repo root)
 #   RESEED=1       seed the pristine databases again (they are cached per DAYS x PLAYERS; reseed
@@ -26,16 +27,16 @@
 #              `phasegate backfill --phase raw` over the range, so the ledger holds a raw success
 #              for every day.
 #   both:      CREATE INDEX pgs_date ON player_game_summary(game_date); WAL checkpointed away.
-# Seeding time on the 2-core dev VM (defaults, 60,000 days x 20 players): baseline 5 s,
-# phasegate 30 s (init + source rows + `backfill --phase raw` of 60,000 dates at --parallel 1,
+# Seeding time on the 2-core dev VM (defaults, 73,000 days x 20 players): baseline 4 s,
+# phasegate 15 s (init + source rows + `backfill --phase raw` of 73,000 dates at --parallel 1,
 # the backfill being most of it); printed on every seeding, then cached. Pristine databases
 # take ~125 MB; the whole default run takes ~3 minutes. Run it on an idle machine: other load
 # costs the baseline (three processes) far more than phasegate and inflates the ratios.
 # The load is scripts/push-fresh.lua: the baseline's push-fresh.lua with the second wrk thread
 # starting at day DAYS/2 instead of 20,000 (at ~4,000 req/s the first thread ran into the
 # second's dates). Each thread has DAYS/2 seeded dates: the default of 73,000 leaves room for
-# ~7,300 req/s in a 10 s round (60,000 was the default until phasegate passed 6,000). Past them a side pushes dates already done or not seeded; the
-# checks flag it.
+# ~7,300 req/s in a 10 s round (60,000 was the default until phasegate passed 6,000). Past
+# them a side pushes dates already done or not seeded; the checks flag it.
 #
 # Each round and side: a fresh copy of the pristine database (no -wal/-shm), the server started
 # in its own process group on a free port, then
