@@ -61,12 +61,35 @@ resource "google_project_iam_custom_role" "table_writer" {
 }
 
 locals {
-  # (phase, table) pairs from var.output_tables.
-  output_grants = {
-    for pair in flatten([
-      for p, tables in var.output_tables : [for t in tables : { phase = p, table = t }]
-    ]) : "${pair.phase}/${pair.table}" => pair
+  # (phase, table) pairs from var.output_tables: one writer per table.
+  output_grants = merge([
+    for p, tables in var.output_tables : { for t, spec in tables : t => merge(spec, { phase = p }) }
+  ]...)
+  # Every pipeline table the module creates: the outputs, and the tables workers only read.
+  pipeline_tables = merge(local.output_grants, { for t, spec in var.source_tables : t => merge(spec, { phase = null }) })
+}
+
+# The pipeline's own tables, owned by Terraform (not by `phasegate init`): each with the
+# schema the caller declares, DAY partitions on its DATE column (queries filter on the date,
+# so a run reads one partition) and clustering. BigQuery: "Introduction to partitioned
+# tables" (time-unit column partitioning) and "Introduction to clustered tables".
+resource "google_bigquery_table" "pipeline" {
+  #checkov:skip=CKV_GCP_80:Google-managed encryption; CMEK is optional here (add encryption_configuration in a fork where required)
+  for_each                 = local.pipeline_tables
+  project                  = local.project
+  dataset_id               = google_bigquery_dataset.pipeline.dataset_id
+  table_id                 = each.key
+  description              = each.value.description != "" ? each.value.description : (each.value.phase == null ? "phasegate ${var.pipeline_name}: read by the workers." : "phasegate ${var.pipeline_name}: written by phase ${each.value.phase}.")
+  deletion_protection      = true
+  require_partition_filter = each.value.require_partition_filter
+  labels                   = each.value.phase == null ? local.labels : merge(local.labels, { phase = each.value.phase })
+  schema                   = jsonencode(jsondecode(file(each.value.schema_file)))
+
+  time_partitioning {
+    type  = "DAY"
+    field = each.value.partition_field
   }
+  clustering = length(each.value.clustering) > 0 ? each.value.clustering : null
 }
 
 # Read: every table of the dataset (upstream outputs, references, the ledger).
@@ -103,9 +126,25 @@ resource "google_bigquery_table_iam_member" "worker_output_writer" {
   for_each   = local.output_grants
   project    = local.project
   dataset_id = google_bigquery_dataset.pipeline.dataset_id
-  table_id   = each.value.table
+  table_id   = google_bigquery_table.pipeline[each.key].table_id
   role       = google_project_iam_custom_role.table_writer.name
   member     = "serviceAccount:${google_service_account.worker[each.value.phase].email}"
+}
+
+# The freshness job reads the ledger (dataset-level read, nothing else in BigQuery).
+resource "google_bigquery_dataset_iam_member" "freshness_reader" {
+  count      = var.enable_freshness_job ? 1 : 0
+  project    = local.project
+  dataset_id = google_bigquery_dataset.pipeline.dataset_id
+  role       = "roles/bigquery.dataViewer"
+  member     = "serviceAccount:${google_service_account.freshness[0].email}"
+}
+
+resource "google_project_iam_member" "freshness_job_user" {
+  count   = var.enable_freshness_job ? 1 : 0
+  project = local.project
+  role    = "roles/bigquery.jobUser"
+  member  = "serviceAccount:${google_service_account.freshness[0].email}"
 }
 
 # Run query jobs (a project-level permission; it grants no data access by itself).

@@ -1,11 +1,20 @@
 # phasegate on Google Cloud, one file per concept: the APIs and shared names (here), Pub/Sub
 # (pubsub.tf), the Cloud Run workers (run.tf), the pipeline file (config.tf), BigQuery
-# (bigquery.tf), the daily trigger (scheduler.tf) and the alerts (monitoring.tf).
+# (bigquery.tf), Cloud Scheduler: the daily trigger and the relay (scheduler.tf), the
+# freshness job (freshness.tf), the image registry (registry.tf) and the alerts
+# (monitoring.tf).
+#
+# Every resource that calls an API waits for it: each takes `project = local.project`, which
+# is read from google_project_service.api, so Terraform orders it after every API is on;
+# resources without a project argument reference one that has it. scripts/check_terraform.py
+# checks this graph statically (and that each resource type's API is in local.apis).
 
 locals {
   # Every API a resource of this module calls.
   apis = toset([
+    "artifactregistry.googleapis.com",
     "bigquery.googleapis.com",
+    "cloudbuild.googleapis.com",
     "cloudscheduler.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "iam.googleapis.com",

@@ -52,12 +52,41 @@ output "scheduler_job" {
 }
 
 output "alert_policies" {
-  description = "Alert policy ids: dead letters per phase, blocked or failed runs, rewrites of the ledger."
+  description = "Alert policy ids: dead letters and oldest unacked message per phase, blocked or failed runs, refused requests, Cloud Scheduler failures, lateness (freshness), rewrites of the ledger."
   value = {
     dead_letter       = { for p, a in google_monitoring_alert_policy.dead_letter_backlog : p => a.id }
+    oldest_unacked    = { for p, a in google_monitoring_alert_policy.oldest_unacked : p => a.id }
     blocked_or_failed = google_monitoring_alert_policy.blocked_or_failed.id
+    refused           = google_monitoring_alert_policy.refused.id
+    scheduler_failed  = one(google_monitoring_alert_policy.scheduler_failed[*].id)
+    freshness         = one(google_monitoring_alert_policy.freshness[*].id)
     ledger_rewrite    = google_monitoring_alert_policy.ledger_rewrite.id
   }
+}
+
+output "pipeline_tables" {
+  description = "The pipeline tables the module created (output_tables and source_tables), as project.dataset.table."
+  value       = { for t, r in google_bigquery_table.pipeline : t => "${local.project}.${google_bigquery_dataset.pipeline.dataset_id}.${r.table_id}" }
+}
+
+output "image_repository" {
+  description = "The Artifact Registry repository for the images, as REGION-docker.pkg.dev/PROJECT/REPO (null when image_repository_id is null)."
+  value       = one([for r in google_artifact_registry_repository.images : "${r.location}-docker.pkg.dev/${local.project}/${r.repository_id}"])
+}
+
+output "scheduler_service_account" {
+  description = "The identity of the relay and freshness Cloud Scheduler jobs (PHASEGATE_AUTH_RELAY_EMAILS of every worker)."
+  value       = google_service_account.scheduler.email
+}
+
+output "relay_jobs" {
+  description = "The Cloud Scheduler job that POSTs /relay to each phase's worker."
+  value       = { for p, j in google_cloud_scheduler_job.relay : p => j.id }
+}
+
+output "freshness_job" {
+  description = "The Cloud Run job running `phasegate freshness` (null when enable_freshness_job is false)."
+  value       = one(google_cloud_run_v2_job.freshness[*].name)
 }
 
 output "project_id" {

@@ -1,5 +1,7 @@
 # The Cloud Run workers: one service per phase, same image, `phasegate serve --phase P`, the
-# pipeline file mounted from Secret Manager, invoked only by the push identity.
+# pipeline file mounted from Secret Manager, invoked only by the push identity (pushes) and
+# the scheduler identity (the scheduled relay, scheduler.tf); beside each worker, Google's
+# Managed Service for Prometheus collector, which scrapes /metrics into Cloud Monitoring.
 
 resource "google_service_account" "worker" {
   for_each     = toset(var.phases)
@@ -48,6 +50,9 @@ resource "google_cloud_run_v2_service" "worker" {
     }
 
     containers {
+      # Named: the collector sidecar starts after it (depends_on below). The only container
+      # with ports, hence the one that receives requests.
+      name  = "worker"
       image = var.image
       args  = ["serve", "--phase", each.key]
       ports {
@@ -84,6 +89,10 @@ resource "google_cloud_run_v2_service" "worker" {
         value = google_bigquery_dataset.pipeline.dataset_id
       }
       env {
+        name  = "PHASEGATE_BIGQUERY_LOCATION"
+        value = google_bigquery_dataset.pipeline.location
+      }
+      env {
         name  = "PHASEGATE_AUTH_MODE"
         value = "oidc"
       }
@@ -94,6 +103,12 @@ resource "google_cloud_run_v2_service" "worker" {
       env {
         name  = "PHASEGATE_AUTH_ALLOWED_EMAILS"
         value = google_service_account.pusher.email
+      }
+      env {
+        # Who may call POST /relay (Cloud Scheduler's OIDC token, same audience); pushes stay
+        # limited to PHASEGATE_AUTH_ALLOWED_EMAILS.
+        name  = "PHASEGATE_AUTH_RELAY_EMAILS"
+        value = google_service_account.scheduler.email
       }
       env {
         name  = "PHASEGATE_LOG_FORMAT"
@@ -110,13 +125,38 @@ resource "google_cloud_run_v2_service" "worker" {
         }
       }
     }
+
+    # Managed Service for Prometheus sidecar ("Write Prometheus metrics by using the
+    # Prometheus sidecar", cloud.google.com/run/docs/monitoring-managed-prometheus-sidecar):
+    # with no RunMonitoring config it scrapes 0.0.0.0:8080/metrics every 30 s (the worker's
+    # port and path) and writes to Cloud Monitoring as the service's identity, which needs
+    # roles/monitoring.metricWriter (below). It starts after the worker passed its startup
+    # probe (containers.depends_on; Cloud Run "Deploying multiple containers to a service").
+    # It scrapes once 10 s after start and once at shutdown however short-lived the instance;
+    # with request-based billing a scrape between requests may be throttled (the page
+    # recommends instance-based billing for full series; the push counters are cumulative,
+    # so a missed scrape delays a sample, it does not lose counts of a live instance).
+    dynamic "containers" {
+      for_each = var.enable_prometheus_sidecar ? ["collector"] : []
+      content {
+        name       = containers.value
+        image      = var.prometheus_sidecar_image
+        depends_on = ["worker"]
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = "512Mi"
+          }
+        }
+      }
+    }
   }
 
   # The worker must be able to read the pipeline file before its first revision starts.
   depends_on = [google_secret_manager_secret_iam_member.worker_config_accessor]
 }
 
-# Only the push identity may invoke a worker.
+# Only the push identity may invoke a worker ...
 resource "google_cloud_run_v2_service_iam_member" "invoker" {
   for_each = toset(var.phases)
   project  = local.project
@@ -124,4 +164,23 @@ resource "google_cloud_run_v2_service_iam_member" "invoker" {
   name     = google_cloud_run_v2_service.worker[each.key].name
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.pusher.email}"
+}
+
+# ... and the scheduler identity, for the scheduled relay (POST /relay; scheduler.tf).
+resource "google_cloud_run_v2_service_iam_member" "relay_invoker" {
+  for_each = var.enable_relay_scheduler ? toset(var.phases) : toset([])
+  project  = local.project
+  location = var.region
+  name     = google_cloud_run_v2_service.worker[each.key].name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
+# The collector writes the scraped series as the worker's identity. Metric writing is
+# project-level only (there is no narrower resource to grant it on).
+resource "google_project_iam_member" "worker_metric_writer" {
+  for_each = var.enable_prometheus_sidecar ? toset(var.phases) : toset([])
+  project  = local.project
+  role     = "roles/monitoring.metricWriter"
+  member   = "serviceAccount:${google_service_account.worker[each.key].email}"
 }

@@ -55,8 +55,8 @@ variable "phases" {
     error_message = "phases must list at least one phase, each once."
   }
   validation {
-    condition     = alltrue([for p in var.phases : can(regex("^[a-z]([a-z0-9-]*[a-z0-9])?$", p)) && p != "pusher"])
-    error_message = "Each phase name must be lowercase letters, digits or hyphens, start with a letter and not end with a hyphen (it names a Cloud Run service and a service account), and must not be \"pusher\" (the push identity's name)."
+    condition     = alltrue([for p in var.phases : can(regex("^[a-z]([a-z0-9-]*[a-z0-9])?$", p)) && !contains(["pusher", "sched", "fresh"], p)])
+    error_message = "Each phase name must be lowercase letters, digits or hyphens, start with a letter and not end with a hyphen (it names a Cloud Run service and a service account), and must not be \"pusher\", \"sched\" or \"fresh\" (the module's own identities)."
   }
   validation {
     condition     = alltrue([for p in var.phases : length("pg-${var.pipeline_name}-${p}") <= 30])
@@ -164,6 +164,32 @@ variable "max_instances" {
   }
 }
 
+variable "image_repository_id" {
+  description = "Artifact Registry repository (Docker, in var.region) the module creates for the phasegate images; deploy/deploy.sh pushes there (REPO). null: bring your own registry (then the Cloud Run service agent must be able to pull var.image)."
+  type        = string
+  default     = "phasegate"
+  validation {
+    condition     = var.image_repository_id == null || can(regex("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", var.image_repository_id))
+    error_message = "image_repository_id must be 1-63 lowercase letters, digits or hyphens, start with a letter and not end with a hyphen (or null)."
+  }
+}
+
+variable "enable_prometheus_sidecar" {
+  description = "Run Google's Managed Service for Prometheus collector beside each worker, so /metrics reaches Cloud Monitoring (terraform/README.md, \"Metrics\")."
+  type        = bool
+  default     = true
+}
+
+variable "prometheus_sidecar_image" {
+  description = "Image of the Managed Service for Prometheus sidecar for Cloud Run (run-gmp-sidecar). It scrapes 0.0.0.0:8080/metrics every 30 s by default, the worker's port and path."
+  type        = string
+  default     = "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0"
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+)?(@sha256:[a-f0-9]{64})?$", var.prometheus_sidecar_image))
+    error_message = "prometheus_sidecar_image must be a full image reference (registry/path:tag or @sha256:digest)."
+  }
+}
+
 # ── Delivery ──────────────────────────────────────────────────────────────────────────────
 
 variable "processing_timeout_seconds" {
@@ -234,25 +260,79 @@ variable "dataset_location" {
 }
 
 variable "output_tables" {
-  description = "Per phase, the tables (in dataset_id) its processors write. Each worker gets insert/delete-rows rights on its own tables only (no drop, no schema change). The tables must exist before apply: they are the pipeline's, created by its `setup` statements (README, \"First deployment\")."
-  type        = map(list(string))
-  default     = {}
+  description = "Per phase, the tables (in dataset_id) its processors write, each with its schema (a BigQuery JSON schema file on the machine running Terraform), its DATE partitioning column and up to four clustering columns. The module creates them (deletion-protected) and grants the phase's worker insert/delete-rows rights on them only (no drop, no schema change)."
+  type = map(map(object({
+    schema_file              = string
+    partition_field          = string
+    clustering               = optional(list(string), [])
+    require_partition_filter = optional(bool, false)
+    description              = optional(string, "")
+  })))
+  default = {}
   validation {
     condition     = alltrue([for p in keys(var.output_tables) : contains(var.phases, p)])
     error_message = "output_tables keys must be phase names from var.phases."
   }
   validation {
-    condition     = alltrue(flatten([for p, ts in var.output_tables : [for t in ts : can(regex("^[A-Za-z0-9_]+$", t)) && length(t) <= 1024 && t != "processor_run_history"]]))
-    error_message = "output_tables must name tables (letters, digits, underscores), never the ledger processor_run_history (its rights are fixed by the module)."
+    condition     = alltrue(flatten([for p, ts in var.output_tables : [for t, _ in ts : can(regex("^[A-Za-z0-9_]+$", t)) && length(t) <= 1024 && !contains(["processor_run_history", "processor_run_claims"], t)]]))
+    error_message = "output_tables must name tables (letters, digits, underscores), never the ledger processor_run_history or processor_run_claims (their rights are fixed by the module)."
+  }
+  validation {
+    condition     = length(distinct(flatten([for p, ts in var.output_tables : keys(ts)]))) == length(flatten([for p, ts in var.output_tables : keys(ts)]))
+    error_message = "output_tables: a table belongs to one phase only (one writer per table)."
+  }
+  validation {
+    # The partitioning column must be a DATE column of the schema; clustering columns must
+    # exist and be at most four (BigQuery's limit).
+    condition = alltrue(flatten([for p, ts in var.output_tables : [for t, spec in ts : try(
+      contains([for f in jsondecode(file(spec.schema_file)) : f.name if upper(f.type) == "DATE"], spec.partition_field)
+      && length(spec.clustering) <= 4
+      && alltrue([for c in spec.clustering : contains([for f in jsondecode(file(spec.schema_file)) : f.name], c)]),
+    false)]]))
+    error_message = "output_tables: each schema_file must be a readable BigQuery JSON schema whose partition_field is a DATE column, with at most 4 clustering columns that exist in the schema."
+  }
+}
+
+variable "source_tables" {
+  description = "Tables in dataset_id the workers only read (references such as a schedule, and the sources the first phase copies), with their schema, DATE partitioning column and clustering. The module creates them (deletion-protected); whatever loads them needs its own write access."
+  type = map(object({
+    schema_file              = string
+    partition_field          = string
+    clustering               = optional(list(string), [])
+    require_partition_filter = optional(bool, false)
+    description              = optional(string, "")
+  }))
+  default = {}
+  validation {
+    condition     = alltrue([for t, _ in var.source_tables : can(regex("^[A-Za-z0-9_]+$", t)) && length(t) <= 1024 && !contains(["processor_run_history", "processor_run_claims"], t)])
+    error_message = "source_tables must name tables (letters, digits, underscores), never processor_run_history or processor_run_claims."
+  }
+  validation {
+    condition     = length(setintersection(keys(var.source_tables), flatten([for p, ts in var.output_tables : keys(ts)]))) == 0
+    error_message = "source_tables and output_tables must not name the same table."
+  }
+  validation {
+    condition = alltrue([for t, spec in var.source_tables : try(
+      contains([for f in jsondecode(file(spec.schema_file)) : f.name if upper(f.type) == "DATE"], spec.partition_field)
+      && length(spec.clustering) <= 4
+      && alltrue([for c in spec.clustering : contains([for f in jsondecode(file(spec.schema_file)) : f.name], c)]),
+    false)])
+    error_message = "source_tables: each schema_file must be a readable BigQuery JSON schema whose partition_field is a DATE column, with at most 4 clustering columns that exist in the schema."
   }
 }
 
 # ── Operations ────────────────────────────────────────────────────────────────────────────
 
 variable "enable_scheduler" {
-  description = "Create the Cloud Scheduler job that publishes the daily trigger."
+  description = "Create the Cloud Scheduler job that publishes the daily trigger. Requires a [trigger] section in config_file (the scheduled message names no date)."
   type        = bool
   default     = true
+  # Terraform has no TOML decoder: a `[trigger]` table header on a line of its own is looked
+  # for with a regular expression (see schedule_time_zone for the time zone).
+  validation {
+    condition     = !var.enable_scheduler || length(regexall("(?m)^[ \t]*\\[trigger\\][ \t]*(#.*)?$", try(file(var.config_file), ""))) > 0
+    error_message = "enable_scheduler is true but config_file has no [trigger] section: the scheduled trigger carries no data_date, so every scheduled push would be refused (400). Add [trigger] with timezone = schedule_time_zone (and offset_days), or set enable_scheduler = false."
+  }
 }
 
 variable "schedule" {
@@ -266,12 +346,22 @@ variable "schedule" {
 }
 
 variable "schedule_time_zone" {
-  description = "IANA time zone of the schedule (use the same zone as [trigger] timezone in pipeline.toml, so the derived date is the intended one)."
+  description = "IANA time zone of the schedule. With enable_scheduler, config_file must have a [trigger] section whose timezone is this zone: the scheduled message carries no data_date, and the worker derives it from publishTime in [trigger] timezone (a missing section makes every scheduled push a 400)."
   type        = string
   default     = "Etc/UTC"
   validation {
     condition     = can(regex("^[A-Za-z_]+(/[A-Za-z0-9_+-]+)*$", var.schedule_time_zone))
     error_message = "schedule_time_zone must be an IANA time zone such as Etc/UTC or America/New_York."
+  }
+  # Terraform has no TOML decoder, so the pipeline file is read with regular expressions
+  # (RE2): a `[trigger]` table header on a line of its own, and in the text up to the next
+  # table header a `timezone = "..."` key. Only that form is recognised (not a dotted
+  # `trigger.timezone` key or an inline table): scripts/check_terraform.py checks that the
+  # same reading of the shipped example agrees with a real TOML parser. The section's presence
+  # is checked on enable_scheduler.
+  validation {
+    condition     = !var.enable_scheduler || try(regex("(?m)^[ \t]*timezone[ \t]*=[ \t]*[\"']([^\"']*)[\"']", regex("(?ms)^[ \t]*\\[trigger\\][^\n]*\n(.*?)(?:^[ \t]*\\[|\\z)", file(var.config_file))[0])[0], "") == var.schedule_time_zone
+    error_message = "schedule_time_zone must equal [trigger] timezone of config_file (the zone the worker derives the data date in): a different zone names the wrong day around midnight."
   }
 }
 
@@ -282,6 +372,58 @@ variable "scheduler_region" {
   validation {
     condition     = var.scheduler_region == null || can(regex("^[a-z]+-[a-z]+[0-9]+$", var.scheduler_region))
     error_message = "scheduler_region must be a Google Cloud region such as us-central1."
+  }
+}
+
+variable "enable_relay_scheduler" {
+  description = "Per phase, a Cloud Scheduler job that POSTs to the worker's /relay every relay_schedule, so an owed completion event is published even while the service is scaled to zero."
+  type        = bool
+  default     = true
+}
+
+variable "relay_schedule" {
+  description = "Cron schedule (Etc/UTC) of the relay jobs. Every 5 minutes keeps an owed event's wait under 10 minutes."
+  type        = string
+  default     = "*/5 * * * *"
+  validation {
+    condition     = length(split(" ", trimspace(var.relay_schedule))) == 5
+    error_message = "relay_schedule must be a five-field cron expression, e.g. \"*/5 * * * *\"."
+  }
+}
+
+variable "enable_freshness_job" {
+  description = "Create the Cloud Run job `phasegate freshness` and its Cloud Scheduler trigger; an execution fails (and alerts) when a phase's expected date is late ([phases] freshness in pipeline.toml)."
+  type        = bool
+  default     = true
+}
+
+variable "freshness_schedule" {
+  description = "Cron schedule (in schedule_time_zone) of the freshness job."
+  type        = string
+  default     = "15 * * * *"
+  validation {
+    condition     = length(split(" ", trimspace(var.freshness_schedule))) == 5
+    error_message = "freshness_schedule must be a five-field cron expression, e.g. \"15 * * * *\"."
+  }
+}
+
+variable "unacked_age_alert_seconds" {
+  description = "Alert when a push subscription's oldest unacknowledged message is older than this (pubsub.googleapis.com/subscription/oldest_unacked_message_age): work is stuck or refused long before it dead-letters."
+  type        = number
+  default     = 1800
+  validation {
+    condition     = var.unacked_age_alert_seconds >= 60 && floor(var.unacked_age_alert_seconds) == var.unacked_age_alert_seconds
+    error_message = "unacked_age_alert_seconds must be a whole number of at least 60."
+  }
+}
+
+variable "log_metric_propagation_wait" {
+  description = "How long to wait after creating the log-based metrics before creating the alert policies on them: a new metric can take up to 10 minutes to be visible to Cloud Monitoring (terraform-provider-google issue 11102). Only the first apply (or a renamed metric) waits."
+  type        = string
+  default     = "600s"
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.log_metric_propagation_wait))
+    error_message = "log_metric_propagation_wait must be a number of seconds such as 600s."
   }
 }
 

@@ -6,6 +6,9 @@
 #   module has not been reviewed against.
 # - google-beta: google_project_service_identity (the Pub/Sub service agent, created before
 #   anything is granted to it) exists only in the beta provider; same range.
+# - hashicorp/time (time_sleep): the wait between creating the log-based metrics and the
+#   alert policies on them (terraform-provider-google issue 11102). time_sleep with
+#   create_duration and triggers exists since 0.7; < 1.0 excludes an unreviewed major.
 # - Terraform >= 1.9: variable validations that refer to other variables (name lengths that
 #   combine pipeline_name and phases, retry minimum <= maximum).
 terraform {
@@ -18,6 +21,10 @@ terraform {
     google-beta = {
       source  = "hashicorp/google-beta"
       version = ">= 6.0, < 8.0"
+    }
+    time = {
+      source  = "hashicorp/time"
+      version = ">= 0.9, < 1.0"
     }
   }
 }

@@ -1,5 +1,6 @@
 # A complete root module: the NBA example pipeline, triggered daily at 06:00 New York time,
-# alerting an e-mail address. Copy this directory to your infrastructure repository and point
+# alerting an e-mail address. It creates everything, the image registry and every table
+# included, in one `terraform apply` (terraform/README.md, "First deployment"). Copy this directory to your infrastructure repository and point
 # `source` at a pinned ref of phasegate, e.g.
 #   source = "git::https://github.com/OWNER/phasegate.git//terraform?ref=v0.1.0"
 
@@ -13,6 +14,10 @@ terraform {
     google-beta = {
       source  = "hashicorp/google-beta"
       version = ">= 6.0, < 8.0"
+    }
+    time = {
+      source  = "hashicorp/time"
+      version = ">= 0.9, < 1.0"
     }
   }
   # Keep state remote and locked, e.g.:
@@ -53,14 +58,32 @@ module "phasegate" {
   config_file   = var.config_file
   dataset_id    = "nba"
 
-  # What each phase's processors write (pipeline.toml, `output.table`).
+  # Every table the workers use is created here, by the one `terraform apply` (no
+  # `phasegate init` in production). What each phase's processors write (pipeline.toml,
+  # `output.table`), with the schema of its `setup.bigquery` statement
+  # (scripts/check_terraform.py compares the two), DAY-partitioned on its date column:
   output_tables = {
-    raw         = ["raw_player_boxscores"]
-    analytics   = ["player_game_summary"]
-    precompute  = ["player_daily_cache"]
-    predictions = ["player_points_predictions"]
+    raw = {
+      raw_player_boxscores = { schema_file = "${path.module}/schemas/raw_player_boxscores.json", partition_field = "game_date", clustering = ["team", "player"] }
+    }
+    analytics = {
+      player_game_summary = { schema_file = "${path.module}/schemas/player_game_summary.json", partition_field = "game_date", clustering = ["team", "player"] }
+    }
+    precompute = {
+      player_daily_cache = { schema_file = "${path.module}/schemas/player_daily_cache.json", partition_field = "cache_date", clustering = ["team", "player"] }
+    }
+    predictions = {
+      player_points_predictions = { schema_file = "${path.module}/schemas/player_points_predictions.json", partition_field = "game_date", clustering = ["team", "player"] }
+    }
+  }
+  # What the workers only read: the schedule (reference) and the source the raw phase copies.
+  source_tables = {
+    team_schedule           = { schema_file = "${path.module}/schemas/team_schedule.json", partition_field = "game_date", clustering = ["team"] }
+    source_player_boxscores = { schema_file = "${path.module}/schemas/source_player_boxscores.json", partition_field = "game_date", clustering = ["team"] }
   }
 
+  # The daily trigger at 06:00 New York time; pipeline.toml's [trigger] must name the same
+  # zone (Terraform refuses the plan otherwise).
   schedule           = "0 6 * * *"
   schedule_time_zone = "America/New_York"
 

@@ -17,3 +17,8 @@ output "ledger_table" {
   description = "The processor_run_history table."
   value       = module.phasegate.ledger_table
 }
+
+output "image_repository" {
+  description = "Where deploy/deploy.sh pushes the images (REGION-docker.pkg.dev/PROJECT/REPO)."
+  value       = module.phasegate.image_repository
+}
