@@ -178,6 +178,12 @@ pub trait Warehouse: Send + Sync {
         reference: &Reference,
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError>;
+
+    /// The reference lists at least one date (a row whose date column is set). Asked only
+    /// when a check's window holds none of its dates: `true` means nothing was expected
+    /// there (an off-season, a pipeline's first days), `false` that the reference cannot
+    /// tell (empty); a missing table is an error. Either of the last two fails closed.
+    async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError>;
 }
 
 /// An entity-completeness window: the reference dates `floor ..= last` (the day before the

@@ -1,8 +1,11 @@
 //! Date-range completeness (gap detection): which expected dates of a range have no rows.
 //!
 //! Expected dates are every calendar day, or a reference's dates (the schedule), so an
-//! off-day is not a gap. One query covers the whole range. A reference that lists no date in
-//! a non-empty range is reported as such (`reference_empty`), never as 100 % coverage.
+//! off-day is not a gap. One query covers the whole range. A range in which the reference
+//! lists no date is one of two things, told apart by a second query made only then: nothing
+//! was expected (`nothing_expected`: the reference lists dates, none in this range — an
+//! off-season, a pipeline's first days), or the reference cannot tell (`reference_empty`: it
+//! lists no date at all), which is never reported as 100 % coverage.
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -18,14 +21,18 @@ pub struct DateRangeCompleteness {
     /// The checked range, both ends included (`from > to`: nothing to check).
     pub date_range: (NaiveDate, NaiveDate),
     pub expected_dates: usize,
-    /// The range has days but the reference lists none of them (empty or missing reference).
+    /// The range has days but the reference lists no date at all (an empty reference): the
+    /// range cannot be checked.
     pub reference_empty: bool,
+    /// The range has days, the reference lists dates, but none in the range: nothing was
+    /// expected, so there is nothing to check.
+    pub nothing_expected: bool,
     pub has_gaps: bool,
     pub missing_dates: Vec<NaiveDate>,
     pub gap_count: usize,
     /// Percent of expected dates present; `None` when no date was expected.
     pub coverage_pct: Option<f64>,
-    /// No gap and not an empty reference.
+    /// No gap and not an empty reference (true when nothing was expected).
     pub is_continuous: bool,
 }
 
@@ -44,20 +51,27 @@ pub async fn date_range_completeness(
     } else {
         Vec::new()
     };
+    let in_use = match expected {
+        Some(r) if from <= to && presence.is_empty() => warehouse.reference_in_use(r).await?,
+        _ => true,
+    };
     Ok(DateRangeCompleteness::from_presence(
-        table, expected, from, to, &presence,
+        table, expected, from, to, &presence, in_use,
     ))
 }
 
 impl DateRangeCompleteness {
     /// The completeness of `from..=to` given which expected dates are present (what
-    /// [`Warehouse::date_presence`] answers; nothing when `from > to`).
+    /// [`Warehouse::date_presence`] answers; nothing when `from > to`) and whether the
+    /// reference lists any date at all ([`Warehouse::reference_in_use`]; only read when it
+    /// lists none in the range).
     pub fn from_presence(
         table: &str,
         expected: Option<&Reference>,
         from: NaiveDate,
         to: NaiveDate,
         presence: &[DatePresence],
+        reference_in_use: bool,
     ) -> DateRangeCompleteness {
         let missing_dates: Vec<NaiveDate> = presence
             .iter()
@@ -68,13 +82,15 @@ impl DateRangeCompleteness {
         let present = expected_dates - missing_dates.len();
         let coverage_pct =
             (expected_dates > 0).then(|| present as f64 * 100.0 / expected_dates as f64);
-        let reference_empty = from <= to && expected_dates == 0;
+        let none_in_range = from <= to && expected_dates == 0;
+        let reference_empty = none_in_range && !reference_in_use;
         DateRangeCompleteness {
             table: table.to_string(),
             reference: expected.map(|r| r.table.clone()),
             date_range: (from, to),
             expected_dates,
             reference_empty,
+            nothing_expected: none_in_range && reference_in_use,
             has_gaps: !missing_dates.is_empty(),
             gap_count: missing_dates.len(),
             is_continuous: missing_dates.is_empty() && !reference_empty,

@@ -30,8 +30,12 @@ pub struct EntityCompletenessReport {
     /// The reference dates considered, both ends included (`from > to`: nothing to check).
     pub window_range: (NaiveDate, NaiveDate),
     pub threshold_pct: f64,
-    /// The window has days but the reference lists no entity in it (empty or missing).
+    /// The window has days but the reference lists no date at all (an empty reference): the
+    /// window cannot be checked.
     pub reference_empty: bool,
+    /// The window has days, the reference lists dates, but none in the window: no entity
+    /// was expected, so there is nothing to check.
+    pub nothing_expected: bool,
     /// Only the entities with a reference date in the window.
     pub entities: Vec<EntityResult>,
     pub not_ready_count: usize,
@@ -49,19 +53,27 @@ pub async fn entity_completeness(
     } else {
         warehouse.entity_counts(spec, reference, date).await?
     };
+    let in_use = if !window.is_empty() && counts.is_empty() {
+        warehouse.reference_in_use(reference).await?
+    } else {
+        true
+    };
     Ok(EntityCompletenessReport::from_counts(
-        spec, reference, &window, counts,
+        spec, reference, &window, counts, in_use,
     ))
 }
 
 impl EntityCompletenessReport {
     /// The report of `window` given each expected entity's counts (what
-    /// [`Warehouse::entity_counts`] answers; nothing for an empty window).
+    /// [`Warehouse::entity_counts`] answers; nothing for an empty window) and whether the
+    /// reference lists any date at all ([`Warehouse::reference_in_use`]; only read when it
+    /// lists no entity in the window).
     pub fn from_counts(
         spec: &EntityCompleteness,
         reference: &Reference,
         window: &EntityWindow<'_>,
         counts: Vec<EntityCount>,
+        reference_in_use: bool,
     ) -> EntityCompletenessReport {
         let entities: Vec<EntityResult> = counts
             .into_iter()
@@ -84,6 +96,7 @@ impl EntityCompletenessReport {
             })
             .collect();
         let not_ready_count = entities.iter().filter(|e| !e.is_production_ready).count();
+        let none_in_window = !window.is_empty() && entities.is_empty();
         EntityCompletenessReport {
             reference: reference.table.clone(),
             upstream_table: spec.upstream_table.clone(),
@@ -92,7 +105,8 @@ impl EntityCompletenessReport {
             window_days: spec.window_days(),
             window_range: (window.floor, window.last),
             threshold_pct: spec.threshold_pct,
-            reference_empty: !window.is_empty() && entities.is_empty(),
+            reference_empty: none_in_window && !reference_in_use,
+            nothing_expected: none_in_window && reference_in_use,
             entities,
             not_ready_count,
         }

@@ -2,8 +2,11 @@
 //!
 //! [`evaluate`] runs each declared check (one query each: one ledger read per upstream
 //! processor, one warehouse query per completeness check) and gathers the findings in a
-//! [`GateReport`]. A check that cannot tell (an empty reference) is a finding, never a pass. The report says whether the date is production-ready and, in strict mode,
-//! whether the run must be blocked. Checks never write anything.
+//! [`GateReport`]. A check that cannot tell (a reference that lists no date at all) is a
+//! problem, never a pass; a window in which a reference that lists dates expects none (an
+//! off-season, a pipeline's first days) is nothing to check: a note, and a pass. The report
+//! says whether the date is production-ready and, in strict mode, whether the run must be
+//! blocked. Checks never write anything.
 
 mod date_range;
 mod entity;
@@ -48,6 +51,10 @@ pub struct GateReport {
     pub entity_completeness: Option<EntityCompletenessReport>,
     /// One sentence per failed check; empty when everything passed.
     pub problems: Vec<String>,
+    /// One sentence per check that had nothing to check ("no date expected in …"); never
+    /// blocks and never makes a run not production-ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Why the run is not production-ready without a check failing (it consumes an upstream
     /// run that is not production-ready); never blocks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -125,6 +132,9 @@ pub trait GateReads {
         reference: &Reference,
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError>;
+
+    /// As [`Warehouse::reference_in_use`].
+    fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError>;
 }
 
 /// [`evaluate_with_upstream`] with the warehouse reads answered synchronously by `reads`.
@@ -144,6 +154,7 @@ pub fn evaluate_in(
         historical_gaps: None,
         entity_completeness: None,
         problems: Vec::new(),
+        notes: Vec::new(),
         not_production_ready: Vec::new(),
     };
     for (i, name) in checks.upstream.iter().enumerate() {
@@ -165,8 +176,12 @@ pub fn evaluate_in(
             let (table, column) = (&gaps.table, &gaps.date_column);
             reads.date_presence(table, column, window.from, window.to, window.expected)?
         };
-        let (result, problem) = window.verdict(gaps, date, &presence);
-        report.problems.extend(problem);
+        let in_use = match window.expected {
+            Some(r) if !window.is_empty() && presence.is_empty() => reads.reference_in_use(r)?,
+            _ => true,
+        };
+        let (result, verdict) = window.verdict(gaps, date, &presence, in_use);
+        verdict.record(&mut report);
         report.historical_gaps = Some(result);
     }
     if let Some(spec) = &checks.entity_completeness {
@@ -177,11 +192,35 @@ pub fn evaluate_in(
         } else {
             reads.entity_counts(spec, reference, date)?
         };
-        let (result, problem) = entities_verdict(spec, reference, &window, counts);
-        report.problems.extend(problem);
+        let in_use = if !window.is_empty() && counts.is_empty() {
+            reads.reference_in_use(reference)?
+        } else {
+            true
+        };
+        let (result, verdict) = entities_verdict(spec, reference, &window, counts, in_use);
+        verdict.record(&mut report);
         report.entity_completeness = Some(result);
     }
     Ok(report)
+}
+
+/// What one completeness check says about the date.
+enum Verdict {
+    Pass,
+    /// Nothing to check: recorded, passes.
+    Note(String),
+    /// A failed check: blocks in strict mode, not production-ready in soft mode.
+    Problem(String),
+}
+
+impl Verdict {
+    fn record(self, report: &mut GateReport) {
+        match self {
+            Verdict::Pass => {}
+            Verdict::Note(note) => report.notes.push(note),
+            Verdict::Problem(problem) => report.problems.push(problem),
+        }
+    }
 }
 
 /// The gate's warehouse reads made ahead over the async [`Warehouse`] (the reads
@@ -189,6 +228,8 @@ pub fn evaluate_in(
 struct Prefetched {
     presence: Option<Vec<DatePresence>>,
     counts: Option<Vec<EntityCount>>,
+    /// Whether each reference that expected nothing in its window lists any date at all.
+    in_use: Vec<(String, bool)>,
 }
 
 impl Prefetched {
@@ -202,6 +243,7 @@ impl Prefetched {
         let mut reads = Prefetched {
             presence: None,
             counts: None,
+            in_use: Vec::new(),
         };
         if let Some(gaps) = &checks.historical_gaps {
             let w = GapWindow::of(config, gaps, date)?;
@@ -210,16 +252,35 @@ impl Prefetched {
                 let found = warehouse
                     .date_presence(table, column, w.from, w.to, w.expected)
                     .await?;
+                if let Some(r) = w.expected.filter(|_| found.is_empty()) {
+                    reads.read_in_use(warehouse, r).await?;
+                }
                 reads.presence = Some(found);
             }
         }
         if let Some(spec) = &checks.entity_completeness {
             let reference = reference(config, &spec.reference)?;
             if !entity_window(spec, reference, date)?.is_empty() {
-                reads.counts = Some(warehouse.entity_counts(spec, reference, date).await?);
+                let counts = warehouse.entity_counts(spec, reference, date).await?;
+                if counts.is_empty() {
+                    reads.read_in_use(warehouse, reference).await?;
+                }
+                reads.counts = Some(counts);
             }
         }
         Ok(reads)
+    }
+
+    async fn read_in_use(
+        &mut self,
+        warehouse: &dyn Warehouse,
+        reference: &Reference,
+    ) -> Result<(), WarehouseError> {
+        if !self.in_use.iter().any(|(t, _)| *t == reference.table) {
+            let in_use = warehouse.reference_in_use(reference).await?;
+            self.in_use.push((reference.table.clone(), in_use));
+        }
+        Ok(())
     }
 }
 
@@ -249,6 +310,14 @@ impl GateReads for Prefetched {
                 spec.upstream_table
             ))
         })
+    }
+
+    fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        self.in_use
+            .iter()
+            .find(|(t, _)| *t == reference.table)
+            .map(|(_, in_use)| *in_use)
+            .ok_or_else(|| WarehouseError(format!("use of {} was not read", reference.table)))
     }
 }
 
@@ -288,26 +357,39 @@ impl<'a> GapWindow<'a> {
         self.from > self.to
     }
 
-    /// The finding for `presence` (the expected days of the window, each present or not).
+    /// The finding for `presence` (the expected days of the window, each present or not);
+    /// `in_use`: the reference lists some date (read only when it lists none in the window).
     fn verdict(
         &self,
         gaps: &HistoricalGaps,
         date: NaiveDate,
         presence: &[DatePresence],
-    ) -> (DateRangeCompleteness, Option<String>) {
+        in_use: bool,
+    ) -> (DateRangeCompleteness, Verdict) {
         let (from, to) = (self.from, self.to);
-        let result =
-            DateRangeCompleteness::from_presence(&gaps.table, self.expected, from, to, presence);
-        let problem = if result.reference_empty {
-            Some(format!(
-                "{} lists no date in {from}..{to} (the {} days before {date}): an empty or \
-                 missing reference, so {} cannot be checked for gaps",
-                result.reference.as_deref().unwrap_or_default(),
-                gaps.lookback_days,
-                gaps.table
+        let result = DateRangeCompleteness::from_presence(
+            &gaps.table,
+            self.expected,
+            from,
+            to,
+            presence,
+            in_use,
+        );
+        let reference = result.reference.as_deref().unwrap_or_default();
+        let verdict = if result.reference_empty {
+            Verdict::Problem(format!(
+                "{reference} lists no date in {from}..{to} (the {} days before {date}): an \
+                 empty or missing reference, so {} cannot be checked for gaps",
+                gaps.lookback_days, gaps.table
+            ))
+        } else if result.nothing_expected {
+            Verdict::Note(format!(
+                "no date expected in {from}..{to}: {reference} lists none of the {} days before \
+                 {date}, so {} has no gap to check",
+                gaps.lookback_days, gaps.table
             ))
         } else if result.has_gaps {
-            Some(format!(
+            Verdict::Problem(format!(
                 "{} has {} missing date(s) in the {} days before {date}: {}",
                 gaps.table,
                 result.gap_count,
@@ -315,9 +397,9 @@ impl<'a> GapWindow<'a> {
                 crate::dates::format_ranges(&result.missing_dates)
             ))
         } else {
-            None
+            Verdict::Pass
         };
-        (result, problem)
+        (result, verdict)
     }
 }
 
@@ -327,17 +409,24 @@ fn entities_verdict(
     reference: &Reference,
     window: &EntityWindow<'_>,
     counts: Vec<EntityCount>,
-) -> (EntityCompletenessReport, Option<String>) {
-    let result = EntityCompletenessReport::from_counts(spec, reference, window, counts);
+    in_use: bool,
+) -> (EntityCompletenessReport, Verdict) {
+    let result = EntityCompletenessReport::from_counts(spec, reference, window, counts, in_use);
     let (from, to) = result.window_range;
-    let problem = if result.reference_empty {
-        Some(format!(
+    let verdict = if result.reference_empty {
+        Verdict::Problem(format!(
             "{} lists no entity in {from}..{to}: an empty or missing reference, so {} cannot \
              be checked for entity completeness",
             reference.table, spec.upstream_table
         ))
+    } else if result.nothing_expected {
+        Verdict::Note(format!(
+            "no entity expected in {from}..{to}: {} lists no date in the window, so {} has \
+             nothing to check",
+            reference.table, spec.upstream_table
+        ))
     } else if result.not_ready_count > 0 {
-        Some(format!(
+        Verdict::Problem(format!(
             "{} of {} entities below {}% complete in {} ({from}..{to})",
             result.not_ready_count,
             result.entities.len(),
@@ -345,7 +434,7 @@ fn entities_verdict(
             spec.upstream_table
         ))
     } else {
-        None
+        Verdict::Pass
     };
-    (result, problem)
+    (result, verdict)
 }

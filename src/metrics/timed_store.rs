@@ -173,6 +173,11 @@ impl Warehouse for TimedWarehouse {
         let _t = StoreTimer::start("warehouse", "entity_counts");
         self.0.entity_counts(spec, reference, date).await
     }
+
+    async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        let _t = StoreTimer::start("warehouse", "reference_in_use");
+        self.0.reference_in_use(reference).await
+    }
 }
 
 #[async_trait]

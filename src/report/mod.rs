@@ -112,15 +112,22 @@ impl Cell {
     }
 }
 
-/// A run's errors, else its gate's problems (soft findings), else nothing.
+/// A run's errors, else its gate's problems (soft findings), else its gate's notes (a check
+/// that had nothing to check), else nothing.
 pub fn reason(run: &RunRecord) -> Option<String> {
     if let Some(e) = run.errors.as_ref().filter(|e| !e.is_empty()) {
         return Some(e.clone());
     }
     let findings = run.findings.as_ref()?.value();
-    let problems = findings.get("problems")?.as_array()?;
-    let text: Vec<&str> = problems.iter().filter_map(|p| p.as_str()).collect();
-    (!text.is_empty()).then(|| text.join("; "))
+    ["problems", "notes"].into_iter().find_map(|key| {
+        let text: Vec<&str> = findings
+            .get(key)?
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        (!text.is_empty()).then(|| text.join("; "))
+    })
 }
 
 /// A processor and the phase it belongs to.
@@ -274,6 +281,7 @@ pub fn render_gate(report: &GateReport) -> String {
             match g.coverage_pct {
                 Some(pct) => format!("{pct:.1}% coverage"),
                 None if g.reference_empty => "the reference lists no date".to_string(),
+                None if g.nothing_expected => "no date expected".to_string(),
                 None => "nothing to check".to_string(),
             },
             if g.has_gaps {
@@ -296,6 +304,8 @@ pub fn render_gate(report: &GateReport) -> String {
             e.entities.len(),
             if e.reference_empty {
                 " (the reference lists no entity)"
+            } else if e.nothing_expected {
+                " (no entity expected)"
             } else {
                 ""
             }
@@ -315,6 +325,9 @@ pub fn render_gate(report: &GateReport) -> String {
                 }
             );
         }
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "  note: {note}");
     }
     out
 }

@@ -148,6 +148,9 @@ impl Warehouse for FaultyWarehouse {
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         self.inner.entity_counts(spec, reference, d).await
     }
+    async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        self.inner.reference_in_use(reference).await
+    }
 }
 
 #[async_trait]

@@ -28,6 +28,7 @@ mod history;
 mod http;
 mod lineage;
 mod logs;
+mod off_season;
 mod one_transaction;
 mod ops;
 mod serve;

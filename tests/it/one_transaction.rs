@@ -228,6 +228,9 @@ impl GateReads for HeldTx<'_> {
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         self.inner.entity_counts(spec, reference, date)
     }
+    fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        self.inner.reference_in_use(reference)
+    }
 }
 
 impl InTransaction for HeldTx<'_> {
@@ -312,6 +315,9 @@ impl Warehouse for Holding {
         d: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         self.inner.entity_counts(spec, reference, d).await
+    }
+    async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        self.inner.reference_in_use(reference).await
     }
 }
 

@@ -259,6 +259,20 @@ impl Warehouse for BigQuery {
             })
             .collect())
     }
+
+    async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)",
+            self.table(&reference.table),
+            reference.date_column
+        );
+        let rows = self.query(&sql, Vec::new()).await.map_err(WarehouseError)?;
+        Ok(parse_bool(
+            rows.first()
+                .and_then(|r| r.first())
+                .and_then(Option::as_ref),
+        ))
+    }
 }
 
 /// A date column read as a DATE: `DATE()` of a DATE is the date itself, of a DATETIME its

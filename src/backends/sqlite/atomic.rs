@@ -378,4 +378,10 @@ impl GateReads for Tx<'_> {
         self.bounded(|| query.run(self.conn))
             .map_err(warehouse_error)
     }
+
+    fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        let sql = super::sql::any_date_sql(&reference.table, &reference.date_column);
+        self.bounded(|| super::warehouse::reference_in_use(self.conn, &sql))
+            .map_err(warehouse_error)
+    }
 }

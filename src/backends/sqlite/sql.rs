@@ -6,6 +6,11 @@ pub(super) fn expand_dataset(sql: &str) -> String {
     sql.replace(crate::config::DATASET_PLACEHOLDER, "main")
 }
 
+/// `SELECT EXISTS (…)`: `table` has a row whose `date_column` is set.
+pub(super) fn any_date_sql(table: &str, date_column: &str) -> String {
+    format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {date_column} IS NOT NULL)")
+}
+
 /// Rows of `table` on one date (`?1`).
 pub(super) fn count_rows_sql(table: &str, date_column: &str) -> String {
     format!(

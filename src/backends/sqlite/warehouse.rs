@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use rusqlite::{Connection, params};
 
-use super::sql::{count_rows_sql, day, days_between, every_day_sql, expand_dataset};
+use super::sql::{any_date_sql, count_rows_sql, day, days_between, every_day_sql, expand_dataset};
 use super::{Sqlite, parse_day};
 use crate::atomic::OneTransaction;
 use crate::config::{EntityCompleteness, Reference};
@@ -88,6 +88,19 @@ impl Warehouse for Sqlite {
             .await
             .map_err(WarehouseError)
     }
+
+    async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        let sql = any_date_sql(&reference.table, &reference.date_column);
+        // The first row with a date: one step of a scan, short enough for the calling task.
+        self.read_point(move |c| reference_in_use(c, &sql))
+            .await
+            .map_err(WarehouseError)
+    }
+}
+
+/// Runs [`any_date_sql`]'s statement.
+pub(super) fn reference_in_use(c: &Connection, sql: &str) -> rusqlite::Result<bool> {
+    c.prepare_cached(sql)?.query_row([], |r| r.get(0))
 }
 
 /// Days per statement of the every-day gap check: one result column each, well inside
