@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Validate the deployment without cloud access: terraform/ (formatting, python-hcl2 structure
-# checks, checkov) and deploy/Dockerfile (hadolint, and the structure checks: no baked config).
+# and graph checks, run also on terraform/test-fixtures/ where each bad module must fail its
+# check; validation blocks evaluated by `terraform plan`; checkov) and the Dockerfiles
+# (hadolint, and the structure checks: no baked config).
 #
 #   scripts/check-terraform.sh
 #   scripts/check-terraform.sh --prepare   # only install the pinned tools (scripts/test.sh
@@ -28,7 +30,11 @@ else
 fi
 echo "== structure checks (python-hcl2)"
 "$VENV/bin/python" scripts/check_terraform.py
-echo "== hadolint deploy/Dockerfile"
-"$VENV/bin/hadolint" deploy/Dockerfile
+echo "== hadolint deploy/Dockerfile deploy/command-processor/Dockerfile"
+"$VENV/bin/hadolint" deploy/Dockerfile deploy/command-processor/Dockerfile
+echo "== python syntax of the example command processor"
+"$VENV/bin/python" -m py_compile deploy/command-processor/processors/example_processor.py
 echo "== checkov"
-"$VENV/bin/checkov" --directory terraform --framework terraform --quiet --compact --skip-download
+# test-fixtures/ are deliberately wrong modules for the structure checks, not deployments.
+"$VENV/bin/checkov" --directory terraform --framework terraform --quiet --compact --skip-download \
+  --skip-path terraform/test-fixtures

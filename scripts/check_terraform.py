@@ -22,7 +22,22 @@ Asserts what the deployment relies on and what a reviewer would otherwise check 
   can drop or re-create a table (the ledger's writer role holds row permissions only);
 - the ledger table is partitioned by data_date and clustered by pipeline, processor_name (its schema is
   compared with the code by tests/it/terraform_schema.rs);
-- terraform/examples/daily is a root module calling this one.
+- terraform/examples/daily is a root module calling this one;
+- the graph (also run on terraform/test-fixtures/, where each bad module must fail its
+  check, so every check can fail): every table-level IAM grant names a table the module
+  creates; every resource whose API the module enables reaches google_project_service.api
+  through its references (project = local.project, or a depends_on); a Cloud Scheduler
+  trigger is refused by `terraform plan` unless the pipeline file has [trigger] with the
+  scheduler's time zone (validation blocks, also evaluated by terraform plan below);
+- every table the workers use is created by Terraform (ledger, claims, output and source
+  tables, DAY-partitioned and clustered), and the example's schemas agree with the
+  example pipeline's setup.bigquery statements; the example's [trigger] agrees with the
+  example root module's schedule_time_zone, read both by tomllib and by the regular
+  expressions Terraform uses;
+- alerts: dead letters, oldest unacked message age per push subscription, blocked/failed,
+  refusals, Cloud Scheduler failures, freshness, ledger rewrites (DELETE included); every
+  alert policy on a log-based metric waits for it (time_sleep);
+- deploy/command-processor/Dockerfile derives from the phasegate image.
 """
 import json
 import os
@@ -201,7 +216,10 @@ required_bounds = {
     "max_instances": ["var.min_instances"],
     "dataset_id": ["regex"],
     "labels": ["regex"],
-    "output_tables": ["var.phases", "processor_run_history"],
+    "output_tables": ["var.phases", "processor_run_history", "processor_run_claims", "DATE", "<= 4"],
+    "source_tables": ["processor_run_history", "DATE"],
+    "schedule_time_zone": ["var.enable_scheduler", "var.config_file", "timezone", "trigger"],
+    "enable_scheduler": ["var.config_file", "trigger"],
     "config_file": ["file(var.config_file)"],
 }
 for var, needles in required_bounds.items():
@@ -223,6 +241,7 @@ API_OF = {
     "google_service_account": "iam.googleapis.com",
     "google_project_iam_custom_role": "iam.googleapis.com",
     "google_project_iam_member": "cloudresourcemanager.googleapis.com",
+    "google_artifact_registry_": "artifactregistry.googleapis.com",
 }
 apis = set(re.findall(r"[a-z]+\.googleapis\.com", str(locals_.get("apis"))))
 check("local.apis" in str(resources("google_project_service").get("api", {}).get("for_each")),
@@ -258,6 +277,8 @@ def lower_bound(constraint):
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+check(provider_version(providers, "time") is not None and "< 1.0" in str(provider_version(providers, "time")),
+      "provider hashicorp/time (time_sleep) must be required, below 1.0")
 for prov in ("google", "google-beta"):
     constraint = provider_version(providers, prov)
     # deletion_protection on google_cloud_run_v2_service: provider 6.0.
@@ -304,8 +325,24 @@ check(any("cargo chef cook" in line for line in instructions), "Dockerfile: depe
 
 # ── One owner per resource ────────────────────────────────────────────────────────────────
 
-deploy_files = [p for p in (root / "deploy").iterdir() if p.is_file()]
-check(not any(p.suffix in (".yaml", ".yml") for p in deploy_files), "deploy/ must not define services (Terraform owns them)")
+deploy_files = [p for p in (root / "deploy").rglob("*") if p.is_file()]
+check(not any(p.suffix in (".yaml", ".yml") and p.name != "cloudbuild.yaml" for p in deploy_files),
+      "deploy/ must not define services (Terraform owns them); only cloudbuild.yaml (images) is allowed")
+cloudbuild = (root / "deploy/cloudbuild.yaml").read_text()
+check(not re.search(r"\brun\b.*\b(deploy|replace|update)\b", cloudbuild) and "deploy/Dockerfile" in cloudbuild
+      and "deploy/command-processor/Dockerfile" in cloudbuild,
+      "deploy/cloudbuild.yaml builds the two images and deploys nothing")
+cp = (root / "deploy/command-processor/Dockerfile").read_text()
+cp_lines = [line.strip() for line in cp.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+cp_froms = [line for line in cp_lines if line.upper().startswith("FROM ")]
+check(len(cp_froms) == 2 and "${PHASEGATE_IMAGE}" in cp_froms[0] and re.search(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", cp_froms[1]),
+      "command-processor Dockerfile: the phasegate image, then python:3.11-slim-bookworm pinned by digest (the build stage's Debian)")
+check(any("COPY --from=phasegate /usr/local/bin/phasegate" in line for line in cp_lines),
+      "command-processor Dockerfile must copy the phasegate binary from the phasegate image")
+check(not any("PHASEGATE_CONFIG" in line for line in cp_lines) and not any(re.search(r"\.toml\b", line) for line in cp_lines if line.upper().startswith(("COPY", "ADD"))),
+      "command-processor Dockerfile: no pipeline file baked in")
+cp_users = [line.split()[1] for line in cp_lines if line.upper().startswith("USER ")]
+check(cp_users and cp_users[-1].split(":")[0] not in ("0", "root"), "command-processor Dockerfile: non-root")
 deploy_sh = (root / "deploy/deploy.sh").read_text()
 check(not re.search(r"gcloud\s+run\s+(deploy|services\s+(replace|update|create))", deploy_sh),
       "deploy/deploy.sh must not create or change services itself (it rolls out through Terraform)")
@@ -336,9 +373,8 @@ check(any("google_logging_metric.ledger_rewrite" in f for f in filters.values())
       "an alert policy must watch rewrites of the ledger (what IAM cannot forbid)")
 rewrite = resources("google_logging_metric").get("ledger_rewrite")
 check(rewrite is not None and "google_bigquery_table.processor_run_history" in str(rewrite.get("filter"))
-      and all(s in str(rewrite.get("filter")) for s in ("UPDATE", "MERGE", "TRUNCATE_TABLE"))
-      and "DELETE" not in str(rewrite.get("filter")),
-      "the ledger-rewrite metric must count UPDATE/MERGE/TRUNCATE on the ledger (not DELETE: phasegate withdraws claims)")
+      and all(s in str(rewrite.get("filter")) for s in ("UPDATE", "MERGE", "DELETE", "TRUNCATE_TABLE")),
+      "the ledger-rewrite metric must count UPDATE/MERGE/DELETE/TRUNCATE on the ledger (phasegate only inserts into it)")
 metric = resources("google_logging_metric").get("blocked_or_failed")
 check(metric is not None, "google_logging_metric.blocked_or_failed is missing")
 if metric:
@@ -352,12 +388,16 @@ if metric:
 
 invoker = resources("google_cloud_run_v2_service_iam_member").get("invoker")
 check(invoker and invoker.get("role") == "roles/run.invoker" and "google_service_account.pusher" in str(invoker.get("member")),
-      "run.invoker only for the push identity")
+      "run.invoker for the push identity")
+for rname, body in resources("google_cloud_run_v2_service_iam_member").items():
+    check(any(f"google_service_account.{sa}" in str(body.get("member")) for sa in ("pusher", "scheduler")),
+          f"google_cloud_run_v2_service_iam_member.{rname}: only the push and scheduler identities may invoke a worker")
 pub = resources("google_pubsub_topic_iam_member").get("completion_publisher")
 check(pub and "google_pubsub_topic.completion[each.key]" in str(pub.get("topic")) and "worker[each.key]" in str(pub.get("member")),
       "each worker publishes to its own completion topic only")
 project_roles = [str(b.get("role")) for b in resources("google_project_iam_member").values()]
-check(set(project_roles) <= {"roles/bigquery.jobUser"}, f"no project-wide role beyond bigquery.jobUser: {project_roles}")
+check(set(project_roles) <= {"roles/bigquery.jobUser", "roles/monitoring.metricWriter"},
+      f"no project-wide role beyond bigquery.jobUser and monitoring.metricWriter (the sidecar): {project_roles}")
 for kind, rname, body in all_resources():
     if kind.startswith("google_bigquery_") and kind.endswith("_iam_member"):
         check(str(body.get("role")) not in ("roles/bigquery.dataEditor", "roles/bigquery.dataOwner", "roles/bigquery.admin"),
@@ -383,10 +423,258 @@ if table:
     check(table.get("deletion_protection") is True, "the ledger table has deletion_protection")
 
 
+# ── The graph: grants, APIs, the scheduler's [trigger] (also on the fixtures) ─────────────
+
+REF = re.compile(r"\b(google_[a-z0-9_]+|time_sleep)\.([a-z0-9_]+)")
+LOCAL_REF = re.compile(r"\blocal\.([a-z0-9_]+)")
+
+
+def tree_parts(tree):
+    res = {}
+    for block in tree.get("resource", []):
+        for kind, named in block.items():
+            for name, body in named.items():
+                res[(kind, name.strip('"'))] = body
+    locs = {}
+    for block in tree.get("locals", []):
+        locs.update(block)
+    vars_ = {}
+    for block in tree.get("variable", []):
+        for name, body in block.items():
+            vars_[name.strip('"')] = body
+    return res, locs, vars_
+
+
+def grant_failures(tree):
+    """Every table-level IAM grant must name, by reference, a table this module creates."""
+    res, _, _ = tree_parts(tree)
+    tables = {name for (kind, name) in res if kind == "google_bigquery_table"}
+    out = []
+    for (kind, name), body in res.items():
+        if kind.startswith("google_bigquery_table_iam_"):
+            m = re.search(r"google_bigquery_table\.([a-z0-9_]+)", str(body.get("table_id")))
+            if not m or m.group(1) not in tables:
+                out.append(f"{kind}.{name}: table_id {body.get('table_id')!r} is not a table this module creates "
+                           "(a grant on a table made elsewhere fails at apply, or grants on someone else's table)")
+    return out
+
+
+def api_failures(tree):
+    """Every resource whose API the module enables must be created after it: it reaches
+    google_project_service.api through its references (project = local.project, another
+    resource that does, or depends_on), and its API is in local.apis."""
+    res, locs, _ = tree_parts(tree)
+    apis_ = set(re.findall(r"[a-z]+\.googleapis\.com", str(locs.get("apis"))))
+    edges = {}
+    for (kind, name), body in res.items():
+        text = str(body)
+        edges[(kind, name)] = {(k, n) for k, n in REF.findall(text)} | {("local", n) for n in LOCAL_REF.findall(text)}
+    for lname, expr in locs.items():
+        text = str(expr)
+        edges[("local", lname)] = {(k, n) for k, n in REF.findall(text)} | {("local", n) for n in LOCAL_REF.findall(text)}
+    target = ("google_project_service", "api")
+
+    def reaches(start):
+        seen, stack = set(), [start]
+        while stack:
+            node = stack.pop()
+            if node == target:
+                return True
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.extend(edges.get(node, ()))
+        return False
+
+    out = []
+    for (kind, name) in res:
+        if kind == "google_project_service":
+            continue
+        api = next((a for prefix, a in API_OF.items() if kind.startswith(prefix)), None)
+        if api is None:
+            continue
+        if api not in apis_:
+            out.append(f"{kind}.{name} needs {api} in local.apis")
+        if not reaches((kind, name)):
+            out.append(f"{kind}.{name} does not depend on google_project_service.api: it may be created before {api} is on")
+    return out
+
+
+def scheduler_failures(tree):
+    """A Cloud Scheduler job that publishes a dateless trigger must be refused at plan time
+    unless the pipeline file has [trigger] with the scheduler's time zone."""
+    res, _, vars_ = tree_parts(tree)
+    out = []
+    jobs = [(n, b) for (k, n), b in res.items() if k == "google_cloud_scheduler_job" and b.get("pubsub_target")]
+    for name, _body in jobs:
+        def conds(var):
+            return " ".join(str(v.get("condition")) for v in vars_.get(var, {}).get("validation", []))
+        on_enable = conds("enable_scheduler")
+        on_tz = conds("schedule_time_zone")
+        if not ("trigger" in on_enable and "var.config_file" in on_enable and "regexall" in on_enable):
+            out.append(f"google_cloud_scheduler_job.{name}: nothing refuses it when config_file has no [trigger] "
+                       "(a validation of enable_scheduler over file(var.config_file))")
+        if not ("trigger" in on_tz and "timezone" in on_tz and "var.schedule_time_zone" in on_tz and "var.config_file" in on_tz):
+            out.append(f"google_cloud_scheduler_job.{name}: nothing refuses a [trigger] timezone other than schedule_time_zone")
+    return out
+
+
+GRAPH_CHECKS = {"grant": grant_failures, "api": api_failures, "scheduler": scheduler_failures}
+for what, fn in GRAPH_CHECKS.items():
+    for failure in fn(tf):
+        failures.append(f"graph ({what}): {failure}")
+
+# The checks must be able to fail: each bad fixture fails its own check and only that one.
+fixtures = root / "terraform/test-fixtures"
+expected_fixture = {"good": set(), "bad-grant": {"grant"}, "bad-api": {"api"}, "bad-scheduler": {"scheduler"}}
+for fixture, expected in expected_fixture.items():
+    fx = load(fixtures / fixture)
+    failed = {what for what, fn in GRAPH_CHECKS.items() if fn(fx)}
+    check(failed == expected, f"fixture {fixture}: graph checks that fail {sorted(failed)}, expected {sorted(expected)}")
+    check(any(True for _ in (fixtures / fixture).glob("*.tf")), f"fixture {fixture} has no .tf files")
+
+
+# ── Every table the workers use is Terraform's ────────────────────────────────────────────
+
+pipe_table = resources("google_bigquery_table").get("pipeline")
+check(pipe_table is not None and "local.pipeline_tables" in str(pipe_table.get("for_each")),
+      "google_bigquery_table.pipeline must create every output and source table")
+if pipe_table:
+    tp = first(pipe_table.get("time_partitioning"))
+    check(tp.get("type") == "DAY" and "partition_field" in str(tp.get("field")), "pipeline tables: DAY partitions on partition_field")
+    check("clustering" in str(pipe_table.get("clustering")), "pipeline tables: clustering from the declaration")
+    check(pipe_table.get("deletion_protection") is True, "pipeline tables are deletion-protected")
+check("var.output_tables" in str(locals_.get("output_grants")) and "var.source_tables" in str(locals_.get("pipeline_tables")),
+      "local.pipeline_tables must hold output_tables and source_tables")
+claims = resources("google_bigquery_table").get("processor_run_claims")
+check(claims is not None and "claims_schema" in str(claims.get("schema")), "the claims table is Terraform's (claims_schema.json)")
+for grant in ("worker_ledger_writer", "worker_claims_writer", "worker_output_writer"):
+    check(grant in resources("google_bigquery_table_iam_member"), f"google_bigquery_table_iam_member.{grant} is missing")
+
+
+def setup_columns(statements):
+    """{table: [(column, TYPE, REQUIRED|NULLABLE)]} from CREATE TABLE statements."""
+    out = {}
+    for st in statements:
+        m = re.match(r"\s*CREATE TABLE IF NOT EXISTS \{dataset\}\.(\w+)\s*\((.*)\)\s*$", st, re.S)
+        if not m:
+            continue
+        cols = []
+        for col in m.group(2).split(","):
+            words = col.split()
+            cols.append((words[0], words[1].upper(), "REQUIRED" if "NOT NULL" in col.upper() else "NULLABLE"))
+        out[m.group(1)] = cols
+    return out
+
+
+example_setup = setup_columns(pipeline.get("setup", {}).get("bigquery", []))
+schema_dir = root / "terraform/examples/daily/schemas"
+example_main = (root / "terraform/examples/daily/main.tf").read_text()
+for f in sorted(schema_dir.glob("*.json")):
+    declared = [(c["name"], c["type"].upper(), c.get("mode", "NULLABLE").upper()) for c in json.loads(f.read_text())]
+    check(example_setup.get(f.stem) == declared,
+          f"example schema {f.name} {declared} differs from pipeline.toml setup.bigquery {example_setup.get(f.stem)}")
+    check(f"schemas/{f.name}" in example_main, f"terraform/examples/daily/main.tf does not declare {f.name}")
+output_table_names = {p.get("output", {}).get("table") for ph in pipeline["phases"] for p in ph.get("processors", []) if p.get("output")}
+for t in sorted(t for t in output_table_names if t):
+    check((schema_dir / f"{t}.json").exists(), f"output table {t} of the example pipeline has no schema in the example root module")
+
+
+# ── The example's [trigger] agrees with its scheduler ─────────────────────────────────────
+
+def tf_trigger_timezone(text):
+    """The time zone as Terraform's validation reads it (the same regular expressions)."""
+    if not re.search(r"(?m)^[ \t]*\[trigger\][ \t]*(#.*)?$", text):
+        return None
+    sec = re.search(r"(?ms)^[ \t]*\[trigger\][^\n]*\n(.*?)(?:^[ \t]*\[|\Z)", text)
+    tz = sec and re.search(r"""(?m)^[ \t]*timezone[ \t]*=[ \t]*["']([^"']*)["']""", sec.group(1))
+    return tz.group(1) if tz else ""
+
+
+example_tz = re.search(r'schedule_time_zone\s*=\s*"([^"]+)"', example_main)
+trigger = pipeline.get("trigger")
+check(trigger is not None, "examples/nba/pipeline.toml has no [trigger]: the example's scheduler would be refused")
+if trigger and example_tz:
+    check(trigger.get("timezone") == example_tz.group(1),
+          f"[trigger] timezone {trigger.get('timezone')} != the example's schedule_time_zone {example_tz.group(1)}")
+    check(tf_trigger_timezone((root / "examples/nba/pipeline.toml").read_text()) == trigger.get("timezone"),
+          "Terraform's regular-expression reading of [trigger] timezone disagrees with tomllib on the example")
+for cfg in sorted((fixtures / "configs").glob("*.toml")):
+    want = tomllib.loads(cfg.read_text()).get("trigger", {}).get("timezone")
+    got = tf_trigger_timezone(cfg.read_text())
+    check((got or None) == want, f"fixture {cfg.name}: regex reads [trigger] timezone {got!r}, tomllib {want!r}")
+
+
+# ── Alerts on real symptoms; log-metric alerts wait for their metric ─────────────────────
+
+sleep = resources("time_sleep").get("log_metrics")
+check(sleep is not None and "var.log_metric_propagation_wait" in str(sleep.get("create_duration")),
+      "time_sleep.log_metrics must wait var.log_metric_propagation_wait (provider issue 11102)")
+for mname in resources("google_logging_metric"):
+    check(f"google_logging_metric.{mname}" in str(sleep), f"time_sleep.log_metrics must follow google_logging_metric.{mname}")
+for pname, policy in resources("google_monitoring_alert_policy").items():
+    text = str(policy)
+    if "logging.googleapis.com/user/" in text:
+        check("time_sleep.log_metrics" in str(policy.get("depends_on")),
+              f"alert policy {pname} uses a log-based metric and must depend_on time_sleep.log_metrics")
+all_policies = str(resources("google_monitoring_alert_policy"))
+check("oldest_unacked_message_age" in all_policies and "google_pubsub_subscription.push[each.key]" in all_policies,
+      "an alert policy per push subscription on oldest_unacked_message_age")
+check("google_logging_metric.refused" in all_policies, "an alert policy on refusals")
+check("google_logging_metric.scheduler_failed" in all_policies, "an alert policy on Cloud Scheduler failures")
+check("run.googleapis.com/job/completed_execution_count" in all_policies, "an alert policy on failed freshness executions")
+refused = resources("google_logging_metric").get("refused")
+check(refused is not None and "request refused" in str(refused.get("filter")) and "push summary" in str(refused.get("filter"))
+      and "jsonPayload.outcome" in str(refused.get("label_extractors")),
+      "the refusal metric counts the 'request refused' and 'push summary' lines by jsonPayload.outcome")
+sched_metric = resources("google_logging_metric").get("scheduler_failed")
+check(sched_metric is not None and "AttemptFinished" in str(sched_metric.get("filter")) and "severity>=ERROR" in str(sched_metric.get("filter")),
+      "the scheduler metric counts failed AttemptFinished entries")
+# Alert documentation names only fields the worker's JSON lines have (tracing-stackdriver
+# camelCases event fields; httpRequest is promoted to the LogEntry).
+KNOWN_FIELDS = {"jsonPayload.outcome", "jsonPayload.phase", "jsonPayload.dataDate", "jsonPayload.messageId",
+                "jsonPayload.deliveryAttempt", "jsonPayload.reason", "jsonPayload.status", "jsonPayload.processor",
+                "jsonPayload.error", "jsonPayload.debugInfo", "jsonPayload.message", "httpRequest.status"}
+for pname, policy in resources("google_monitoring_alert_policy").items():
+    doc = str(first(policy.get("documentation")).get("content"))
+    for field in set(re.findall(r"\b(?:jsonPayload|httpRequest)\.[A-Za-z_@]+", doc)):
+        check(field in KNOWN_FIELDS, f"alert policy {pname}: its documentation names {field}, which no log line has")
+check("jsonPayload.data_date" not in all_policies, "log fields are camelCased: jsonPayload.dataDate, not data_date")
+
+
+# ── Relay, freshness, metrics, registry ───────────────────────────────────────────────────
+
+relay = resources("google_cloud_scheduler_job").get("relay")
+check(relay is not None, "google_cloud_scheduler_job.relay (one per phase) is missing")
+if relay:
+    ht = first(relay.get("http_target"))
+    check("/relay" in str(ht.get("uri")) and "google_cloud_run_v2_service.worker[each.key].uri" in str(ht.get("uri")),
+          "the relay job POSTs the phase's own worker's /relay")
+    oidc = first(ht.get("oidc_token"))
+    check("google_service_account.scheduler" in str(oidc.get("service_account_email")) and "local.audience[each.key]" in str(oidc.get("audience")),
+          "the relay job sends an OIDC token of the scheduler identity with the worker's audience")
+    check("var.relay_schedule" in str(relay.get("schedule")), "the relay runs every var.relay_schedule")
+check(variables.get("relay_schedule", {}).get("default") == "*/5 * * * *", "the relay runs every 5 minutes by default (owed events wait < 10 min)")
+fjob = resources("google_cloud_run_v2_job").get("freshness")
+check(fjob is not None and '"freshness"' in str(fjob).replace("'", '"'), "the freshness Cloud Run job runs `phasegate freshness`")
+if fjob:
+    check("google_secret_manager_secret.config" in str(fjob), "the freshness job mounts the module's pipeline-file secret")
+fsched = resources("google_cloud_scheduler_job").get("freshness")
+check(fsched is not None and ":run" in str(first(fsched.get("http_target")).get("uri")), "a scheduler job runs the freshness job")
+for kind, name, body in all_resources():
+    if kind in ("google_cloud_run_v2_service", "google_cloud_run_v2_job"):
+        check("PHASEGATE_BIGQUERY_LOCATION" in str(body), f"{kind}.{name} must set PHASEGATE_BIGQUERY_LOCATION")
+check("var.prometheus_sidecar_image" in str(tmpl) and "depends_on" in str(tmpl.get("dynamic")),
+      "the worker runs the Managed Service for Prometheus sidecar after it starts")
+check("roles/monitoring.metricWriter" in project_roles, "the sidecar writes metrics as the worker (roles/monitoring.metricWriter)")
+check("google_artifact_registry_repository" in str(tf.get("resource")), "the module creates the image registry")
+
+
 # ── Labels ────────────────────────────────────────────────────────────────────────────────
 
 LABELLED = ("google_pubsub_topic", "google_pubsub_subscription", "google_cloud_run_v2_service",
-            "google_bigquery_dataset", "google_bigquery_table", "google_secret_manager_secret")
+            "google_bigquery_dataset", "google_bigquery_table", "google_secret_manager_secret",
+            "google_cloud_run_v2_job", "google_artifact_registry_repository")
 for kind, rname, body in all_resources():
     if kind in LABELLED:
         check("local.labels" in str(body.get("labels")), f"{kind}.{rname} must carry local.labels")
@@ -418,12 +706,30 @@ check({"google", "google-beta"} <= set(example_providers), "the example root mod
 # and evaluates every validation block: each case must be accepted or rejected as GCP would.
 
 DIGEST = "us-central1-docker.pkg.dev/my-project/phasegate/phasegate@sha256:" + "a" * 64
-GOOD = {"project_id": "my-project", "image": DIGEST, "config_file": str(root / "examples/nba/pipeline.toml")}
+CONFIGS = root / "terraform/test-fixtures/configs"
+SCHEMAS = root / "terraform/examples/daily/schemas"
+GOOD = {"project_id": "my-project", "image": DIGEST, "config_file": str(CONFIGS / "trigger-utc.toml")}
+
+
+def table(name, partition="game_date", **extra):
+    return {"schema_file": str(SCHEMAS / f"{name}.json"), "partition_field": partition, **extra}
+
+
+EXAMPLE = str(root / "examples/nba/pipeline.toml")
 VALIDATION_CASES = [
     ({}, None),
     ({"image": "us-docker.pkg.dev/p/r/phasegate:v1", "phases": ["a", "b-2"], "pipeline_name": "x"}, None),
     ({"max_delivery_attempts": 5, "retry_minimum_backoff_seconds": 0, "retry_maximum_backoff_seconds": 0}, None),
-    ({"max_delivery_attempts": 100, "processing_timeout_seconds": 10, "output_tables": {"raw": ["raw_player_boxscores"]}}, None),
+    ({"max_delivery_attempts": 100, "processing_timeout_seconds": 10,
+      "output_tables": {"raw": {"raw_player_boxscores": table("raw_player_boxscores", clustering=["team", "player"])}},
+      "source_tables": {"team_schedule": table("team_schedule")}}, None),
+    # The scheduler and the pipeline file's [trigger]: refused without it, or in another zone.
+    ({"config_file": str(CONFIGS / "trigger-new-york.toml"), "schedule_time_zone": "America/New_York"}, None),
+    ({"config_file": EXAMPLE, "schedule_time_zone": "America/New_York"}, None),  # what examples/daily deploys
+    ({"config_file": str(CONFIGS / "no-trigger.toml"), "enable_scheduler": False}, None),
+    ({"config_file": str(CONFIGS / "no-trigger.toml")}, "has no [trigger] section"),
+    ({"config_file": str(CONFIGS / "trigger-new-york.toml")}, "schedule_time_zone must equal [trigger] timezone"),
+    ({"config_file": EXAMPLE, "schedule_time_zone": "Etc/UTC"}, "schedule_time_zone must equal [trigger] timezone"),
     ({"pipeline_name": "abcdefghijklmnopqrst", "phases": ["a"]}, None),  # 20: pg-<20>-pusher is 30
     ({"project_id": "My_Project"}, "project_id must be"),
     ({"pipeline_name": "nba_2"}, "pipeline_name must be"),
@@ -448,8 +754,20 @@ VALIDATION_CASES = [
     ({"min_instances": 3, "max_instances": 2}, "max_instances must be"),
     ({"ingress": "all"}, "ingress must be"),
     ({"dataset_id": "my-dataset"}, "dataset_id must be"),
-    ({"output_tables": {"nope": ["t"]}}, "output_tables keys"),
-    ({"output_tables": {"raw": ["processor_run_history"]}}, "never the ledger"),
+    ({"output_tables": {"nope": {"t": table("raw_player_boxscores")}}}, "output_tables keys"),
+    ({"output_tables": {"raw": {"processor_run_history": table("raw_player_boxscores")}}}, "never the ledger"),
+    ({"output_tables": {"raw": {"processor_run_claims": table("raw_player_boxscores")}}}, "never the ledger"),
+    ({"output_tables": {"raw": {"t": table("raw_player_boxscores", partition="team")}}}, "partition_field is a DATE column"),
+    ({"output_tables": {"raw": {"t": table("raw_player_boxscores", clustering=["nope"])}}}, "partition_field is a DATE column"),
+    ({"output_tables": {"raw": {"t": {"schema_file": "/nonexistent.json", "partition_field": "game_date"}}}}, "partition_field is a DATE column"),
+    ({"output_tables": {"raw": {"t": table("raw_player_boxscores")}, "analytics": {"t": table("raw_player_boxscores")}}}, "one writer per table"),
+    ({"source_tables": {"t": table("team_schedule", partition="team")}}, "partition_field is a DATE column"),
+    ({"output_tables": {"raw": {"t": table("raw_player_boxscores")}}, "source_tables": {"t": table("team_schedule")}}, "must not name the same table"),
+    ({"phases": ["raw", "sched"]}, "Each phase name"),
+    ({"relay_schedule": "*/5 * *"}, "relay_schedule must be"),
+    ({"unacked_age_alert_seconds": 30}, "unacked_age_alert_seconds must be"),
+    ({"log_metric_propagation_wait": "10m"}, "log_metric_propagation_wait must be"),
+    ({"image_repository_id": "Phasegate"}, "image_repository_id must be"),
     ({"labels": {"Env": "prod"}}, "labels:"),
     ({"config_file": "/nonexistent/pipeline.toml"}, "config_file must be"),
     ({"image": "phasegate:latest"}, "image must be"),

@@ -1,0 +1,1 @@
+"""Processors run by phasegate `command` processors (see example_processor.py)."""
