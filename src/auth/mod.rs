@@ -5,6 +5,14 @@
 //! and every claim are checked by [`claims`] (`jsonwebtoken`, with all of `aud`, `iss`,
 //! `exp`, `iat`, `email`, `email_verified` required).
 //!
+//! Design (issue 23): the worker is the one check. The Cloud Run service runs with the invoker
+//! IAM check off (`invoker_iam_disabled = true`, ingress `internal`), so the token reaches the
+//! worker as Pub/Sub signed it and every push is verified in full here: signature, audience,
+//! issuer, expiry and the pusher's email. With the IAM check on, Cloud Run would strip the
+//! signature (`SIGNATURE_REMOVED_BY_GOOGLE`) and a worker trusting unsigned claims would trust
+//! whatever reached it; such a token is refused with [`AuthError::SignatureRemoved`], which
+//! names the misconfiguration.
+//!
 //! Why not `google-cloud-auth`'s idtoken verifier (1.19.0): it indexes `claims["email"]`
 //! and panics on a token without `email` when one email is configured
 //! (`credentials/idtoken/verifier.rs`), checks `aud`/`iss` only when present, and holds its
@@ -27,6 +35,8 @@ use jwks::{JwksCache, Lookup, Timing};
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest accepted key id.
 const MAX_KID_BYTES: usize = 256;
+/// What Cloud Run's front end puts in place of the signature of a token it has verified.
+const SIGNATURE_REMOVED: &str = "SIGNATURE_REMOVED_BY_GOOGLE";
 /// Query parameters that carry a bearer token in a URL (RFC 6750 §2.3 and its ID-token kin).
 const TOKEN_PARAMS: [&str; 2] = ["access_token", "id_token"];
 
@@ -39,6 +49,15 @@ pub enum AuthError {
     Malformed,
     #[error("token in the URL refused: send it as `Authorization: Bearer <token>`")]
     TokenInUrl,
+    /// Cloud Run's invoker IAM check verified the token and replaced its signature with
+    /// `SIGNATURE_REMOVED_BY_GOOGLE` (Cloud Run troubleshooting, "signature-removed"): the
+    /// service was deployed with the check on, which phasegate's design turns off.
+    #[error(
+        "token signature removed by Google: Cloud Run's invoker IAM check is on in front of \
+         a worker that verifies every token itself; deploy the service with \
+         invoker_iam_disabled = true (terraform/run.tf)"
+    )]
+    SignatureRemoved,
     #[error("invalid token: {0}")]
     Invalid(String),
     #[error("token identity not allowed: {0}")]
@@ -132,6 +151,9 @@ impl PushAuth {
             return Err(AuthError::TokenInUrl);
         }
         let token = bearer_token(headers)?;
+        if token.rsplit('.').next() == Some(SIGNATURE_REMOVED) {
+            return Err(AuthError::SignatureRemoved);
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let kid = header

@@ -1,6 +1,8 @@
 //! Shared test fixtures: a small four-phase pipeline on a temporary SQLite file.
 #![allow(dead_code)]
 
+pub mod cloud_run;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

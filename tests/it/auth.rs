@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
+use common::cloud_run::{FrontEnd, InvokerCheck};
 use common::{TestEnv, d};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use phasegate::auth::PushAuth;
@@ -486,4 +487,88 @@ async fn no_keys_ever_loaded_is_503_not_401_and_writes_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The worker's push URL behind the Cloud Run front-end model.
+async fn behind_cloud_run(f: &Fixture, check: InvokerCheck) -> String {
+    FrontEnd {
+        check,
+        public_pem: PUBLIC,
+        audience: AUDIENCE,
+        upstream: f.url.clone(),
+    }
+    .start()
+    .await
+}
+
+#[tokio::test]
+async fn behind_cloud_run_as_deployed_valid_pushes_pass_and_forged_ones_are_refused() {
+    // terraform/run.tf deploys with invoker_iam_disabled = true: the token reaches the worker
+    // as Pub/Sub signed it, and the worker is the one check.
+    let f = fixture().await;
+    let front = behind_cloud_run(&f, InvokerCheck::Disabled).await;
+    assert_eq!(push_to(&front, "2024-01-01", "cr-1", &[valid()]).await, 200);
+    assert!(f.env.latest("ingest", d("2024-01-01")).await.is_some());
+    let rows = ledger_rows(&f.env);
+    let forged = format!("Bearer {}", sign(&claims(), "test-key-1", OTHER));
+    let stripped = format!(
+        "{}.SIGNATURE_REMOVED_BY_GOOGLE",
+        valid().rsplit_once('.').unwrap().0
+    );
+    for (token, why) in [
+        (forged, "signed with another key"),
+        (
+            stripped.clone(),
+            "a stripped token replayed through an open front end",
+        ),
+    ] {
+        assert_eq!(
+            push_to(&front, "2024-01-02", "cr-2", &[token]).await,
+            401,
+            "{why}"
+        );
+    }
+    assert_eq!(push_to(&front, "2024-01-02", "cr-3", &[]).await, 401);
+    // The same stripped token sent straight to the worker: refused too.
+    assert_eq!(
+        push_to(&f.url, "2024-01-02", "cr-4", &[stripped]).await,
+        401
+    );
+    assert_eq!(ledger_rows(&f.env), rows, "refusals write nothing");
+}
+
+#[tokio::test]
+async fn with_the_invoker_check_on_every_push_is_refused_and_the_reason_names_the_fix() {
+    // What a deployment that kept Cloud Run's invoker check would see: the front end accepts
+    // the token and strips its signature; the worker refuses it rather than trust claims it
+    // cannot verify, and says which setting to change.
+    let f = fixture().await;
+    let front = behind_cloud_run(&f, InvokerCheck::On).await;
+    let body = PushEnvelope::wrap(
+        &json!({ "data_date": "2024-01-01" }),
+        Default::default(),
+        "cr-on-1".into(),
+        "s".into(),
+    );
+    let resp = reqwest::Client::new()
+        .post(&front)
+        .header("authorization", valid())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("SIGNATURE_REMOVED") || text.contains("signature removed by Google"),
+        "{text}"
+    );
+    assert!(text.contains("invoker_iam_disabled"), "{text}");
+    // A forged token never gets past the front end.
+    let forged = format!("Bearer {}", sign(&claims(), "test-key-1", OTHER));
+    assert_eq!(
+        push_to(&front, "2024-01-01", "cr-on-2", &[forged]).await,
+        401
+    );
+    assert_eq!(ledger_rows(&f.env), 0);
 }
