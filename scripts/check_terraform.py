@@ -386,12 +386,16 @@ if metric:
 
 # ── Least privilege ───────────────────────────────────────────────────────────────────────
 
-invoker = resources("google_cloud_run_v2_service_iam_member").get("invoker")
-check(invoker and invoker.get("role") == "roles/run.invoker" and "google_service_account.pusher" in str(invoker.get("member")),
-      "run.invoker for the push identity")
-for rname, body in resources("google_cloud_run_v2_service_iam_member").items():
-    check(any(f"google_service_account.{sa}" in str(body.get("member")) for sa in ("pusher", "scheduler")),
-          f"google_cloud_run_v2_service_iam_member.{rname}: only the push and scheduler identities may invoke a worker")
+# The worker is the one token check: Cloud Run's invoker check must be off (with it on, Cloud
+# Run strips the token's signature and the worker refuses every push), and no run.invoker grant
+# on a worker may suggest otherwise; the ingress stays internal by default.
+worker = resources("google_cloud_run_v2_service").get("worker") or {}
+check(worker.get("invoker_iam_disabled") is True,
+      "google_cloud_run_v2_service.worker: invoker_iam_disabled = true (the worker verifies the whole token)")
+check(not resources("google_cloud_run_v2_service_iam_member"),
+      "no google_cloud_run_v2_service_iam_member on a worker: its invoker check is off, the worker's allow-list decides")
+check(variables.get("ingress", {}).get("default") == "INGRESS_TRAFFIC_INTERNAL_ONLY",
+      "variable ingress defaults to INGRESS_TRAFFIC_INTERNAL_ONLY")
 pub = resources("google_pubsub_topic_iam_member").get("completion_publisher")
 check(pub and "google_pubsub_topic.completion[each.key]" in str(pub.get("topic")) and "worker[each.key]" in str(pub.get("member")),
       "each worker publishes to its own completion topic only")

@@ -395,6 +395,10 @@ pub struct AuthConfig {
     /// Service-account emails allowed to push.
     #[serde(default)]
     pub allowed_emails: Vec<String>,
+    /// Further service-account emails allowed on `POST /relay` only (the scheduled relay's
+    /// identity); the pushers may relay too.
+    #[serde(default)]
+    pub relay_emails: Vec<String>,
     /// JWKS URL; defaults to Google's OAuth2 certificates.
     #[serde(default)]
     pub jwks_url: Option<String>,
@@ -731,6 +735,15 @@ impl EntityCompleteness {
     }
 }
 
+/// A comma-separated list of emails, blanks dropped.
+fn email_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// `[trigger]`: a trigger without `data_date` (a Cloud Scheduler job's fixed body) takes the
 /// date of its `publishTime` in `timezone`, plus `offset_days` (`-1`: yesterday).
 #[derive(Debug, Clone, Deserialize)]
@@ -904,12 +917,10 @@ impl Config {
             self.auth.audience = Some(v);
         }
         if let Some(v) = get("PHASEGATE_AUTH_ALLOWED_EMAILS") {
-            self.auth.allowed_emails = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
+            self.auth.allowed_emails = email_list(&v);
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_RELAY_EMAILS") {
+            self.auth.relay_emails = email_list(&v);
         }
         if let Some(v) = get("PHASEGATE_AUTH_JWKS_URL") {
             self.auth.jwks_url = Some(v);

@@ -347,8 +347,9 @@ pub trait Ledger: Send + Sync {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<RunRecord>, LedgerError>;
-    /// Done runs whose completion event is owed and whose lease ran out (the outbox sweep).
-    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError>;
+    /// Done runs of `phase` whose completion event is owed and whose lease ran out (the
+    /// outbox sweep), oldest date first.
+    async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError>;
     /// Set `published_at` on these runs.
     async fn mark_published(
         &self,

@@ -17,10 +17,18 @@ resource "google_cloud_run_v2_service" "worker" {
   location = var.region
   labels   = merge(local.labels, { phase = each.key })
   # Internal only by default: Pub/Sub push from this project's subscriptions to the run.app URL
-  # is internal traffic; nothing else needs to reach a worker. IAM (run.invoker for the push
-  # identity only) and the OIDC audience check in the worker apply on top, whatever the ingress.
-  ingress          = var.ingress
-  custom_audiences = [local.audience[each.key]]
+  # is internal traffic; nothing else needs to reach a worker.
+  ingress = var.ingress
+  # The worker is the one token check (src/auth): with Cloud Run's invoker IAM check on, Cloud
+  # Run verifies the ID token and forwards it with its signature replaced by
+  # SIGNATURE_REMOVED_BY_GOOGLE (https://cloud.google.com/run/docs/troubleshooting#signature-removed),
+  # and a worker that verifies signatures would refuse every push. With the check off
+  # (https://cloud.google.com/run/docs/securing/managing-access#invoker_check; provider >= 6.8)
+  # the token arrives as Pub/Sub or Cloud Scheduler signed it and the worker checks all of it:
+  # signature against Google's keys, audience, issuer, expiry, and the caller's email
+  # (PHASEGATE_AUTH_ALLOWED_EMAILS for /push, PHASEGATE_AUTH_RELAY_EMAILS for /relay).
+  invoker_iam_disabled = true
+  custom_audiences     = [local.audience[each.key]]
   # Terraform is the only owner and may replace a service; workers hold no state (the ledger
   # and the data live in BigQuery, which is protected).
   deletion_protection = false
@@ -156,25 +164,8 @@ resource "google_cloud_run_v2_service" "worker" {
   depends_on = [google_secret_manager_secret_iam_member.worker_config_accessor]
 }
 
-# Only the push identity may invoke a worker ...
-resource "google_cloud_run_v2_service_iam_member" "invoker" {
-  for_each = toset(var.phases)
-  project  = local.project
-  location = var.region
-  name     = google_cloud_run_v2_service.worker[each.key].name
-  role     = "roles/run.invoker"
-  member   = "serviceAccount:${google_service_account.pusher.email}"
-}
-
-# ... and the scheduler identity, for the scheduled relay (POST /relay; scheduler.tf).
-resource "google_cloud_run_v2_service_iam_member" "relay_invoker" {
-  for_each = var.enable_relay_scheduler ? toset(var.phases) : toset([])
-  project  = local.project
-  location = var.region
-  name     = google_cloud_run_v2_service.worker[each.key].name
-  role     = "roles/run.invoker"
-  member   = "serviceAccount:${google_service_account.scheduler.email}"
-}
+# No run.invoker grants: the invoker IAM check is off (see invoker_iam_disabled above), so such
+# grants would decide nothing; who may push or relay is the worker's allow-list.
 
 # The collector writes the scraped series as the worker's identity. Metric writing is
 # project-level only (there is no narrower resource to grant it on).

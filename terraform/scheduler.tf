@@ -84,6 +84,6 @@ resource "google_cloud_scheduler_job" "relay" {
     }
   }
 
-  # The token is accepted only once the identity may invoke the service.
-  depends_on = [google_cloud_run_v2_service_iam_member.relay_invoker]
+  # The worker accepts the token on /relay only (PHASEGATE_AUTH_RELAY_EMAILS, run.tf).
+  depends_on = [google_cloud_run_v2_service.worker]
 }

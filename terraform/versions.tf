@@ -1,6 +1,7 @@
 # Provider range, checked against the provider changelogs (terraform/README.md, "Versions"):
-# - google >= 6.0: `deletion_protection` on google_cloud_run_v2_service arrived in 6.0 (the
-#   newest attribute this module uses; everything else is older). 7.0 changed nothing used
+# - google >= 6.8: `invoker_iam_disabled` on google_cloud_run_v2_service arrived in 6.8.0
+#   (CHANGELOG, "cloudrunv2: added `invoker_iam_disabled`"; the newest attribute this module
+#   uses; `deletion_protection` is 6.0). 7.0 changed nothing used
 #   here (its one relevant change, google_project_service's disable_on_destroy default, is
 #   set explicitly below). < 8.0: 8.0 is a major release with breaking removals that this
 #   module has not been reviewed against.
@@ -16,11 +17,11 @@ terraform {
   required_providers {
     google = {
       source  = "hashicorp/google"
-      version = ">= 6.0, < 8.0"
+      version = ">= 6.8, < 8.0"
     }
     google-beta = {
       source  = "hashicorp/google-beta"
-      version = ">= 6.0, < 8.0"
+      version = ">= 6.8, < 8.0"
     }
     time = {
       source  = "hashicorp/time"

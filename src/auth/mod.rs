@@ -81,7 +81,10 @@ impl AuthError {
 /// A configured verifier of push tokens.
 pub struct PushAuth {
     keys: Arc<JwksCache>,
+    /// `/push`: the pushers.
     rules: ClaimRules,
+    /// `/relay`: the pushers and the relay identities.
+    relay_rules: ClaimRules,
 }
 
 /// Authentication is on but not completely configured.
@@ -130,9 +133,16 @@ impl PushAuth {
             .jwks_url
             .clone()
             .unwrap_or_else(|| jwks::GOOGLE_JWKS_URL.to_string());
+        let relayers = config
+            .allowed_emails
+            .iter()
+            .chain(&config.relay_emails)
+            .cloned()
+            .collect();
         Ok(Some(PushAuth {
             keys: Arc::new(JwksCache::new(url, timing)),
             rules: ClaimRules::new(&audience, config.allowed_emails.clone()),
+            relay_rules: ClaimRules::new(&audience, relayers),
         }))
     }
 
@@ -141,9 +151,27 @@ impl PushAuth {
         &self.keys
     }
 
-    /// Check a request's headers and query string; the caller's email when it may push.
+    /// Check a push's headers and query string; the caller's email when it may push.
     pub async fn check(
         &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<String, AuthError> {
+        self.check_with(&self.rules, headers, query).await
+    }
+
+    /// As [`PushAuth::check`] for `POST /relay`: the pushers and `auth.relay_emails`.
+    pub async fn check_relay(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<String, AuthError> {
+        self.check_with(&self.relay_rules, headers, query).await
+    }
+
+    async fn check_with(
+        &self,
+        rules: &ClaimRules,
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Result<String, AuthError> {
@@ -175,7 +203,7 @@ impl PushAuth {
             }
             Lookup::Unavailable => return Err(AuthError::KeysUnavailable),
         };
-        self.rules.verify(token, &key)
+        rules.verify(token, &key)
     }
 }
 

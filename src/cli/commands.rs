@@ -70,6 +70,15 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             super::backfill::run(&app, args).await
         }
         Command::Init => {
+            if config.backend.kind == BackendKind::Bigquery
+                && config.backend.emulator_host.is_none()
+            {
+                bail!(
+                    "init creates tables on the embedded default and the emulators only: on \
+                     Google Cloud, Terraform owns every table the workers use (terraform/, one \
+                     `apply`; terraform/README.md). Nothing was changed."
+                );
+            }
             let app = build(config).await?;
             app.init_schema().await?;
             println!(
@@ -178,10 +187,13 @@ async fn serve_cmd(config: Config, phase: Option<String>) -> anyhow::Result<Exit
         phase,
         auth,
     });
-    // The outbox: events owed by runs whose deliveries gave up are published at start-up and
-    // every `server.outbox_sweep_secs` (a take-over that waits for their holders' leases).
+    // The outbox: events owed by runs of this worker's phase (every phase when it serves them
+    // all) whose deliveries gave up are published at start-up and every
+    // `server.outbox_sweep_secs` (a take-over that waits for their holders' leases), and on
+    // `POST /relay` (Cloud Run: a scheduled call, since the loop gets no CPU between requests).
     let every = std::time::Duration::from_secs(app.worker.config().server.outbox_sweep_secs);
-    let sweep = crate::worker::spawn_outbox_sweep(app.worker.clone(), every);
+    let own: Vec<String> = state.phase.iter().cloned().collect();
+    let sweep = crate::worker::spawn_outbox_sweep(app.worker.clone(), own, every);
     serve_with(listener, state, limits, shutdown_signal()).await?;
     sweep.abort();
     Ok(ExitCode::SUCCESS)

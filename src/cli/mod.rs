@@ -120,7 +120,9 @@ pub enum Command {
     /// Exit codes: 0 every date done, 1 some failed or were skipped, 2 bad usage or
     /// configuration.
     Backfill(BackfillArgs),
-    /// Create the ledger table and the pipeline's tables (`setup`) if they are missing.
+    /// Create the ledger table and the pipeline's tables (`setup`) if they are missing: on
+    /// SQLite and the BigQuery emulator. Refused on real BigQuery, where Terraform owns every
+    /// table (one `apply`, terraform/README.md).
     Init,
     /// Generate the NBA example's sample season (schedule and feed) into the SQLite backend.
     SampleData {

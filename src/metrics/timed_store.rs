@@ -93,9 +93,9 @@ impl Ledger for TimedLedger {
         self.0.claim_publication(run_ids, until).await
     }
 
-    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+    async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let _t = StoreTimer::start("ledger", "owed_events");
-        self.0.owed_events(limit).await
+        self.0.owed_events(phase, limit).await
     }
 
     async fn mark_published(

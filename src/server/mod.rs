@@ -120,19 +120,53 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Resp {
             refuse(405, "method_not_allowed", "use GET /healthz")
         };
     }
+    let relaying = req.uri().path() == "/relay";
     let phase = match phase_of(&ctx.state, req.uri().path()) {
         Ok(p) => p,
+        Err(_) if relaying => String::new(),
         Err((status, outcome, reason)) => return refuse(status, outcome, reason),
     };
     if req.method() != Method::POST {
-        return refuse(405, "method_not_allowed", "pushes are POST requests");
+        return refuse(
+            405,
+            "method_not_allowed",
+            "pushes and relays are POST requests",
+        );
     }
-    if let Some(auth) = &ctx.state.auth
-        && let Err(e) = auth.check(req.headers(), req.uri().query()).await
-    {
-        return refuse(e.http_status(), "unauthorized", e.to_string());
+    if let Some(auth) = &ctx.state.auth {
+        let (headers, query) = (req.headers(), req.uri().query());
+        let checked = if relaying {
+            auth.check_relay(headers, query).await
+        } else {
+            auth.check(headers, query).await
+        };
+        if let Err(e) = checked {
+            return refuse(e.http_status(), "unauthorized", e.to_string());
+        }
+    }
+    if relaying {
+        return relay(&ctx).await;
     }
     push(ctx, phase, req).await
+}
+
+/// `POST /relay`: the outbox sweep of this worker's phase (every phase when it serves them
+/// all), now. Cloud Scheduler calls it, so an event owed by a worker scaled to zero is
+/// published without waiting for the next push. 200 with the count; 503 when an owed event
+/// could not be published (the job's failure is what the Scheduler alert sees).
+async fn relay(ctx: &Ctx) -> Resp {
+    let own: Vec<String> = ctx.state.phase.iter().cloned().collect();
+    let report = ctx.state.worker.relay(&own).await;
+    tracing::info!(
+        published = report.published,
+        failed = report.failed.len(),
+        "relay summary"
+    );
+    let status = if report.failed.is_empty() { 200 } else { 503 };
+    respond(
+        status,
+        json!({ "outcome": "relayed", "published": report.published, "failed": report.failed }),
+    )
 }
 
 /// Read the body within the limits and run the push detached from the request.

@@ -55,6 +55,8 @@ pub struct PushSummary<'a> {
     pub message_id: Option<String>,
     pub delivery_attempt: Option<u32>,
     pub outcome: &'a str,
+    /// Why, for every outcome but a done phase (the alerts' `jsonPayload.reason`).
+    pub reason: Option<String>,
 }
 
 impl PushSummary<'_> {
@@ -73,6 +75,7 @@ impl PushSummary<'_> {
             messageId = self.message_id.as_deref().unwrap_or(""),
             delivery_attempt = self.delivery_attempt,
             outcome = self.outcome,
+            reason = self.reason.as_deref().unwrap_or(""),
             latency_ms,
             "push summary"
         );
@@ -115,6 +118,7 @@ pub fn push_done(
         message_id,
         delivery_attempt,
         outcome: outcome.label(),
+        reason: outcome.reason(),
     }
     .log();
     crate::metrics::push_handled(phase, outcome.label(), latency.as_secs_f64());

@@ -25,7 +25,7 @@ use crate::ledger::{Ledger, RunRecord, TriggerKind};
 use crate::warehouse::Warehouse;
 
 pub use outcome::{PhaseOutcome, Publication, PushOutcome, WorkerError};
-pub use publish::{completion_event, spawn_outbox_sweep};
+pub use publish::{RelayReport, completion_event, spawn_outbox_sweep};
 
 /// One request to run a phase for a date.
 #[derive(Debug, Clone)]

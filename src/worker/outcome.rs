@@ -144,17 +144,21 @@ impl PushOutcome {
         }
     }
 
-    /// The JSON body of the response.
-    pub fn body(&self) -> serde_json::Value {
-        let reason = match self {
+    /// A sentence saying why, for every outcome but a done phase.
+    pub fn reason(&self) -> Option<String> {
+        match self {
             PushOutcome::Ran(o) => o.reason(),
             PushOutcome::BadMessage(e) => Some(e.to_string()),
             PushOutcome::WrongPhase(m)
             | PushOutcome::UnknownPhase(m)
             | PushOutcome::StoreUnavailable(m) => Some(m.clone()),
-        };
+        }
+    }
+
+    /// The JSON body of the response.
+    pub fn body(&self) -> serde_json::Value {
         let mut body = json!({ "outcome": self.label() });
-        if let Some(r) = reason {
+        if let Some(r) = self.reason() {
             body["reason"] = json!(r);
         }
         if let PushOutcome::Ran(PhaseOutcome::Done { publication, .. }) = self {

@@ -113,55 +113,79 @@ impl Worker {
         Ok(Publication::Published { message_id })
     }
 
-    /// The outbox sweep: publish every owed event whose runs' holders are gone (their
-    /// leases ran out). Returns how many events were published.
-    pub async fn relay_owed_events(&self) -> Result<usize, String> {
-        let owed = self
-            .ledger
-            .owed_events(500)
-            .await
-            .map_err(|e| e.to_string())?;
+    /// The outbox sweep for `phases` (a worker's own phase; every phase where one process
+    /// serves them all): publish each owed event whose runs' holders are gone (their leases
+    /// ran out). A failing event gives its publication back at once (no lease lock-out of
+    /// its owner) and the sweep goes on with the next one.
+    pub async fn relay_owed_events(&self, phases: &[&Phase]) -> RelayReport {
+        let mut report = RelayReport::default();
+        for phase in phases {
+            match self.ledger.owed_events(&phase.name, OWED_PER_SWEEP).await {
+                Ok(owed) => {
+                    for run in owed {
+                        self.relay_one(phase, &run, &mut report).await;
+                    }
+                }
+                Err(e) => report.failed.push(format!("{}: {e}", phase.name)),
+            }
+        }
+        report
+    }
+
+    /// Publish the event owed for `run`'s date of `phase`, if every processor is done and
+    /// the publication can be taken over.
+    async fn relay_one(&self, phase: &Phase, run: &RunRecord, report: &mut RelayReport) {
+        let date = run.data_date;
+        let mut runs = Vec::new();
+        for p in &phase.processors {
+            match self.ledger.latest(&p.name, date).await {
+                Ok(Some(r)) if r.status.is_done() => runs.push(r),
+                _ => return,
+            }
+        }
+        if runs.iter().all(|r| r.published_at.is_some())
+            || runs.iter().any(|r| r.skip_downstream_trigger)
+        {
+            return;
+        }
+        let ids: Vec<String> = runs
+            .iter()
+            .filter(|r| r.published_at.is_none())
+            .map(|r| r.run_id.clone())
+            .collect();
         let lease = self
             .config
             .server
             .lease_policy(&self.config.backend.kind)
             .lease;
-        let mut published = 0;
-        for run in owed {
-            let Some(phase) = self.config.phase(&run.phase) else {
-                continue;
-            };
-            let mut runs = Vec::new();
-            for p in &phase.processors {
-                match self.ledger.latest(&p.name, run.data_date).await {
-                    Ok(Some(r)) if r.status.is_done() => runs.push(r),
-                    _ => break,
+        match self
+            .ledger
+            .claim_publication(&ids, Utc::now() + lease)
+            .await
+        {
+            Ok(true) => match self.publish_and_mark(phase, &mut runs).await {
+                Ok(_) => report.published += 1,
+                Err(e) => {
+                    self.release_publication(&runs).await;
+                    report.failed.push(format!("{} {date}: {e}", phase.name));
                 }
-            }
-            if runs.len() != phase.processors.len() || runs.iter().all(|r| r.published_at.is_some())
-            {
-                continue;
-            }
-            let ids: Vec<String> = runs
-                .iter()
-                .filter(|r| r.published_at.is_none())
-                .map(|r| r.run_id.clone())
-                .collect();
-            match self
-                .ledger
-                .claim_publication(&ids, Utc::now() + lease)
-                .await
-            {
-                Ok(true) => {
-                    self.publish_and_mark(phase, &mut runs).await?;
-                    published += 1;
-                }
-                Ok(false) => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            },
+            Ok(false) => {}
+            Err(e) => report.failed.push(format!("{} {date}: {e}", phase.name)),
         }
-        Ok(published)
     }
+}
+
+/// Owed runs one sweep reads per phase, oldest date first.
+const OWED_PER_SWEEP: usize = 500;
+
+/// What one outbox sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelayReport {
+    /// Events published.
+    pub published: usize,
+    /// One line per event (or phase) that could not be relayed; retried by the next sweep.
+    pub failed: Vec<String>,
 }
 
 /// The event announcing `runs` (every processor of `phase` for one date).
@@ -180,19 +204,42 @@ pub fn completion_event(phase: &Phase, runs: &[RunRecord]) -> CompletionEvent {
     }
 }
 
-/// Run the outbox sweep now and then every `every` until the handle is aborted (`serve`).
+/// Run the outbox sweep of `phases` (names; all of the pipeline's when empty) now and then
+/// every `every` until the handle is aborted (`serve`). Where the platform gives CPU only
+/// while a request is served (Cloud Run's default), the loop does not run between requests:
+/// the start-up sweep and `POST /relay` (a scheduled call) cover that.
 pub fn spawn_outbox_sweep(
     worker: std::sync::Arc<Worker>,
+    phases: Vec<String>,
     every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match worker.relay_owed_events().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(events = n, "outbox sweep published owed events"),
-                Err(e) => tracing::warn!(error = %e, "outbox sweep failed; retried later"),
+            let report = worker.relay(&phases).await;
+            if report.published > 0 {
+                tracing::info!(
+                    events = report.published,
+                    "outbox sweep published owed events"
+                );
+            }
+            for failure in &report.failed {
+                tracing::warn!(error = %failure, "outbox sweep: an owed event was not published; retried later");
             }
             tokio::time::sleep(every).await;
         }
     })
+}
+
+impl Worker {
+    /// [`Worker::relay_owed_events`] for phases named `phases` (every phase when empty;
+    /// unknown names are ignored: the caller validated them).
+    pub async fn relay(&self, phases: &[String]) -> RelayReport {
+        let config = self.config.clone();
+        let scope: Vec<&Phase> = config
+            .phases
+            .iter()
+            .filter(|p| phases.is_empty() || phases.contains(&p.name))
+            .collect();
+        self.relay_owed_events(&scope).await
+    }
 }

@@ -26,6 +26,7 @@ const PUBLIC: &str = include_str!("../fixtures/push-signer.pub.pem");
 const JWKS: &str = include_str!("../fixtures/jwks.json");
 const AUDIENCE: &str = "https://raw-worker.example.run.app/push";
 const PUSHER: &str = "pubsub-push@phasegate-test.iam.gserviceaccount.com";
+const RELAYER: &str = "pg-test-sched@phasegate-test.iam.gserviceaccount.com";
 
 /// A JWKS endpoint on a random port that counts the requests it receives and, once told to
 /// hang, never answers again.
@@ -123,6 +124,7 @@ async fn fixture_with(timing: Timing) -> Fixture {
             audience: Some(AUDIENCE.into()),
             allowed_emails: vec![PUSHER.into()],
             jwks_url: Some(jwks.url.clone()),
+            relay_emails: vec![RELAYER.into()],
         },
         timing,
     )
@@ -447,6 +449,7 @@ fn oidc_mode_needs_an_audience_and_allowed_emails() {
         audience: None,
         allowed_emails: vec![PUSHER.into()],
         jwks_url: None,
+        relay_emails: vec![],
     })
     .err()
     .unwrap();
@@ -456,6 +459,7 @@ fn oidc_mode_needs_an_audience_and_allowed_emails() {
         audience: Some(AUDIENCE.into()),
         allowed_emails: vec![],
         jwks_url: None,
+        relay_emails: vec![],
     })
     .err()
     .unwrap();
@@ -569,6 +573,37 @@ async fn with_the_invoker_check_on_every_push_is_refused_and_the_reason_names_th
     assert_eq!(
         push_to(&front, "2024-01-01", "cr-on-2", &[forged]).await,
         401
+    );
+    assert_eq!(ledger_rows(&f.env), 0);
+}
+
+#[tokio::test]
+async fn the_relay_identity_may_relay_and_may_not_push() {
+    let f = fixture().await;
+    let relay_url = f.url.replace("/push", "/relay");
+    let mut c = claims();
+    c["email"] = json!(RELAYER);
+    let relayer = format!("Bearer {}", sign(&c, "test-key-1", SIGNER));
+    let post = |url: String, token: Option<String>| async move {
+        let mut req = reqwest::Client::new()
+            .post(url)
+            .json(&json!({ "relay": "raw" }));
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(post(relay_url.clone(), Some(relayer.clone())).await, 200);
+    assert_eq!(
+        post(relay_url.clone(), Some(valid())).await,
+        200,
+        "pushers may relay"
+    );
+    assert_eq!(post(relay_url.clone(), None).await, 401);
+    assert_eq!(
+        push(&f, Some(relayer)).await,
+        403,
+        "the relay identity may not push"
     );
     assert_eq!(ledger_rows(&f.env), 0);
 }

@@ -79,8 +79,8 @@ impl Ledger for FailingLedger {
     ) -> Result<bool, LedgerError> {
         self.inner.claim_publication(ids, until).await
     }
-    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
-        self.inner.owed_events(limit).await
+    async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        self.inner.owed_events(phase, limit).await
     }
     async fn mark_published(
         &self,

@@ -151,10 +151,16 @@ async fn every_line_of_a_push_carries_its_trace_for_both_header_formats() {
         w3c.iter()
             .all(|l| l["logging.googleapis.com/spanId"] == "00f067aa0ba902b7")
     );
+    let refused = w3c
+        .iter()
+        .find(|l| l["message"] == "push summary" && l["outcome"] == "bad_message")
+        .expect("summary of the refused push");
+    // The alerts name `jsonPayload.reason` (terraform/monitoring.tf): it is on the summary.
     assert!(
-        w3c.iter()
-            .any(|l| l["message"] == "push summary" && l["outcome"] == "bad_message")
+        refused["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{refused}"
     );
+    assert_eq!(summary["reason"], "", "a done phase has no reason");
 
     // Lines outside a request (start-up, shutdown) carry no trace.
     let startup = lines

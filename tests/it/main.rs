@@ -31,6 +31,7 @@ mod logs;
 mod off_season;
 mod one_transaction;
 mod ops;
+mod relay;
 mod serve;
 mod trigger;
 

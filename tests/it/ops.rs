@@ -361,3 +361,30 @@ async fn freshness_without_any_deadline_is_a_configuration_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn init_refuses_real_bigquery_where_terraform_owns_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    let text = PIPELINE
+        .replace("{MODE}", "strict")
+        .replace("sql.sqlite", "sql.bigquery");
+    let text = text.replacen(
+        "[pipeline]",
+        "[backend]\nkind = \"bigquery\"\nproject = \"p\"\ndataset = \"d\"\n\n[pipeline]",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(&config)
+        .arg("init")
+        .env_remove("BIGQUERY_EMULATOR_HOST")
+        .env_remove("PHASEGATE_BIGQUERY_EMULATOR_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Terraform owns every table"), "{err}");
+    assert!(err.contains("Nothing was changed"), "{err}");
+}

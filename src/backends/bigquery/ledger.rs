@@ -422,12 +422,15 @@ impl Ledger for BigQuery {
         Ok(n == run_ids.len())
     }
 
-    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+    async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let mut runs = self
             .runs(
-                "pipeline = @pipeline AND status IN ('success', 'no_data') \
+                "pipeline = @pipeline AND phase = @phase AND status IN ('success', 'no_data') \
                  AND NOT skip_downstream_trigger",
-                vec![param("pipeline", "STRING", Some(self.pipeline.to_string()))],
+                vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
+                    param("phase", "STRING", Some(phase.to_string())),
+                ],
             )
             .await?;
         let now = Utc::now();

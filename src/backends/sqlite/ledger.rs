@@ -330,19 +330,19 @@ impl Ledger for Sqlite {
         .map_err(LedgerError)
     }
 
-    async fn owed_events(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
-        let pipeline = self.pipeline.clone();
+    async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        let (pipeline, phase) = (self.pipeline.clone(), phase.to_string());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {LEDGER_COLUMNS} FROM processor_run_history
-                 WHERE pipeline = ?1 AND published_at IS NULL AND skip_downstream_trigger = 0
-                   AND status IN ('success', 'no_data')
-                   AND (lease_until IS NULL OR lease_until < ?2)
-                 ORDER BY data_date, started_at LIMIT ?3"
+                 WHERE pipeline = ?1 AND phase = ?2 AND published_at IS NULL
+                   AND skip_downstream_trigger = 0 AND status IN ('success', 'no_data')
+                   AND (lease_until IS NULL OR lease_until < ?3)
+                 ORDER BY data_date, started_at LIMIT ?4"
             ))?;
-            let rows =
-                stmt.query_map(params![pipeline, ts(&Utc::now()), limit], record_from_row)?;
+            let now = ts(&Utc::now());
+            let rows = stmt.query_map(params![pipeline, phase, now, limit], record_from_row)?;
             rows.collect()
         })
         .await
