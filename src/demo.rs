@@ -5,7 +5,7 @@
 //! phase from building on them. A skip-flagged trigger runs one phase and stops the cascade.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -31,6 +31,62 @@ pub fn example_config(db: &Path) -> anyhow::Result<Config> {
     config.bus.kind = BusKind::InProcess;
     config.validate()?;
     Ok(config)
+}
+
+/// The demo's configuration as a file beside its database (`phasegate-demo.toml` for
+/// `phasegate-demo.db`), so the printed commands run from any directory.
+fn write_config_beside(db: &Path) -> anyhow::Result<PathBuf> {
+    let path = db.with_extension("toml");
+    std::fs::write(&path, EXAMPLE_PIPELINE)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// How to run this very binary from the current directory: its relative path when it is
+/// under it (`target/debug/phasegate` after `cargo run`), else its absolute path.
+fn this_binary() -> String {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("phasegate"));
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or(exe);
+    shell_word(&shown.display().to_string())
+}
+
+fn shell_word(text: &str) -> String {
+    shlex::try_quote(text).map_or_else(|_| text.to_string(), |q| q.into_owned())
+}
+
+/// The command lines the demo prints at its end, in order; each exits 0 on the demo's
+/// database (tests/it/demo_commands.rs runs them).
+pub fn inspect_commands(
+    config: &Path,
+    db: &Path,
+    start: NaiveDate,
+    last: NaiveDate,
+    after: NaiveDate,
+) -> Vec<String> {
+    let pg = this_binary();
+    let next = last.succ_opt().unwrap_or(last);
+    let after_next = next.succ_opt().unwrap_or(next);
+    vec![
+        format!(
+            "export PHASEGATE_CONFIG={} PHASEGATE_SQLITE_PATH={}",
+            shell_word(&config.display().to_string()),
+            shell_word(&db.display().to_string())
+        ),
+        format!("{pg} status --from {start} --to {last}"),
+        format!("{pg} status --from {start} --to {last} --output html > phasegate-status.html"),
+        format!("{pg} check --phase precompute --date {after}"),
+        format!("{pg} history --phase precompute --date {after}"),
+        format!("{pg} verify --phase predictions --from {start} --to {last}"),
+        // The example's deadlines are New York mornings: at 16:00 UTC the day after the season,
+        // every phase's expected date (the season's last) is done.
+        format!("{pg} freshness --at {next}T16:00:00Z"),
+        // What the 06:00 New York scheduler trigger does the morning after: its message has no
+        // data_date; [trigger] derives yesterday's date from its publish time.
+        format!("{pg} run --phase raw --scheduled-at {after_next}T11:00:00Z"),
+    ]
 }
 
 fn remove_db(db: &Path) -> anyhow::Result<()> {
@@ -247,14 +303,16 @@ impl<'a> Demo<'a> {
         let (start, last) = (self.spec.start, self.last);
         println!("Summary ({start}..{last}):");
         print!("{}", self.grid(start, last).await?.totals());
+        let config = write_config_beside(self.db)?;
         println!(
-            "\nInspect it yourself (the ledger and tables are in {db}):\n  \
-             export PHASEGATE_CONFIG=examples/nba/pipeline.toml PHASEGATE_SQLITE_PATH={db}\n  \
-             phasegate status --from {start} --to {last}\n  \
-             phasegate check --phase precompute --date {after}\n  \
-             phasegate verify --phase predictions --from {start} --to {last}\n",
-            db = self.db.display()
+            "\nInspect it yourself (the ledger and tables are in {}; each line runs as printed, \
+             from this directory):",
+            self.db.display()
         );
+        for line in inspect_commands(&config, self.db, start, last, after) {
+            println!("  {line}");
+        }
+        println!();
         Ok(())
     }
 

@@ -34,9 +34,11 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
         Command::Run {
             phase,
             date,
+            scheduled_at,
             skip_downstream_trigger,
             force,
         } => {
+            let date = run_date(&config, date, scheduled_at.as_deref())?;
             let app = build(config).await?;
             require_phase(&app.config, &phase)?;
             let req = RunRequest {
@@ -92,6 +94,34 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<Exi
             sample_data_cmd(config, from, days, clean).await
         }
         Command::Demo { .. } => unreachable!("handled before loading a configuration"),
+    }
+}
+
+/// `run`'s date: `--date`, or the one `[trigger]` derives for a trigger published at
+/// `--scheduled-at`.
+fn run_date(
+    config: &Config,
+    date: Option<NaiveDate>,
+    scheduled_at: Option<&str>,
+) -> anyhow::Result<NaiveDate> {
+    match (date, scheduled_at) {
+        (Some(date), _) => Ok(date),
+        (None, Some(at)) => {
+            let trigger = config.trigger.as_ref().with_context(|| {
+                format!(
+                    "--scheduled-at needs a [trigger] section in {} (the time zone and offset a \
+                     scheduled trigger's date is derived with)",
+                    config.source.display()
+                )
+            })?;
+            let date = crate::trigger::resolve(trigger, Some(at))?;
+            println!(
+                "a trigger published at {at} is for {date} ([trigger] timezone {}, offset_days {})",
+                trigger.timezone, trigger.offset_days
+            );
+            Ok(date)
+        }
+        (None, None) => bail!("give --date or --scheduled-at"),
     }
 }
 

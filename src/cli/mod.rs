@@ -47,8 +47,13 @@ pub enum Command {
         #[arg(long)]
         phase: String,
         /// The data date, YYYY-MM-DD.
-        #[arg(long, value_parser = parse_date_arg)]
-        date: NaiveDate,
+        #[arg(long, value_parser = parse_date_arg, required_unless_present = "scheduled_at")]
+        date: Option<NaiveDate>,
+        /// Instead of --date: the date a scheduled trigger (a message without data_date, as
+        /// Cloud Scheduler publishes) gets when published at this instant (RFC 3339): its
+        /// day in `[trigger] timezone` plus `offset_days`.
+        #[arg(long, conflicts_with = "date")]
+        scheduled_at: Option<String>,
         /// Do not publish the completion event: later phases are not triggered.
         #[arg(long)]
         skip_downstream_trigger: bool,

@@ -19,6 +19,7 @@ mod cascade;
 mod command_processor;
 mod config;
 mod crash_recovery;
+mod demo_commands;
 mod durable_bus;
 mod envelope_fuzz;
 mod exactly_once;
