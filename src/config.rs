@@ -972,6 +972,12 @@ impl Config {
         if let Some(t) = &self.trigger {
             t.validate(self)?;
         }
+        for (i, sql) in self.setup.sqlite.iter().enumerate() {
+            if let Some(clause) = crate::sql_lint::rollback_clause(sql) {
+                let message = crate::sql_lint::refusal(clause, sql);
+                return Err(self.invalid(format!("setup.sqlite[{i}]"), message));
+            }
+        }
         let mut seen_phases = std::collections::HashSet::new();
         let mut seen_processors = std::collections::HashMap::new();
         let mut previous_completion: Option<String> = None;
@@ -1054,6 +1060,13 @@ impl Config {
                         format!("{key}.sql.{}", self.backend.kind.as_str()),
                         "a sql processor needs at least one statement for the configured backend",
                     ));
+                }
+                let rollback = p.sql.sqlite.iter().enumerate().find_map(|(i, sql)| {
+                    crate::sql_lint::rollback_clause(sql).map(|c| (i, c, sql))
+                });
+                if let Some((i, clause, sql)) = rollback {
+                    let message = crate::sql_lint::refusal(clause, sql);
+                    return Err(self.invalid(format!("{key}.sql.sqlite[{i}]"), message));
                 }
                 if let Some((i, sql)) = p.sql.bigquery_transaction_control() {
                     return Err(self.invalid(

@@ -23,6 +23,7 @@ pub mod processor;
 pub mod report;
 pub mod sample;
 pub mod server;
+pub mod sql_lint;
 pub mod startup;
 pub mod telemetry;
 pub mod trigger;

@@ -71,10 +71,12 @@ impl App {
             .for_backend(&self.config.backend.kind)
             .to_vec();
         match &self.store {
-            Store::Sqlite(db) => db
-                .execute_batch(setup.join(";\n"))
-                .await
-                .map_err(|e| err(e.to_string()))?,
+            Store::Sqlite(db) => {
+                db.execute_batch(setup.join(";\n"))
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                db.refuse_rollback_clauses().await.map_err(err)?;
+            }
             Store::BigQuery(bq) => gcp::run_setup(bq, &setup).await?,
         }
         if self.config.bus.kind == BusKind::Pubsub {
@@ -149,11 +151,14 @@ pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, S
     };
     // The embedded ledger creates itself; on BigQuery, Terraform (or `phasegate init`) owns
     // the dataset and table, and a worker needs no rights to create them.
-    if let Store::Sqlite(_) = &store {
+    if let Store::Sqlite(db) = &store {
         ledger
             .ensure_schema()
             .await
             .map_err(|e| StartupError::Backend(e.to_string()))?;
+        db.refuse_rollback_clauses()
+            .await
+            .map_err(StartupError::Backend)?;
     }
     // Every ledger and warehouse call is timed (`phasegate_store_call_duration_seconds`).
     let ledger: Arc<dyn Ledger> = Arc::new(crate::metrics::TimedLedger(ledger));

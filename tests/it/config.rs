@@ -224,3 +224,54 @@ fn the_cli_refuses_a_bad_file_with_exit_2_and_the_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pipeline.toml"));
 }
+
+#[test]
+fn sqlite_clauses_that_roll_back_the_whole_transaction_are_refused_at_load() {
+    let in_processor = |statement: &str| {
+        GOOD.replacen(
+            "sql.sqlite = [\n",
+            &format!("sql.sqlite = [\n  \"{statement}\",\n"),
+            1,
+        )
+    };
+    for (refused, clause) in [
+        (
+            "INSERT OR ROLLBACK INTO {dataset}.raw_player_boxscores SELECT * FROM {dataset}.source_player_boxscores",
+            "OR ROLLBACK",
+        ),
+        ("update or rollback {dataset}.t set a = 1", "OR ROLLBACK"),
+    ] {
+        let e = error_of(&in_processor(refused));
+        assert!(
+            e.contains("phases[0].processors[0].sql.sqlite[0]") && e.contains(clause),
+            "{refused}: {e}"
+        );
+        assert!(e.contains("group commit"), "says why: {e}");
+    }
+    let in_setup = |statement: &str| {
+        GOOD.replacen(
+            "sqlite = [\n",
+            &format!("sqlite = [\n  \"{statement}\",\n"),
+            1,
+        )
+    };
+    for (refused, clause) in [
+        (
+            "CREATE TABLE IF NOT EXISTS {dataset}.u (a TEXT UNIQUE ON CONFLICT ROLLBACK)",
+            "ON CONFLICT ROLLBACK",
+        ),
+        (
+            "CREATE TRIGGER IF NOT EXISTS no_dupes BEFORE INSERT ON raw_player_boxscores BEGIN SELECT RAISE(ROLLBACK, 'dup'); END",
+            "RAISE(ROLLBACK",
+        ),
+    ] {
+        let e = error_of(&in_setup(refused));
+        assert!(
+            e.contains("setup.sqlite[0]") && e.contains(clause),
+            "{refused}: {e}"
+        );
+    }
+    let fine = in_processor("INSERT OR IGNORE INTO {dataset}.t SELECT 'or rollback'");
+    let mut c = Config::parse(&fine, Path::new("ok.toml")).expect("parses");
+    c.validate().expect("OR IGNORE and a string are fine");
+}

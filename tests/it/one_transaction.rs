@@ -547,3 +547,31 @@ async fn transaction_control_in_processor_sql_is_refused_and_the_run_fails_whole
         assert_eq!(teams(&env, next).await, ["after"], "{control}");
     }
 }
+
+/// A table or trigger made outside phasegate whose conflict clause rolls back the whole
+/// transaction (the authorizer never sees it) stops the store from starting, naming it:
+/// otherwise one conflicting write would roll back every run in its group commit, and again
+/// on every retry.
+#[tokio::test]
+async fn a_schema_that_rolls_back_whole_transactions_is_refused_at_start_up() {
+    for ddl in [
+        "CREATE TABLE guarded (a TEXT UNIQUE ON CONFLICT ROLLBACK)",
+        "CREATE TABLE plain (a TEXT); CREATE TRIGGER t BEFORE INSERT ON plain BEGIN SELECT RAISE(ROLLBACK, 'no'); END",
+    ] {
+        let env = TestEnv::new("strict").await;
+        let path = env.db_path();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(ddl)
+            .unwrap();
+        let config = env.app.config.as_ref().clone();
+        let refused = match phasegate::startup::build(config).await {
+            Ok(_) => panic!("started on a schema with {ddl}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            refused.contains("rolls back the whole transaction"),
+            "{refused}"
+        );
+    }
+}

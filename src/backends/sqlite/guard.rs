@@ -43,6 +43,24 @@ pub(super) fn refuse(action: &AuthAction<'_>) -> Option<Authorization> {
     (controls && USER_SQL.with(Cell::get)).then_some(Authorization::Deny)
 }
 
+/// The first table or trigger whose definition rolls back the whole transaction
+/// ([`crate::sql_lint`]): `(name, clause)`.
+pub(super) fn schema_rollback_clause(
+    c: &rusqlite::Connection,
+) -> rusqlite::Result<Option<(String, &'static str)>> {
+    let mut stmt = c.prepare(
+        "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'trigger') AND sql IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let sql: String = row.get(1)?;
+        if let Some(clause) = crate::sql_lint::rollback_clause(&sql) {
+            return Ok(Some((row.get(0)?, clause)));
+        }
+    }
+    Ok(None)
+}
+
 /// phasegate's own transaction statements, marked (a trailing comment) so that no
 /// processor statement shares their cache entries (see the module doc).
 pub(super) mod own {

@@ -150,6 +150,19 @@ impl Sqlite {
         })
     }
 
+    /// Refuse a schema in which a table or trigger rolls back the whole transaction
+    /// (`ON CONFLICT ROLLBACK`, `RAISE(ROLLBACK, …)`: see [`crate::sql_lint`]); checked at
+    /// start-up and after `setup`, wherever the table came from.
+    pub async fn refuse_rollback_clauses(&self) -> Result<(), String> {
+        match self.read(|c| guard::schema_rollback_clause(c)).await? {
+            None => Ok(()),
+            Some((name, clause)) => Err(format!(
+                "{name}: {}",
+                crate::sql_lint::refusal(clause, "drop or redefine it before phasegate runs here")
+            )),
+        }
+    }
+
     /// Run `f` on the writer thread (one write at a time; `f` manages its transaction).
     async fn with<T, F>(&self, f: F) -> Result<T, String>
     where

@@ -1,0 +1,151 @@
+//! SQLite constructs that roll back a transaction from inside a statement, refused in
+//! configured SQL.
+//!
+//! On the embedded default a processor's run shares one writer transaction with other runs
+//! (group commit). SQLite's authorizer refuses `ROLLBACK` statements in processor SQL (see
+//! `backends::sqlite::guard`), but three clauses roll back the *whole* transaction without a
+//! transaction statement, and the authorizer never sees them
+//! (https://www.sqlite.org/lang_conflict.html, https://www.sqlite.org/lang_createtrigger.html):
+//!
+//! - `INSERT OR ROLLBACK` / `UPDATE OR ROLLBACK` in a statement;
+//! - `ON CONFLICT ROLLBACK` on a table's constraint (any later write that conflicts);
+//! - `RAISE(ROLLBACK, …)` in a trigger.
+//!
+//! Each would throw away other runs' work in the same group, deterministically on every
+//! retry. They are refused in `check-config` (processor statements and `setup`), when a
+//! statement runs, and in the schema at start-up.
+
+/// The first rollback clause in `sql` (outside strings, quoted identifiers and comments):
+/// its text as written in the docs (`OR ROLLBACK`, `ON CONFLICT ROLLBACK`, `RAISE(ROLLBACK`).
+pub fn rollback_clause(sql: &str) -> Option<&'static str> {
+    let words = sqlite_words(sql);
+    let is = |k: usize, keyword: &str| {
+        words
+            .get(k)
+            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+    };
+    (0..words.len()).find_map(|k| {
+        if is(k, "OR") && is(k + 1, "ROLLBACK") {
+            Some("OR ROLLBACK")
+        } else if is(k, "CONFLICT") && is(k + 1, "ROLLBACK") {
+            Some("ON CONFLICT ROLLBACK")
+        } else if is(k, "RAISE") && is(k + 1, "(") && is(k + 2, "ROLLBACK") {
+            Some("RAISE(ROLLBACK")
+        } else {
+            None
+        }
+    })
+}
+
+/// Why `sql` is refused, naming the clause.
+pub fn refusal(clause: &str, sql: &str) -> String {
+    format!(
+        "`{clause}` rolls back the whole transaction, which on the embedded store holds other \
+         runs' work too (group commit): use ABORT, FAIL or IGNORE, or RAISE(ABORT, …): {sql}"
+    )
+}
+
+/// The words of a SQLite statement (and `(` as a word of its own), outside string literals
+/// (`'…'`, `''` an escaped quote), quoted identifiers (`"…"`, `` `…` ``, `[…]`) and comments
+/// (`--`, `/* */`).
+fn sqlite_words(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        i = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => b[i..]
+                .iter()
+                .position(|c| *c == b'\n')
+                .map_or(b.len(), |n| i + n),
+            b'/' if b.get(i + 1) == Some(&b'*') => b[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(b.len(), |n| i + 2 + n + 2),
+            b'\'' | b'"' | b'`' => quoted_end(b, i, c),
+            b'[' => b[i..]
+                .iter()
+                .position(|c| *c == b']')
+                .map_or(b.len(), |n| i + n + 1),
+            b'(' => {
+                words.push("(");
+                i + 1
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+                    .map_or(b.len(), |n| i + n);
+                words.push(&sql[i..end]);
+                end
+            }
+            _ => i + 1,
+        };
+    }
+    words
+}
+
+/// Where the quoted text opened by `q` at `i` ends; a doubled quote is part of it.
+fn quoted_end(b: &[u8], i: usize, q: u8) -> usize {
+    let mut j = i + 1;
+    while j < b.len() {
+        if b[j] == q {
+            if b.get(j + 1) == Some(&q) {
+                j += 2;
+                continue;
+            }
+            return j + 1;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rollback_clause;
+
+    #[test]
+    fn the_three_rollback_clauses_are_found_in_any_case_and_spacing() {
+        for (sql, clause) in [
+            ("INSERT OR ROLLBACK INTO t VALUES (1)", "OR ROLLBACK"),
+            ("update or rollback t set a = 1", "OR ROLLBACK"),
+            (
+                "CREATE TABLE t (a INTEGER UNIQUE ON CONFLICT ROLLBACK)",
+                "ON CONFLICT ROLLBACK",
+            ),
+            (
+                "CREATE TABLE t (a, PRIMARY KEY (a) on  conflict\n rollback)",
+                "ON CONFLICT ROLLBACK",
+            ),
+            (
+                "CREATE TRIGGER x BEFORE INSERT ON t BEGIN SELECT RAISE (ROLLBACK, 'no'); END",
+                "RAISE(ROLLBACK",
+            ),
+            (
+                "insert /* c */ or/**/rollback into t values (1)",
+                "OR ROLLBACK",
+            ),
+        ] {
+            assert_eq!(rollback_clause(sql), Some(clause), "{sql}");
+        }
+    }
+
+    #[test]
+    fn strings_identifiers_comments_and_other_clauses_are_not_refused() {
+        for sql in [
+            "INSERT OR IGNORE INTO t VALUES ('or rollback')",
+            "INSERT OR REPLACE INTO t VALUES (1)",
+            "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",
+            "SELECT \"or\" , rollback_count FROM t",
+            "SELECT [or] rollback FROM t -- or rollback",
+            "SELECT 1 /* RAISE(ROLLBACK, 'x') */",
+            "CREATE TABLE t (a UNIQUE ON CONFLICT ABORT)",
+            "SELECT RAISE(ABORT, 'x')",
+            "SELECT 'it''s or rollback'",
+        ] {
+            assert_eq!(rollback_clause(sql), None, "{sql}");
+        }
+    }
+}
