@@ -208,7 +208,12 @@ impl Worker {
                     ran.push(run.run_id.clone());
                     runs.push(*run);
                 }
-                Step::Stop(outcome) => return Ok(outcome),
+                Step::Stop(outcome) => {
+                    // The runs made before the stop will not be announced by this delivery:
+                    // give them back, so the redelivery takes their publication at once.
+                    self.release_own(&runs, &ran).await;
+                    return Ok(outcome);
+                }
             }
         }
         let reused = runs.len() - ran.len();

@@ -17,8 +17,9 @@ pub enum Publication {
     Skipped,
     /// Published by an earlier delivery.
     AlreadyPublished,
-    /// Owed, but another live delivery holds the run and publishes it (or, if that one
-    /// dies, its redelivery or the outbox sweep does).
+    /// Owed, and another delivery holds a run of it: this delivery gave back the runs it
+    /// made and is answered 503, so Pub/Sub redelivers it until the event is out (published
+    /// by the holder, or taken over by the redelivery or the sweep). Never acknowledged.
     PendingElsewhere,
 }
 
@@ -50,6 +51,10 @@ impl PhaseOutcome {
     /// A short word for logs and summaries.
     pub fn label(&self) -> &'static str {
         match self {
+            PhaseOutcome::Done {
+                publication: Publication::PendingElsewhere,
+                ..
+            } => "publish_pending",
             PhaseOutcome::Done { runs, reused, .. } if *reused == runs.len() => "already_done",
             PhaseOutcome::Done { runs, .. }
                 if runs.iter().all(|r| r.status == RunStatus::NoData) =>
@@ -74,6 +79,14 @@ impl PhaseOutcome {
                 run.processor, run.data_date, run.run_id
             )),
             PhaseOutcome::PublishFailed { error, .. } => Some(error.clone()),
+            PhaseOutcome::Done {
+                publication: Publication::PendingElsewhere,
+                ..
+            } => Some(
+                "the completion event is owed and another delivery holds a run of it: retry \
+                 until it is published"
+                    .into(),
+            ),
             PhaseOutcome::Done { .. } => None,
         }
     }
@@ -108,6 +121,11 @@ impl PushOutcome {
     /// max attempts, dead-letter).
     pub fn http_status(&self) -> u16 {
         match self {
+            // Nothing owed is ever acknowledged: see `Publication::PendingElsewhere`.
+            PushOutcome::Ran(PhaseOutcome::Done {
+                publication: Publication::PendingElsewhere,
+                ..
+            }) => 503,
             PushOutcome::Ran(PhaseOutcome::Done { .. }) => 200,
             PushOutcome::Ran(PhaseOutcome::Blocked { .. }) => 424,
             PushOutcome::Ran(PhaseOutcome::Failed { .. }) => 500,

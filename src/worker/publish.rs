@@ -36,8 +36,9 @@ impl Worker {
             .iter()
             .filter(|r| r.published_at.is_none() && !ran.contains(&r.run_id))
             .collect();
-        // The delivery that ran it is still announcing it.
+        // Another delivery holds a run of it: give ours back and let Pub/Sub retry.
         if others.iter().any(|r| r.lease_alive(Utc::now())) {
+            self.release_own(runs, ran).await;
             return Ok(Publication::PendingElsewhere);
         }
         let others: Vec<String> = others.iter().map(|r| r.run_id.clone()).collect();
@@ -53,6 +54,7 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?;
             if !taken {
+                self.release_own(runs, ran).await;
                 return Ok(Publication::PendingElsewhere);
             }
         }
@@ -61,6 +63,19 @@ impl Worker {
             self.release_publication(runs).await;
         }
         result
+    }
+
+    /// Give back the publication of the runs this delivery made (`ran`) among `runs`: it
+    /// will not announce them, so their leases must not keep a redelivery waiting.
+    pub(super) async fn release_own(&self, runs: &[RunRecord], ran: &[String]) {
+        let own: Vec<RunRecord> = runs
+            .iter()
+            .filter(|r| ran.contains(&r.run_id))
+            .cloned()
+            .collect();
+        if !own.is_empty() {
+            self.release_publication(&own).await;
+        }
     }
 
     /// Publishing failed: let the next delivery (the redelivery of this message) take the

@@ -286,8 +286,10 @@ async fn fifty_concurrent_deliveries_run_once_and_publish_once_every_round() {
                 tasks.spawn(async move { w.handle_push(&phase, &body).await.http_status() });
             }
             let statuses: Vec<u16> = tasks.join_all().await;
+            // 409: the run is in progress elsewhere; 503: it is done and its event is still
+            // owed by the delivery publishing it. Both are redelivered, never acknowledged.
             assert!(
-                statuses.iter().all(|s| *s == 200 || *s == 409),
+                statuses.iter().all(|s| [200, 409, 503].contains(s)),
                 "{phase} {day}: {statuses:?}"
             );
             let history = env.app.ledger().history(processor, *day).await.unwrap();

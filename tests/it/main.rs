@@ -32,6 +32,7 @@ mod logs;
 mod off_season;
 mod one_transaction;
 mod ops;
+mod publication;
 mod relay;
 mod serve;
 mod trigger;
