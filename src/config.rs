@@ -451,12 +451,16 @@ impl SqlByBackend {
 
 /// Whether BigQuery words (see [`bigquery_words`]) contain transaction control anywhere:
 /// `COMMIT`, `ROLLBACK`, or `BEGIN` that starts a transaction (`BEGIN TRANSACTION`, or
-/// `BEGIN` ending its statement) rather than a block (`BEGIN <statements> END`).
+/// `BEGIN` ending its statement) rather than a block (`BEGIN <statements> END`) — or SQL whose
+/// text phasegate cannot see: `EXECUTE IMMEDIATE` (dynamic SQL) and `CALL` (a procedure),
+/// either of which may commit or roll back.
 fn controls_transaction(words: &[&str]) -> bool {
     words.iter().enumerate().any(|(k, word)| {
         let is = |w: &str, keyword: &str| w.eq_ignore_ascii_case(keyword);
         is(word, "COMMIT")
             || is(word, "ROLLBACK")
+            || is(word, "CALL")
+            || (is(word, "EXECUTE") && words.get(k + 1).is_some_and(|n| is(n, "IMMEDIATE")))
             || (is(word, "BEGIN")
                 && words
                     .get(k + 1)
@@ -1072,9 +1076,10 @@ impl Config {
                     return Err(self.invalid(
                         format!("{key}.sql.bigquery[{i}]"),
                         format!(
-                            "`{sql}` controls the transaction: phasegate commits a processor's \
-                             statements with its ledger row in one transaction, so they may not \
-                             begin, commit or roll back one (quote a column named like those \
+                            "`{sql}` controls the transaction, or may (EXECUTE IMMEDIATE, CALL): \
+                             phasegate commits a processor's statements with its ledger row in \
+                             one transaction, so they may not begin, commit or roll back one, \
+                             nor run SQL phasegate cannot check (quote a column named like those \
                              keywords: `commit`)"
                         ),
                     ));

@@ -143,6 +143,10 @@ fn bigquery_statements_that_begin_commit_or_roll_back_are_refused_and_blocks_are
         r"BEGIN\n  COMMIT TRANSACTION;\nEND",
         "IF TRUE THEN ROLLBACK TRANSACTION; END IF",
         "SELECT 1; BEGIN TRANSACTION; SELECT 2",
+        // SQL phasegate cannot see may commit too.
+        "EXECUTE IMMEDIATE 'COMMIT TRANSACTION'",
+        "execute immediate format('DELETE FROM %s WHERE TRUE', 't')",
+        "CALL {dataset}.refresh_everything()",
     ] {
         let e = error_of(&with(refused));
         assert!(
@@ -161,6 +165,8 @@ fn bigquery_statements_that_begin_commit_or_roll_back_are_refused_and_blocks_are
         // In strings, with escaped quotes and a triple-quoted one (TOML-escaped).
         r#"SELECT 'it\\'s; COMMIT', \"a \\\" ROLLBACK\", '''COMMIT'''"#,
         "BEGIN SELECT 1; END; BEGIN SELECT 2; END",
+        "SELECT `call`, t.execute FROM {dataset}.calls t",
+        "SELECT 'EXECUTE IMMEDIATE', 'CALL x()'",
     ] {
         let mut c = Config::parse(&with(allowed), Path::new("ok.toml")).expect("parses");
         c.validate().unwrap_or_else(|e| panic!("{allowed}: {e}"));
