@@ -290,11 +290,6 @@ impl Connections {
             .await
     }
 
-    /// This database's identity within the process (handles cloned from one `open` share it).
-    pub(super) fn id(self: &Arc<Self>) -> usize {
-        Arc::as_ptr(self) as usize
-    }
-
     /// The writer's gap-check memory, for jobs that already run on the writer.
     pub(super) fn presence_cache(&self) -> &Arc<PresenceCache> {
         &self.presence
