@@ -81,7 +81,7 @@ async fn main() {
     let messages = arg("--messages", 2000);
     let concurrency = arg("--concurrency", 8);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = phasegate::demo::example_config(&dir.path().join("bench.db")).expect("config");
+    let config = phasegate::example::example_config(&dir.path().join("bench.db")).expect("config");
     let app = phasegate::startup::build(config).await.expect("build");
     app.init_schema().await.expect("schema");
     let start = NaiveDate::from_ymd_opt(2000, 1, 1).expect("date");

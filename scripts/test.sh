@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # Stages, in order (each timed; the table is printed at the end, also after a failure):
-# 1. fmt; clippy + build: the lints (clippy -D warnings on every target) and the build of
+# 1. fmt; module cycles (scripts/check-module-cycles.py: no import cycle between sibling
+#    modules of src/, and its self-test that a cycle fails it); clippy + build: the lints (clippy -D warnings on every target) and the build of
 #    every test in one compilation. clippy-driver is the workspace's compiler wrapper, exactly
 #    as `cargo clippy` sets it up, but cargo builds instead of only checking: the dependencies
 #    are compiled once, not once as check metadata for clippy and again for the tests. (If
@@ -233,6 +234,7 @@ if [[ -d terraform ]]; then
 fi
 
 stage fmt cargo fmt --all -- --check
+stage "module cycles" scripts/check-module-cycles.py --self-test
 if [[ -n "$CLIPPY_DRIVER" ]]; then
   stage "clippy + build" cargo test --locked --all-targets --no-run
 else

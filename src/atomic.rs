@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 
 use crate::gate::GateReads;
-use crate::ledger::{Ledger, LedgerError, RunRecord};
-use crate::warehouse::{ProcessorRun, Warehouse, WarehouseError};
+use crate::ledger::{LedgerError, RunRecord};
+use crate::warehouse::{ProcessorRun, WarehouseError};
 
 /// What a processor run can do inside the store's transaction. Every method fails once the
 /// transaction is gone (an interrupt at the deadline rolls it back), so nothing is written
@@ -53,7 +53,10 @@ pub type Answer = Box<dyn Any + Send>;
 /// Work for one transaction: `Ok` commits what it wrote, `Err` rolls it back.
 pub type Work = Box<dyn FnOnce(&dyn InTransaction) -> Result<Answer, Answer> + Send>;
 
-/// A store that runs a processor's whole run in one transaction.
+/// A store that runs a processor's whole run in one transaction. Offered beside the store's
+/// [`crate::ledger::Ledger`] and [`crate::warehouse::Warehouse`], not through them: whoever
+/// builds the worker passes it on where one store is both (the embedded SQLite,
+/// [`crate::startup`]; see [`crate::worker::Worker::with_one_transaction`]).
 #[async_trait]
 pub trait OneTransaction: Send + Sync {
     /// Run `work` in one transaction: commit what it wrote if it answers `Ok`, roll it back
@@ -67,10 +70,6 @@ pub trait OneTransaction: Send + Sync {
         deadline: Instant,
         work: Work,
     ) -> Result<Result<Answer, Answer>, String>;
-
-    /// Which store this is and whose runs it records: a ledger and a warehouse share
-    /// transactions only if both are equal.
-    fn store_id(&self) -> (usize, &str);
 }
 
 impl dyn OneTransaction + '_ {
@@ -92,15 +91,4 @@ impl dyn OneTransaction + '_ {
             Err(e) => Err(*e.downcast::<E>().map_err(wrong)?),
         })
     }
-}
-
-/// The one-transaction run `ledger` and `warehouse` share, if they are the same store that
-/// has one (SQLite, and decorators that pass it on; a different ledger or warehouse, or a
-/// decorator that does not pass it on: none).
-pub fn shared<'a>(
-    ledger: &'a dyn Ledger,
-    warehouse: &'a dyn Warehouse,
-) -> Option<&'a dyn OneTransaction> {
-    let (l, w) = (ledger.one_transaction()?, warehouse.one_transaction()?);
-    (l.store_id() == w.store_id()).then_some(w)
 }

@@ -13,25 +13,12 @@ use chrono::NaiveDate;
 use serde_json::json;
 
 use crate::bus::Publisher;
-use crate::config::{BackendKind, BusKind, Config};
 use crate::dates::days;
 use crate::envelope::SKIP_DOWNSTREAM_TRIGGER;
+use crate::example::{EXAMPLE_PIPELINE, example_config};
 use crate::report::{StatusGrid, render_gate};
 use crate::sample::{SeasonSpec, generate};
 use crate::startup::{self, App};
-
-/// The example pipeline, compiled in so the demo runs from any directory.
-pub const EXAMPLE_PIPELINE: &str = include_str!("../examples/nba/pipeline.toml");
-
-/// The example configuration on a given SQLite file.
-pub fn example_config(db: &Path) -> anyhow::Result<Config> {
-    let mut config = Config::parse(EXAMPLE_PIPELINE, Path::new("examples/nba/pipeline.toml"))?;
-    config.backend.kind = BackendKind::Sqlite;
-    config.backend.sqlite_path = db.to_path_buf();
-    config.bus.kind = BusKind::InProcess;
-    config.validate()?;
-    Ok(config)
-}
 
 /// The demo's configuration as a file beside its database (`phasegate-demo.toml` for
 /// `phasegate-demo.db`), so the printed commands run from any directory.

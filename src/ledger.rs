@@ -286,12 +286,6 @@ pub enum Claim {
 /// serialisation points of the exactly-once protocol (README, "Concurrent deliveries").
 #[async_trait]
 pub trait Ledger: Send + Sync {
-    /// The store's one-transaction processor run, where it has one (see
-    /// [`crate::atomic::shared`]). `None` (the default): claim, run, record.
-    fn one_transaction(&self) -> Option<&dyn crate::atomic::OneTransaction> {
-        None
-    }
-
     /// Create the ledger table if it is missing.
     async fn ensure_schema(&self) -> Result<(), LedgerError>;
     /// Insert or replace the state of `record.run_id` unconditionally (tools and tests).

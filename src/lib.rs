@@ -15,6 +15,7 @@ pub mod dates;
 pub mod demo;
 pub mod envelope;
 pub mod event;
+pub mod example;
 pub mod freshness;
 pub mod gate;
 pub mod ledger;

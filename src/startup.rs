@@ -5,6 +5,7 @@ mod gcp;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::atomic::OneTransaction;
 use crate::backends::in_process::InProcessBus;
 use crate::backends::sqlite::Sqlite;
 use crate::bus::Publisher;
@@ -55,6 +56,12 @@ impl App {
 
     pub fn warehouse(&self) -> &Arc<dyn Warehouse> {
         self.worker.warehouse()
+    }
+
+    /// The store's one-transaction run, where the ledger and the warehouse are one store that
+    /// has one (SQLite): for workers built beside this one on the same stores.
+    pub fn one_transaction(&self) -> Option<Arc<dyn OneTransaction>> {
+        self.worker.one_transaction().cloned()
     }
 
     /// Create what is missing, idempotently: the dataset (BigQuery), the ledger table, the
@@ -163,7 +170,17 @@ pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, S
     // Every ledger and warehouse call is timed (`phasegate_store_call_duration_seconds`).
     let ledger: Arc<dyn Ledger> = Arc::new(crate::metrics::TimedLedger(ledger));
     let warehouse: Arc<dyn Warehouse> = Arc::new(crate::metrics::TimedWarehouse(warehouse));
-    let worker = Arc::new(Worker::new(config.clone(), ledger, warehouse, publisher));
+    // SQLite is ledger and warehouse in one file: a SQL processor's whole run is one of its
+    // transactions.
+    let one_transaction: Option<Arc<dyn OneTransaction>> = match &store {
+        Store::Sqlite(db) => Some(Arc::new(crate::metrics::TimedOneTransaction(Arc::new(
+            db.clone(),
+        )))),
+        Store::BigQuery(_) => None,
+    };
+    let worker = Worker::new(config.clone(), ledger, warehouse, publisher)
+        .with_one_transaction(one_transaction);
+    let worker = Arc::new(worker);
     if let (Some(bus), Deliveries::Start) = (&bus, deliveries) {
         bus.attach(&worker);
     }

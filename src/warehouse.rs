@@ -121,13 +121,6 @@ pub async fn count_and_record(
 
 #[async_trait]
 pub trait Warehouse: Send + Sync {
-    /// The store's way of running a processor's whole run in one transaction, where it has
-    /// one (SQLite, which is warehouse and ledger in one file): the worker then writes no
-    /// claim. `None` (the default): claim, run, record.
-    fn one_transaction(&self) -> Option<&dyn crate::atomic::OneTransaction> {
-        None
-    }
-
     /// Run a processor and record its outcome in `ledger` as one unit where the backend
     /// allows it (SQLite: one transaction with the ledger row; a failed post-condition or a
     /// lost claim rolls everything back). The default runs the steps in order: the

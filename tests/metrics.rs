@@ -239,12 +239,15 @@ async fn publish_and_store_failures_are_counted_too() {
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new("strict").await;
     env.season(&[d("2024-01-01"), d("2024-01-02")]).await;
-    let worker = Arc::new(Worker::new(
-        env.app.config.clone(),
-        env.app.ledger().clone(),
-        env.app.warehouse().clone(),
-        Arc::new(DownBus),
-    ));
+    let worker = Arc::new(
+        Worker::new(
+            env.app.config.clone(),
+            env.app.ledger().clone(),
+            env.app.warehouse().clone(),
+            Arc::new(DownBus),
+        )
+        .with_one_transaction(env.app.one_transaction()),
+    );
     let server = start_worker(worker).await;
     let unpublished = |date| {
         let e = PushEnvelope::wrap(

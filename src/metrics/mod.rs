@@ -23,7 +23,7 @@ mod timed_store;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-pub use timed_store::{TimedLedger, TimedWarehouse};
+pub use timed_store::{TimedLedger, TimedOneTransaction, TimedWarehouse};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 

@@ -1,4 +1,4 @@
-//! Ledger and warehouse decorators that time every call into
+//! Ledger, warehouse and one-transaction decorators that time every call into
 //! `phasegate_store_call_duration_seconds{store, op}`: wrap the backends once where they are
 //! built, and every backend is measured the same way without touching it.
 
@@ -18,10 +18,6 @@ pub struct TimedLedger(pub Arc<dyn Ledger>);
 
 #[async_trait]
 impl Ledger for TimedLedger {
-    fn one_transaction(&self) -> Option<&dyn OneTransaction> {
-        self.0.one_transaction()
-    }
-
     async fn ensure_schema(&self) -> Result<(), LedgerError> {
         let _t = StoreTimer::start("ledger", "ensure_schema");
         self.0.ensure_schema().await
@@ -113,13 +109,6 @@ pub struct TimedWarehouse(pub Arc<dyn Warehouse>);
 
 #[async_trait]
 impl Warehouse for TimedWarehouse {
-    /// Timed as `one_transaction` (the whole processor run).
-    fn one_transaction(&self) -> Option<&dyn OneTransaction> {
-        self.0
-            .one_transaction()
-            .map(|_| self as &dyn OneTransaction)
-    }
-
     // Delegated, not defaulted: the backend's own version is transactional.
     async fn run_and_record(
         &self,
@@ -180,24 +169,18 @@ impl Warehouse for TimedWarehouse {
     }
 }
 
+/// A store's [`OneTransaction`] whose runs are timed, as the warehouse's `one_transaction`
+/// (the whole processor run).
+pub struct TimedOneTransaction(pub Arc<dyn OneTransaction>);
+
 #[async_trait]
-impl OneTransaction for TimedWarehouse {
+impl OneTransaction for TimedOneTransaction {
     async fn run_boxed(
         &self,
         deadline: std::time::Instant,
         work: Work,
     ) -> Result<Result<Answer, Answer>, String> {
         let _t = StoreTimer::start("warehouse", "one_transaction");
-        match self.0.one_transaction() {
-            Some(inner) => inner.run_boxed(deadline, work).await,
-            None => Err("this warehouse runs no processor in one transaction".into()),
-        }
-    }
-
-    fn store_id(&self) -> (usize, &str) {
-        match self.0.one_transaction() {
-            Some(inner) => inner.store_id(),
-            None => (0, ""),
-        }
+        self.0.run_boxed(deadline, work).await
     }
 }

@@ -133,9 +133,9 @@ mod tests {
     async fn google_cloud_backends_are_refused_at_startup() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("demo.sqlite");
-        let mut bigquery = crate::demo::example_config(&db).unwrap();
+        let mut bigquery = crate::example::example_config(&db).unwrap();
         bigquery.backend.kind = BackendKind::Bigquery;
-        let mut pubsub = crate::demo::example_config(&db).unwrap();
+        let mut pubsub = crate::example::example_config(&db).unwrap();
         pubsub.bus.kind = BusKind::Pubsub;
         for (config, chosen) in [
             (bigquery, "backend.kind = \"bigquery\""),

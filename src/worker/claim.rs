@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 
 use super::decide::{Decision, Seen};
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
-use crate::atomic;
 use crate::config::{LeasePolicy, Phase, Processor, ProcessorKind};
 use crate::gate::{self, GateError, GateReport};
 use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus};
@@ -133,7 +132,7 @@ impl Worker {
         deadline: Instant,
     ) -> Result<Step, WorkerError> {
         if p.kind == ProcessorKind::Sql
-            && let Some(one) = atomic::shared(self.ledger.as_ref(), self.warehouse.as_ref())
+            && let Some(one) = self.one_transaction.as_deref()
             && let Some(index) = phase.processors.iter().position(|x| x.name == p.name)
         {
             return self

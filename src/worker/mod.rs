@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 
+use crate::atomic::OneTransaction;
 use crate::bus::Publisher;
 use crate::config::{Config, Phase};
 use crate::envelope::{PushEnvelope, Trigger};
@@ -63,6 +64,9 @@ pub struct Worker {
     ledger: Arc<dyn Ledger>,
     warehouse: Arc<dyn Warehouse>,
     publisher: Arc<dyn Publisher>,
+    /// The store behind both the ledger and the warehouse, where it runs a processor's whole
+    /// run in one transaction ([`atomic`]); `None`: claim, run, record.
+    one_transaction: Option<Arc<dyn OneTransaction>>,
 }
 
 /// One processor's step within a phase run.
@@ -84,7 +88,20 @@ impl Worker {
             ledger,
             warehouse,
             publisher,
+            one_transaction: None,
         }
+    }
+
+    /// Run SQL processors in one transaction of `one`, which must be the store behind both
+    /// the ledger and the warehouse (the embedded SQLite: [`crate::startup`] passes it on).
+    pub fn with_one_transaction(mut self, one: Option<Arc<dyn OneTransaction>>) -> Worker {
+        self.one_transaction = one;
+        self
+    }
+
+    /// The one-transaction run SQL processors take, if any ([`Worker::with_one_transaction`]).
+    pub fn one_transaction(&self) -> Option<&Arc<dyn OneTransaction>> {
+        self.one_transaction.as_ref()
     }
 
     pub fn config(&self) -> &Config {

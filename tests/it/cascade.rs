@@ -270,7 +270,8 @@ async fn a_crash_between_run_and_publish_is_repaired_by_redelivery_exactly_once(
         env.app.ledger().clone(),
         env.app.warehouse().clone(),
         flaky.clone(),
-    );
+    )
+    .with_one_transaction(env.app.one_transaction());
     let envelope = PushEnvelope::wrap(
         &json!({ "data_date": day }),
         BTreeMap::new(),

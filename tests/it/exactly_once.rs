@@ -244,12 +244,12 @@ fn worker_with(
     warehouse: Arc<dyn Warehouse>,
     publisher: Arc<dyn Publisher>,
 ) -> Arc<Worker> {
-    Arc::new(Worker::new(
-        env.app.config.clone(),
-        ledger,
-        warehouse,
-        publisher,
-    ))
+    // The store's one-transaction run only on the app's own ledger and warehouse, as the
+    // app wires it: a decorated one runs claim, run, record.
+    let own =
+        Arc::ptr_eq(&ledger, env.app.ledger()) && Arc::ptr_eq(&warehouse, env.app.warehouse());
+    let worker = Worker::new(env.app.config.clone(), ledger, warehouse, publisher);
+    Arc::new(worker.with_one_transaction(env.app.one_transaction().filter(|_| own)))
 }
 
 const PHASES: [(&str, &str, &str); 4] = [

@@ -232,12 +232,15 @@ impl Publisher for DownBus {
 async fn publish_failure_and_store_failure_are_503() {
     let env = TestEnv::new("strict").await;
     env.season(&[d("2024-01-01")]).await;
-    let worker = Arc::new(Worker::new(
-        env.app.config.clone(),
-        env.app.ledger().clone(),
-        env.app.warehouse().clone(),
-        Arc::new(DownBus),
-    ));
+    let worker = Arc::new(
+        Worker::new(
+            env.app.config.clone(),
+            env.app.ledger().clone(),
+            env.app.warehouse().clone(),
+            Arc::new(DownBus),
+        )
+        .with_one_transaction(env.app.one_transaction()),
+    );
     let server = Server::start(worker, Some("raw")).await;
     let url = format!("{}/push", server.base);
     let (s, b) = post(

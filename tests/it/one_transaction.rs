@@ -21,7 +21,7 @@ use phasegate::config::{EntityCompleteness, Reference};
 use phasegate::envelope::PushEnvelope;
 use phasegate::gate::GateReads;
 use phasegate::ledger::{LedgerError, RunRecord, RunStatus};
-use phasegate::warehouse::{DatePresence, EntityCount, ProcessorRun, Warehouse, WarehouseError};
+use phasegate::warehouse::{DatePresence, EntityCount, ProcessorRun, WarehouseError};
 use phasegate::worker::Worker;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -197,9 +197,9 @@ impl Hold {
     }
 }
 
-/// The app's warehouse, whose one-transaction runs go through [`Hold`].
+/// The app's one-transaction run, going through [`Hold`].
 struct Holding {
-    inner: Arc<dyn Warehouse>,
+    inner: Arc<dyn OneTransaction>,
     hold: Arc<Hold>,
 }
 
@@ -262,7 +262,6 @@ impl OneTransaction for Holding {
         deadline: Instant,
         work: Work,
     ) -> Result<Result<Answer, Answer>, String> {
-        let inner = self.inner.one_transaction().expect("sqlite");
         let hold = Arc::clone(&self.hold);
         let held: Work = Box::new(move |tx| {
             work(&HeldTx {
@@ -270,7 +269,7 @@ impl OneTransaction for Holding {
                 hold: &hold,
             })
         });
-        let mut run = inner.run_boxed(deadline, held);
+        let mut run = self.inner.run_boxed(deadline, held);
         // The first poll queues the job on the writer; then count it.
         tokio::select! {
             biased;
@@ -281,43 +280,6 @@ impl OneTransaction for Holding {
             queued.send_modify(|n| *n += 1);
         }
         run.await
-    }
-    fn store_id(&self) -> (usize, &str) {
-        self.inner.one_transaction().expect("sqlite").store_id()
-    }
-}
-
-#[async_trait]
-impl Warehouse for Holding {
-    fn one_transaction(&self) -> Option<&dyn OneTransaction> {
-        Some(self)
-    }
-    async fn run_statements(&self, s: &[String], d: NaiveDate) -> Result<(), WarehouseError> {
-        self.inner.run_statements(s, d).await
-    }
-    async fn count_rows(&self, t: &str, c: &str, d: NaiveDate) -> Result<u64, WarehouseError> {
-        self.inner.count_rows(t, c, d).await
-    }
-    async fn date_presence(
-        &self,
-        t: &str,
-        c: &str,
-        from: NaiveDate,
-        to: NaiveDate,
-        expected: Option<&Reference>,
-    ) -> Result<Vec<DatePresence>, WarehouseError> {
-        self.inner.date_presence(t, c, from, to, expected).await
-    }
-    async fn entity_counts(
-        &self,
-        spec: &EntityCompleteness,
-        reference: &Reference,
-        d: NaiveDate,
-    ) -> Result<Vec<EntityCount>, WarehouseError> {
-        self.inner.entity_counts(spec, reference, d).await
-    }
-    async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
-        self.inner.reference_in_use(reference).await
     }
 }
 
@@ -345,15 +307,17 @@ async fn a_delivery_dropped_inside_its_transaction_commits_whole_and_queued_ones
     env.season(&[day]).await;
     let hold = Arc::new(Hold::default());
     let events = Arc::new(Events::default());
-    let worker = Arc::new(Worker::new(
+    let holding = Arc::new(Holding {
+        inner: env.app.one_transaction().expect("sqlite"),
+        hold: Arc::clone(&hold),
+    });
+    let worker = Worker::new(
         env.app.config.clone(),
         env.app.ledger().clone(),
-        Arc::new(Holding {
-            inner: env.app.warehouse().clone(),
-            hold: Arc::clone(&hold),
-        }),
+        env.app.warehouse().clone(),
         events.clone(),
-    ));
+    );
+    let worker = Arc::new(worker.with_one_transaction(Some(holding)));
     let release = hold.arm();
 
     // A is held inside its transaction, after its decision and gate, before its statements.
@@ -404,16 +368,17 @@ async fn a_delivery_dropped_inside_its_transaction_commits_whole_and_queued_ones
 
 /// A worker whose one-transaction runs can be held, publishing nowhere.
 fn holding_worker(env: &TestEnv, hold: &Arc<Hold>) -> Arc<Worker> {
-    let warehouse = Arc::new(Holding {
-        inner: env.app.warehouse().clone(),
+    let holding = Arc::new(Holding {
+        inner: env.app.one_transaction().expect("sqlite"),
         hold: Arc::clone(hold),
     });
-    Arc::new(Worker::new(
+    let worker = Worker::new(
         env.app.config.clone(),
         env.app.ledger().clone(),
-        warehouse,
+        env.app.warehouse().clone(),
         Arc::new(Events::default()),
-    ))
+    );
+    Arc::new(worker.with_one_transaction(Some(holding)))
 }
 
 #[tokio::test]

@@ -38,7 +38,8 @@ async fn an_unreachable_pubsub_is_a_nack_and_the_redelivery_publishes_the_owed_e
         env.app.ledger().clone(),
         env.app.warehouse().clone(),
         Arc::new(bus),
-    );
+    )
+    .with_one_transaction(env.app.one_transaction());
     let body = serde_json::to_vec(&PushEnvelope::wrap(
         &json!({ "data_date": day }),
         BTreeMap::new(),

@@ -19,10 +19,12 @@ use rusqlite::{Connection, Savepoint, params};
 
 use super::Sqlite;
 use super::connection::Role;
+use super::gate_queries::{
+    EntityCountsQuery, ReferencePresence, presence_of, probe_every_day, reference_in_use,
+};
 use super::guard::{self, own};
 use super::presence::PresenceCache;
 use super::sql::{count_rows_sql, expand_dataset};
-use super::warehouse::{EntityCountsQuery, ReferencePresence, presence_of, probe_every_day};
 use crate::atomic::{Answer, InTransaction, OneTransaction, Processed, Work};
 use crate::config::{EntityCompleteness, Output, Reference};
 use crate::gate::GateReads;
@@ -222,10 +224,6 @@ impl OneTransaction for Sqlite {
         .await
         .map_err(deadline_error)
     }
-
-    fn store_id(&self) -> (usize, &str) {
-        (self.conns.id(), &self.pipeline)
-    }
 }
 
 fn not_started() -> rusqlite::Error {
@@ -381,7 +379,7 @@ impl GateReads for Tx<'_> {
 
     fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
         let sql = super::sql::any_date_sql(&reference.table, &reference.date_column);
-        self.bounded(|| super::warehouse::reference_in_use(self.conn, &sql))
+        self.bounded(|| reference_in_use(self.conn, &sql))
             .map_err(warehouse_error)
     }
 }

@@ -174,10 +174,6 @@ fn ensure_schema(c: &mut Connection) -> rusqlite::Result<()> {
 
 #[async_trait]
 impl Ledger for Sqlite {
-    fn one_transaction(&self) -> Option<&dyn crate::atomic::OneTransaction> {
-        Some(self)
-    }
-
     async fn ensure_schema(&self) -> Result<(), LedgerError> {
         self.with(ensure_schema).await.map_err(LedgerError)
     }

@@ -15,6 +15,7 @@ use crate::warehouse::WarehouseError;
 mod atomic;
 mod connection;
 mod file_sync;
+mod gate_queries;
 mod guard;
 mod ledger;
 mod presence;

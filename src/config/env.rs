@@ -1,0 +1,94 @@
+//! Environment overrides: the deployment settings that differ per environment (backend,
+//! bus, port, push authentication), read after the file and before validation.
+
+use std::path::PathBuf;
+
+use super::{AuthMode, BackendKind, BusKind, Config, ConfigError};
+
+impl Config {
+    /// Environment overrides: deployment settings that differ per environment.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("PHASEGATE_BACKEND") {
+            self.backend.kind = match v.as_str() {
+                "sqlite" => BackendKind::Sqlite,
+                "bigquery" => BackendKind::Bigquery,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "PHASEGATE_BACKEND".into(),
+                        message: format!("`{other}` is not a backend; use sqlite or bigquery"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("PHASEGATE_SQLITE_PATH") {
+            self.backend.sqlite_path = PathBuf::from(v);
+        }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_PROJECT").or_else(|| get("GOOGLE_CLOUD_PROJECT")) {
+            self.backend.project = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_DATASET") {
+            self.backend.dataset = Some(v);
+        }
+        if let Some(v) = get("BIGQUERY_EMULATOR_HOST") {
+            self.backend.emulator_host = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_BUS") {
+            self.bus.kind = match v.as_str() {
+                "in_process" => BusKind::InProcess,
+                "pubsub" => BusKind::Pubsub,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "PHASEGATE_BUS".into(),
+                        message: format!("`{other}` is not a bus; use in_process or pubsub"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("PHASEGATE_PUBSUB_PROJECT").or_else(|| get("GOOGLE_CLOUD_PROJECT")) {
+            self.bus.project = Some(v);
+        }
+        if let Some(v) = get("PUBSUB_EMULATOR_HOST") {
+            self.bus.emulator_host = Some(v);
+        }
+        if let Some(v) = get("PORT") {
+            self.server.port = v.parse().map_err(|_| ConfigError::Env {
+                var: "PORT".into(),
+                message: format!("`{v}` is not a port number"),
+            })?;
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_MODE") {
+            self.auth.mode = match v.as_str() {
+                "disabled" => AuthMode::Disabled,
+                "oidc" => AuthMode::Oidc,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "PHASEGATE_AUTH_MODE".into(),
+                        message: format!("`{other}` is not an auth mode; use oidc or disabled"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_AUDIENCE") {
+            self.auth.audience = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_ALLOWED_EMAILS") {
+            self.auth.allowed_emails = email_list(&v);
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_RELAY_EMAILS") {
+            self.auth.relay_emails = email_list(&v);
+        }
+        if let Some(v) = get("PHASEGATE_AUTH_JWKS_URL") {
+            self.auth.jwks_url = Some(v);
+        }
+        Ok(())
+    }
+}
+
+/// A comma-separated list of emails, blanks dropped.
+fn email_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
