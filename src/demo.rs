@@ -16,6 +16,7 @@ use crate::bus::Publisher;
 use crate::dates::days;
 use crate::envelope::SKIP_DOWNSTREAM_TRIGGER;
 use crate::example::{EXAMPLE_PIPELINE, example_config};
+use crate::invocation::{shell_word, this_binary};
 use crate::report::{StatusGrid, render_gate};
 use crate::sample::{SeasonSpec, generate};
 use crate::startup::{self, App};
@@ -27,21 +28,6 @@ fn write_config_beside(db: &Path) -> anyhow::Result<PathBuf> {
     std::fs::write(&path, EXAMPLE_PIPELINE)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
-}
-
-/// How to run this very binary from the current directory: its relative path when it is
-/// under it (`target/debug/phasegate` after `cargo run`), else its absolute path.
-fn this_binary() -> String {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("phasegate"));
-    let shown = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or(exe);
-    shell_word(&shown.display().to_string())
-}
-
-fn shell_word(text: &str) -> String {
-    shlex::try_quote(text).map_or_else(|_| text.to_string(), |q| q.into_owned())
 }
 
 /// The command lines the demo prints at its end, in order; each exits 0 on the demo's

@@ -18,6 +18,7 @@ pub mod event;
 pub mod example;
 pub mod freshness;
 pub mod gate;
+pub mod invocation;
 pub mod ledger;
 pub mod metrics;
 pub mod processor;

@@ -119,10 +119,19 @@ impl BackfillReport {
                 retry,
             });
         }
-        let mut not_done = report.dates.iter().filter(|d| d.retry.is_some());
-        if let (Some(first), Some(last)) = (not_done.next(), not_done.next_back()) {
-            report.retry_all = Some(retry(&plan.phase, first.date, last.date));
-        }
+        let not_done: Vec<NaiveDate> = report
+            .dates
+            .iter()
+            .filter(|d| d.retry.is_some())
+            .map(|d| d.date)
+            .collect();
+        report.retry_all = (!not_done.is_empty()).then(|| {
+            consecutive_runs(&not_done)
+                .into_iter()
+                .map(|(from, to)| retry(&plan.phase, from, to))
+                .collect::<Vec<_>>()
+                .join(" && ")
+        });
         report
     }
 
@@ -192,4 +201,17 @@ impl BackfillReport {
         }
         out
     }
+}
+
+/// `dates` (ascending) as runs of consecutive days, `(first, last)` each: a retry of exactly
+/// these dates never names a done date between them (which `--force` would run again).
+fn consecutive_runs(dates: &[NaiveDate]) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut runs: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+    for &d in dates {
+        match runs.last_mut() {
+            Some((_, last)) if last.succ_opt() == Some(d) => *last = d,
+            _ => runs.push((d, d)),
+        }
+    }
+    runs
 }

@@ -1,7 +1,7 @@
-//! The command that retries a range of a backfill: the same configuration file and every flag
-//! that changes what runs, so running it as printed does what the backfill was doing.
+//! The command that retries a range of a backfill: this binary, the environment overrides in
+//! effect, the same configuration file and every flag that changes what runs, so running it
+//! as printed does what the backfill was doing.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -12,6 +12,10 @@ use super::runners::Executor;
 /// Everything of a backfill's invocation that a retry must repeat.
 #[derive(Debug, Clone)]
 pub struct RetryCommand {
+    /// How the shell runs this binary ([`crate::invocation::this_binary`]).
+    pub program: String,
+    /// Environment overrides in effect (`PHASEGATE_SQLITE_PATH=…`, …), repeated before it.
+    pub env: Vec<(String, String)>,
     /// The configuration file (made absolute when it exists); `None` leaves `--config` out.
     pub config: Option<PathBuf>,
     pub policy: ErrorPolicy,
@@ -21,9 +25,12 @@ pub struct RetryCommand {
 }
 
 impl RetryCommand {
-    /// The retry command of a backfill run with `opts` and `executor`.
+    /// The retry command of a backfill run with `opts` and `executor` (no environment
+    /// overrides: see [`RetryCommand::with_env`]).
     pub fn new(config: Option<&Path>, opts: &BackfillOptions, executor: Executor) -> RetryCommand {
         RetryCommand {
+            program: crate::invocation::this_binary(),
+            env: Vec::new(),
             config: config.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())),
             policy: opts.policy,
             parallel: opts.parallel.max(1),
@@ -32,10 +39,20 @@ impl RetryCommand {
         }
     }
 
-    /// `phasegate [--config CFG] backfill --phase P --from D --to D` and the backfill's flags,
-    /// every word shell-quoted where it needs to be.
+    /// Repeat these environment overrides (`Config::env_overrides`) before the command.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> RetryCommand {
+        self.env = env;
+        self
+    }
+
+    /// `[NAME=value …] phasegate [--config CFG] backfill --phase P --from D --to D` and the
+    /// backfill's flags, every word shell-quoted where it needs to be.
     pub fn render(&self, phase: &str, from: NaiveDate, to: NaiveDate) -> String {
-        let mut words: Vec<String> = vec!["phasegate".into()];
+        let mut words: Vec<String> = Vec::new();
+        for (name, value) in &self.env {
+            words.push(format!("{name}={}", quote(value)));
+        }
+        words.push(self.program.clone());
         if let Some(path) = &self.config {
             words.extend(["--config".into(), path.display().to_string()]);
         }
@@ -62,12 +79,17 @@ impl RetryCommand {
                 timeout_secs.to_string(),
             ]);
         }
-        words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
+        let (prefix, rest) = words.split_at(self.env.len() + 1);
+        prefix
+            .iter()
+            .cloned()
+            .chain(rest.iter().map(|w| quote(w)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
-/// A word as the shell reads it back. Only a NUL byte cannot be quoted; command-line words
-/// and paths never hold one.
-fn quote(word: &str) -> Cow<'_, str> {
-    shlex::try_quote(word).unwrap_or(Cow::Borrowed(word))
+/// A word as the shell reads it back.
+fn quote(word: &str) -> String {
+    crate::invocation::shell_word(word)
 }

@@ -28,7 +28,9 @@ pub async fn run(app: &App, args: BackfillArgs) -> anyhow::Result<ExitCode> {
     } else {
         Executor::InProcess
     };
-    let retry_command = RetryCommand::new(Some(&app.config.source), &template, executor);
+    let overrides = app.config.env_overrides(|k| std::env::var(k).ok());
+    let retry_command =
+        RetryCommand::new(Some(&app.config.source), &template, executor).with_env(overrides);
     let retry = |phase: &str, from, to| retry_command.render(phase, from, to);
     let progress = |len: usize, phase: &str| {
         if json {

@@ -6,6 +6,20 @@ use std::path::PathBuf;
 use super::{AuthMode, BackendKind, BusKind, Config, ConfigError};
 
 impl Config {
+    /// The overrides `get` sets, as `(name, value)` in the order they are read: what a
+    /// printed command must carry to act on the same configuration (a backfill's retry).
+    pub fn env_overrides(&self, get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        let set = std::cell::RefCell::new(Vec::new());
+        let _ = self.clone().apply_env(|name| {
+            let value = get(name);
+            if let Some(v) = &value {
+                set.borrow_mut().push((name.to_string(), v.clone()));
+            }
+            value
+        });
+        set.into_inner()
+    }
+
     /// Environment overrides: deployment settings that differ per environment.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("PHASEGATE_BACKEND") {

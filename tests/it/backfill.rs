@@ -23,12 +23,21 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Every `retry:` command printed, as argument lists.
-fn retry_commands(out: &str) -> Vec<Vec<String>> {
+/// Every `retry:` command printed.
+fn retry_commands(out: &str) -> Vec<String> {
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("retry: "))
-        .map(|c| c.split_whitespace().map(String::from).collect())
+        .map(String::from)
         .collect()
+}
+
+/// Run a command phasegate printed, exactly as printed, through the shell.
+fn run_printed(command: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .expect("run the printed command")
 }
 
 async fn season_with_lost_feed(n: u32, lost: &str) -> (TestEnv, Vec<chrono::NaiveDate>) {
@@ -85,11 +94,7 @@ async fn the_stop_policy_halts_at_the_first_failure() {
         "{all}"
     );
     env.restore_feed(days[2]).await;
-    let words: Vec<&str> = all.split_whitespace().collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
-        .args(&words[1..])
-        .output()
-        .unwrap();
+    let out = run_printed(&all);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     for day in &days {
         assert_eq!(
@@ -209,12 +214,7 @@ async fn resume_skips_done_dates_and_a_printed_retry_command_repairs_its_date() 
     let first_run = env.latest("ingest", days[0]).await.unwrap().run_id;
 
     env.restore_feed(days[1]).await;
-    let cmd = &retries[0];
-    assert_eq!(cmd[0], "phasegate");
-    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
-        .args(&cmd[1..])
-        .output()
-        .unwrap();
+    let out = run_printed(&retries[0]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(
         env.status("ingest", days[1]).await,
@@ -429,4 +429,50 @@ async fn usage_errors_exit_2_with_the_reason() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
+}
+
+#[tokio::test]
+async fn a_retry_command_carries_the_environment_overrides_it_ran_with() {
+    let (env, days) = season_with_lost_feed(3, "2024-01-02").await;
+    // A configuration naming another database; the backfill runs on the test's database
+    // through PHASEGATE_SQLITE_PATH, as a deployment's environment would set it.
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let db = env.db_path().display().to_string();
+    let elsewhere = env.dir.path().join("elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        text.replace(&format!("{db:?}"), "\"not-this.db\""),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(&elsewhere)
+        .args(
+            "backfill --phase raw --from 2024-01-01 --to 2024-01-03 --error-policy continue"
+                .split(' '),
+        )
+        .env("PHASEGATE_SQLITE_PATH", &db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let retries = retry_commands(&stdout(&out));
+    assert_eq!(retries.len(), 1, "{}", stdout(&out));
+    assert!(
+        retries[0].contains(&format!("PHASEGATE_SQLITE_PATH={db} ")),
+        "{}",
+        retries[0]
+    );
+    env.restore_feed(days[1]).await;
+    // Run as printed, without the variable in the environment: it repairs the same database.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&retries[0])
+        .env_remove("PHASEGATE_SQLITE_PATH")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        env.status("ingest", days[1]).await,
+        Some(RunStatus::Success)
+    );
 }
