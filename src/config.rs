@@ -102,6 +102,14 @@ pub struct BackendConfig {
     /// `host:port` of a BigQuery emulator; unset in production.
     #[serde(default)]
     pub emulator_host: Option<String>,
+    /// BigQuery: `maximumBytesBilled` of every job (a query that would bill more fails
+    /// without charge). Env `PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED`.
+    #[serde(default)]
+    pub maximum_bytes_billed: Option<u64>,
+    /// BigQuery: labels added to every job (cost attribution in `INFORMATION_SCHEMA.JOBS`),
+    /// besides phasegate's own (pipeline, phase, processor, run id).
+    #[serde(default)]
+    pub job_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BackendConfig {
@@ -113,6 +121,8 @@ impl Default for BackendConfig {
             dataset: None,
             location: None,
             emulator_host: None,
+            maximum_bytes_billed: None,
+            job_labels: Default::default(),
         }
     }
 }
@@ -863,6 +873,15 @@ impl Config {
         }
         if let Some(v) = get("BIGQUERY_EMULATOR_HOST") {
             self.backend.emulator_host = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_LOCATION") {
+            self.backend.location = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED") {
+            self.backend.maximum_bytes_billed = Some(v.parse().map_err(|_| ConfigError::Env {
+                var: "PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED".into(),
+                message: format!("`{v}` is not a number of bytes"),
+            })?);
         }
         if let Some(v) = get("PHASEGATE_BUS") {
             self.bus.kind = match v.as_str() {

@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use super::{BigQuery, LEDGER_TABLE, date_param, param, parse_bool, script};
+use std::sync::Arc;
+
+use super::{BigQuery, JobError, LEDGER_TABLE, date_param, param, parse_bool, script};
 use crate::config::{EntityCompleteness, Reference};
 use crate::ledger::{Ledger, RunRecord};
 use crate::warehouse::{
@@ -12,6 +14,16 @@ use crate::warehouse::{
 };
 
 impl BigQuery {
+    /// The lock a run script takes: its output table's (or, without one, its processor's).
+    fn turn(&self, job: &ProcessorRun<'_>, processor: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = match job.output {
+            Some(out) => self.table(&out.table),
+            None => format!("processor {processor}"),
+        };
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(turns.entry(key).or_default())
+    }
+
     /// `SELECT COUNT(*) FROM table WHERE <its date column is date>` with literals (scripts).
     fn count_sql(&self, table: &str, date_column: &str, date: NaiveDate) -> String {
         format!(
@@ -104,9 +116,32 @@ impl Warehouse for BigQuery {
         // The template's finish time and lease are what the outcome row records.
         let template = finished(run, None);
         let sql = self.run_script(job, &template);
-        let rows = match self.query(&sql, Vec::new()).await {
+        let labels = self.labels(&[
+            ("phase", &template.phase),
+            ("processor", &template.processor),
+            ("run_id", &template.run_id),
+            ("job", "run"),
+        ]);
+        // One run script per output table at a time in this process: BigQuery cancels the
+        // later of two concurrent transactions that delete from the same table, so dates
+        // of one processor (a parallel backfill, concurrent pushes) take turns here instead
+        // of aborting each other. Across processes the conflict is retried as a new job.
+        let turn = self.turn(job, &template.processor);
+        let _turn = match tokio::time::timeout_at(job.deadline.into(), turn.lock_owned()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                return Ok(Committed::Unavailable(format!(
+                    "waited for another run of the same output table until the deadline ({})",
+                    template.processor
+                )));
+            }
+        };
+        let rows = match self.insert_job(&sql, labels, job.deadline).await {
             Ok(rows) => rows,
-            Err(e) => return scripted_outcome(&e, job).ok_or(WarehouseError(e)),
+            Err(e @ JobError::Exhausted { .. }) => {
+                return Ok(Committed::Unavailable(e.to_string()));
+            }
+            Err(JobError::Failed(e)) => return scripted_outcome(&e, job).ok_or(WarehouseError(e)),
         };
         let count = rows
             .first()
