@@ -172,6 +172,7 @@ emulator_suite() {
       export BIGQUERY_EMULATOR_HOST=${hosts[$1 - 1]}
       if (($1 == 1)); then
         cargo test --locked --test it -- cascade:: gate:: &&
+          cargo test --locked --test it -- --nocapture bigquery_model:: &&
           cargo test --locked --test it -- --ignored e2e_emulators::
       else
         cargo test --locked --test it -- backfill:: exactly_once:: lineage:: gate_truth:: &&

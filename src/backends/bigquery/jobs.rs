@@ -493,11 +493,11 @@ impl BigQuery {
             // The job exists: an earlier attempt's insert arrived, its answer did not.
             Err(BQError::ResponseError { error }) if error.error.code == 409 => {}
             Err(e) => {
-                let retry = classify_request(&e);
-                if retry == Retry::No {
-                    guard.disarm();
-                }
-                return Err((retry, e.to_string()));
+                // Not cancelled here: a retry sends the same job id (and arms its own
+                // guard), and a job an ambiguous attempt did start is bounded by its
+                // jobTimeoutMs.
+                guard.disarm();
+                return Err((classify_request(&e), e.to_string()));
             }
         }
         let out = self.poll(job_id, Vec::new(), None, false).await;

@@ -263,6 +263,16 @@ impl BigQuery {
         self.jobs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Every row of a configured table, each as its cells, sorted (tests and tooling compare
+    /// outputs with it).
+    pub async fn rows_sorted(&self, table: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let mut rows = self
+            .query(&format!("SELECT * FROM {}", self.table(table)), Vec::new())
+            .await?;
+        rows.sort();
+        Ok(rows)
+    }
+
     /// How many attempts were retried (transient errors, conflicts).
     pub fn retries(&self) -> u64 {
         self.retries.load(std::sync::atomic::Ordering::Relaxed)
