@@ -103,6 +103,8 @@ pub struct BigQuery {
     maximum_bytes_billed: Option<u64>,
     /// One run script at a time per output table in this process ([`warehouse`]).
     turns: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The type of each date column filtered on (`table.column` → kind), read once.
+    date_kinds: Arc<std::sync::Mutex<HashMap<String, warehouse::DateKind>>>,
 }
 
 /// A named, typed query parameter (`None` binds NULL).
@@ -249,6 +251,7 @@ impl BigQuery {
             ),
             maximum_bytes_billed: cfg.maximum_bytes_billed,
             turns: Arc::default(),
+            date_kinds: Arc::default(),
         })
     }
 
