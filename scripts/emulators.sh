@@ -11,6 +11,13 @@
 # BIGQUERY_EMULATOR_HOST). PHASEGATE_BQ_EMULATORS=N starts N bqemulators (default 1): one is a
 # single Python process that keeps one core busy, so suites split over several run faster.
 # Creates the bqemulator venv in .venv on first use (pinned versions below).
+# In front of each bqemulator runs the BigQuery model (scripts/bqmodel/model.py): a proxy that
+# adds BigQuery's documented limits (DML concurrency, transaction conflicts, job latency,
+# long jobs, jobs.cancel, location, injected transient errors), so BIGQUERY_EMULATOR_HOST(S)
+# point at the model. PHASEGATE_BQ_MODEL=0 exports the plain bqemulators instead.
+# PHASEGATE_BQ_MODEL_LATENCY_MS=LO-HI sets the model's job latency (default 5-20 ms for CI;
+# real BigQuery: 300-1500); the model's admin API is BIGQUERY_MODEL_HOST(S) (= the exported
+# hosts when the model runs, empty otherwise).
 # With PHASEGATE_EMULATOR_PGIDS=FILE, appends each started process group id to FILE (one a
 # line) so a caller can check afterwards that none is left (scripts/test.sh does).
 # Exit status: COMMAND's; 1 if an emulator group survived SIGKILL; 130/143 on INT/TERM.
@@ -30,7 +37,8 @@ ensure_venv() {
   # --clear: a venv left half-made by an interrupted run (no pip yet) is made again.
   python3 -m venv --clear "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    bqemulator==1.4.0 duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions numpy
+    bqemulator==1.4.0 duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions numpy \
+    starlette==1.10.0 httpx==0.29.0 uvicorn==0.55.0 # the BigQuery model (scripts/bqmodel)
   # Offline, bqemulator refuses to start unless the spatial extension is installed.
   "$VENV/bin/python" -c "from duckdb_extensions import import_extension; import_extension('spatial')"
   touch "$VENV/.phasegate-ready"
@@ -146,12 +154,15 @@ if [[ ! "$BQ_COUNT" =~ ^[1-9][0-9]*$ ]]; then
 fi
 ensure_venv
 
-ps_port='' bq_port='' bq_grpc='' # set by free_port
+ps_port='' bq_port='' bq_grpc='' model_port='' # set by free_port
 free_port ps_port
 start_group pubsub \
   gcloud beta emulators pubsub start --host-port="127.0.0.1:$ps_port" --project="$PROJECT" --quiet
 BQ_NAMES=()
 BQ_HOSTS=()
+MODEL_NAMES=()
+MODEL_HOSTS=()
+USE_MODEL="${PHASEGATE_BQ_MODEL:-1}"
 for i in $(seq "$BQ_COUNT"); do
   name=bigquery
   ((i == 1)) || name="bigquery-$i"
@@ -161,16 +172,33 @@ for i in $(seq "$BQ_COUNT"); do
     "$VENV/bin/bqemulator" start --project "$PROJECT" --rest-port "$bq_port" --grpc-port "$bq_grpc"
   BQ_NAMES+=("$name")
   BQ_HOSTS+=("127.0.0.1:$bq_port")
+  if [[ "$USE_MODEL" != 0 ]]; then
+    free_port model_port
+    start_group "bqmodel-$i" \
+      "$VENV/bin/python" scripts/bqmodel/model.py --port "$model_port" --upstream "127.0.0.1:$bq_port"
+    MODEL_NAMES+=("bqmodel-$i")
+    MODEL_HOSTS+=("127.0.0.1:$model_port")
+  fi
 done
 
 wait_http "http://127.0.0.1:$ps_port/v1/projects/$PROJECT/topics" pubsub 90
 for i in "${!BQ_NAMES[@]}"; do
   wait_http "http://${BQ_HOSTS[$i]}/bigquery/v2/projects/$PROJECT/datasets" "${BQ_NAMES[$i]}" 90
 done
-echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, BigQuery ${BQ_HOSTS[*]}"
+for i in "${!MODEL_NAMES[@]}"; do
+  wait_http "http://${MODEL_HOSTS[$i]}/bigquery/v2/projects/$PROJECT/datasets" "${MODEL_NAMES[$i]}" 30
+done
+if ((${#MODEL_HOSTS[@]})); then
+  echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, BigQuery model ${MODEL_HOSTS[*]} in front of bqemulator ${BQ_HOSTS[*]}"
+  BQ_HOSTS=("${MODEL_HOSTS[@]}")
+else
+  echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, BigQuery ${BQ_HOSTS[*]} (no model)"
+fi
 
 export PUBSUB_EMULATOR_HOST="127.0.0.1:$ps_port"
 export BIGQUERY_EMULATOR_HOST="${BQ_HOSTS[0]}"
 export BIGQUERY_EMULATOR_HOSTS="${BQ_HOSTS[*]}"
 export PHASEGATE_EMULATOR_PROJECT="$PROJECT"
+export BIGQUERY_MODEL_HOSTS="${MODEL_HOSTS[*]}"
+export BIGQUERY_MODEL_HOST="${MODEL_HOSTS[0]:-}"
 "$@"

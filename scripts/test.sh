@@ -160,8 +160,10 @@ trap finish EXIT
 # The BigQuery run: two shards of about equal length (module filters on the `it` test binary;
 # a filter is a substring of `module::test`, and `gate::` does not match `gate_truth::`), at
 # once, each on its own bqemulator, their lines prefixed [bq1] / [bq2]. Together: the shared
-# behavioural suite (gate, gate_truth, cascade, lineage, backfill, exactly_once: 48 tests), the
-# jobs count and the two end-to-end tests.
+# behavioural suite (gate, gate_truth, cascade, lineage, backfill, exactly_once, off_season,
+# publication, relay), the BigQuery model's suite (bigquery_model: conflicts, transient errors,
+# deadlines, location on scripts/bqmodel), the jobs count and the two end-to-end tests. The
+# BigQuery hosts are the model in front of each bqemulator (scripts/emulators.sh).
 emulator_suite() {
   await_background "bqemulator venv"
   # shellcheck disable=SC2016 # expanded by the inner bash
@@ -173,9 +175,10 @@ emulator_suite() {
       export BIGQUERY_EMULATOR_HOST=${hosts[$1 - 1]}
       if (($1 == 1)); then
         cargo test --locked --test it -- cascade:: gate:: &&
+          cargo test --locked --test it -- --nocapture bigquery_model:: &&
           cargo test --locked --test it -- --ignored e2e_emulators::
       else
-        cargo test --locked --test it -- backfill:: exactly_once:: lineage:: gate_truth:: &&
+        cargo test --locked --test it -- backfill:: exactly_once:: lineage:: gate_truth:: off_season:: publication:: relay:: &&
           cargo test --locked --test it -- --nocapture bigquery_jobs::
       fi 2>&1 | sed -u "s/^/[bq$1] /"
     }

@@ -55,6 +55,10 @@ pub enum Committed {
     /// The claim was taken over before the outcome could be written: nothing was kept
     /// (where the backend is transactional).
     TakenOver,
+    /// The store kept failing transiently (or losing to concurrent jobs) until the deadline:
+    /// nothing of the run committed and nothing is known to be wrong with the processor.
+    /// The claim is released and the delivery answered 503, so it is redelivered.
+    Unavailable(String),
 }
 
 /// The reason a run with `rows` output rows on `date` fails, if `require_rows` lists the

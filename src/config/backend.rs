@@ -42,6 +42,14 @@ pub struct BackendConfig {
     /// `host:port` of a BigQuery emulator; unset in production.
     #[serde(default)]
     pub emulator_host: Option<String>,
+    /// BigQuery: `maximumBytesBilled` of every job (a query that would bill more fails
+    /// without charge). Env `PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED`.
+    #[serde(default)]
+    pub maximum_bytes_billed: Option<u64>,
+    /// BigQuery: labels added to every job (cost attribution in `INFORMATION_SCHEMA.JOBS`),
+    /// besides phasegate's own (pipeline, phase, processor, run id).
+    #[serde(default)]
+    pub job_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BackendConfig {
@@ -53,6 +61,8 @@ impl Default for BackendConfig {
             dataset: None,
             location: None,
             emulator_host: None,
+            maximum_bytes_billed: None,
+            job_labels: Default::default(),
         }
     }
 }

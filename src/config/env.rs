@@ -46,6 +46,15 @@ impl Config {
         if let Some(v) = get("BIGQUERY_EMULATOR_HOST") {
             self.backend.emulator_host = Some(v);
         }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_LOCATION") {
+            self.backend.location = Some(v);
+        }
+        if let Some(v) = get("PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED") {
+            self.backend.maximum_bytes_billed = Some(v.parse().map_err(|_| ConfigError::Env {
+                var: "PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED".into(),
+                message: format!("`{v}` is not a number of bytes"),
+            })?);
+        }
         if let Some(v) = get("PHASEGATE_BUS") {
             self.bus.kind = match v.as_str() {
                 "in_process" => BusKind::InProcess,

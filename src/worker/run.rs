@@ -136,6 +136,17 @@ impl Worker {
                 }));
             }
             Ok(Committed::PostCondition(reason)) => reason,
+            Ok(Committed::Unavailable(reason)) => {
+                // Not the processor's failure: release the claim, answer 503, redeliver.
+                run.finish(
+                    RunStatus::Failed,
+                    None,
+                    Some(format!("released: the store is unavailable ({reason})")),
+                );
+                run.lease_until = None;
+                held.complete(&run).await?;
+                return Err(WorkerError::Ledger(crate::ledger::LedgerError(reason)));
+            }
             Err(e) => e,
         };
         run.finish(RunStatus::Failed, None, Some(error.clone()));

@@ -43,6 +43,8 @@ mod trigger;
 #[cfg(feature = "gcp")]
 mod bigquery_jobs;
 #[cfg(feature = "gcp")]
+mod bigquery_model;
+#[cfg(feature = "gcp")]
 mod e2e_emulators;
 #[cfg(feature = "gcp")]
 mod pubsub_publish;

@@ -88,9 +88,24 @@ impl BigQuery {
         )
     }
 
-    /// Run a script whose last statement selects the claim holder; return it.
-    async fn script_returning_holder(&self, sql: &str) -> Result<Option<String>, LedgerError> {
-        let rows = self.query(sql, Vec::new()).await.map_err(LedgerError)?;
+    /// Run a script (for `r`, labelled `what`) whose last statement selects the claim
+    /// holder; return it.
+    async fn script_returning_holder(
+        &self,
+        sql: &str,
+        r: &RunRecord,
+        what: &str,
+    ) -> Result<Option<String>, LedgerError> {
+        let labels = self.labels(&[
+            ("phase", &r.phase),
+            ("processor", &r.processor),
+            ("run_id", &r.run_id),
+            ("job", what),
+        ]);
+        let rows = self
+            .query_job(sql, Vec::new(), labels, None)
+            .await
+            .map_err(|e| LedgerError(e.to_string()))?;
         Ok(rows
             .into_iter()
             .next()
@@ -341,7 +356,9 @@ impl Ledger for BigQuery {
         }
         steps.push(self.insert_if_holder(run, &[]));
         steps.push(format!("SELECT {}", self.holder_sql(p, d)));
-        let holder = self.script_returning_holder(&steps.join(";\n")).await?;
+        let holder = self
+            .script_returning_holder(&steps.join(";\n"), run, "claim")
+            .await?;
         if holder.as_deref() == Some(run.run_id.as_str()) {
             return Ok(Claim::Won);
         }
@@ -356,7 +373,7 @@ impl Ledger for BigQuery {
             self.insert_if_holder(run, &[]),
             self.holder_sql(&run.processor, run.data_date)
         );
-        let holder = self.script_returning_holder(&sql).await?;
+        let holder = self.script_returning_holder(&sql, run, "outcome").await?;
         Ok(holder.as_deref() == Some(run.run_id.as_str()))
     }
 

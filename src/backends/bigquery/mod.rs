@@ -11,24 +11,20 @@
 //! cannot be touched by DML for a while, and bqemulator does not accept it for tables made
 //! by DDL.)
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use gcp_bigquery_client::Client;
 use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::dataset::Dataset;
-use gcp_bigquery_client::model::dataset_reference::DatasetReference;
-use gcp_bigquery_client::model::error_proto::ErrorProto;
-use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
 use gcp_bigquery_client::model::query_parameter::QueryParameter;
 use gcp_bigquery_client::model::query_parameter_type::QueryParameterType;
 use gcp_bigquery_client::model::query_parameter_value::QueryParameterValue;
-use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::table_row::TableRow;
 
 use crate::config::BackendConfig;
@@ -99,6 +95,16 @@ pub struct BigQuery {
     pipeline: Arc<str>,
     /// Jobs started through this handle (every statement is a billed job).
     jobs: Arc<std::sync::atomic::AtomicU64>,
+    /// Attempts retried after a transient error or a conflict.
+    retries: Arc<std::sync::atomic::AtomicU64>,
+    /// Labels on every job (`backend.job_labels`), besides phasegate's own.
+    job_labels: Arc<HashMap<String, String>>,
+    /// `maximumBytesBilled` of every job (`backend.maximum_bytes_billed`).
+    maximum_bytes_billed: Option<u64>,
+    /// One run script at a time per output table in this process ([`warehouse`]).
+    turns: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The type of each date column filtered on (`table.column` → kind), read once.
+    date_kinds: Arc<std::sync::Mutex<HashMap<String, warehouse::DateKind>>>,
 }
 
 /// A named, typed query parameter (`None` binds NULL).
@@ -194,18 +200,6 @@ fn parse_bq_ts(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("bad timestamp {s}"))
 }
 
-/// A query job's errors as one message.
-fn job_errors(errors: Option<Vec<ErrorProto>>) -> Result<(), String> {
-    match errors.filter(|e| !e.is_empty()) {
-        None => Ok(()),
-        Some(errors) => Err(errors
-            .iter()
-            .map(|e| e.message.clone().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("; ")),
-    }
-}
-
 fn parse_bool(s: Option<&String>) -> bool {
     s.is_some_and(|v| v == "true")
 }
@@ -248,6 +242,16 @@ impl BigQuery {
             location: cfg.location.clone(),
             pipeline: Arc::from(""),
             jobs: Arc::default(),
+            retries: Arc::default(),
+            job_labels: Arc::new(
+                cfg.job_labels
+                    .iter()
+                    .map(|(k, v)| (jobs::label_value(k), jobs::label_value(v)))
+                    .collect(),
+            ),
+            maximum_bytes_billed: cfg.maximum_bytes_billed,
+            turns: Arc::default(),
+            date_kinds: Arc::default(),
         })
     }
 
@@ -260,6 +264,21 @@ impl BigQuery {
     /// How many BigQuery jobs this handle (and its clones) started.
     pub fn jobs_started(&self) -> u64 {
         self.jobs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every row of a configured table, each as its cells, sorted (tests and tooling compare
+    /// outputs with it).
+    pub async fn rows_sorted(&self, table: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let mut rows = self
+            .query(&format!("SELECT * FROM {}", self.table(table)), Vec::new())
+            .await?;
+        rows.sort();
+        Ok(rows)
+    }
+
+    /// How many attempts were retried (transient errors, conflicts).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `` `project`.dataset `` — what `{dataset}` in configured SQL expands to.
@@ -282,73 +301,12 @@ impl BigQuery {
         sql.replace(crate::config::DATASET_PLACEHOLDER, &self.dataset_path())
     }
 
-    /// Run one statement; returns its rows (all pages).
+    /// Run one statement (labelled with the pipeline); returns its rows (all pages).
+    /// Transient errors and conflicts are retried ([`jobs`]).
     async fn query(&self, sql: &str, params: Vec<QueryParameter>) -> Result<Vec<Row>, String> {
-        let mut req = QueryRequest::new(sql);
-        req.use_legacy_sql = false;
-        req.parameter_mode = Some("NAMED".to_string());
-        req.query_parameters = (!params.is_empty()).then_some(params);
-        req.location = self.location.clone();
-        req.timeout_ms = Some(30_000);
-        req.default_dataset = Some(DatasetReference {
-            dataset_id: self.dataset.clone(),
-            project_id: self.project.clone(),
-        });
-        // One request id for every attempt: BigQuery runs a retried request at most once.
-        req.request_id = Some(uuid::Uuid::new_v4().to_string());
-        let jobs = self.jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        tracing::debug!(jobs_started = jobs, "bigquery job");
-        let send = || self.client.job().query(&self.project, req.clone());
-        let resp = send
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_times(3),
-            )
-            .when(|e: &BQError| matches!(e, BQError::RequestError(r) if r.is_connect() || r.is_request()))
+        self.query_job(sql, params, self.labels(&[]), None)
             .await
-            .map_err(|e| e.to_string())?;
-        job_errors(resp.errors)?;
-        let mut rows: Vec<Row> = resp
-            .rows
-            .unwrap_or_default()
-            .into_iter()
-            .map(cells)
-            .collect();
-        let mut complete = resp.job_complete.unwrap_or(true);
-        let mut page_token = resp.page_token;
-        let job_id = resp.job_reference.and_then(|j| j.job_id);
-        // Long queries and large results: poll and page through getQueryResults.
-        while !complete || page_token.is_some() {
-            let Some(job_id) = &job_id else { break };
-            if !complete {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let page = self
-                .client
-                .job()
-                .get_query_results(
-                    &self.project,
-                    job_id,
-                    GetQueryResultsParameters {
-                        format_options: None,
-                        location: self.location.clone(),
-                        max_results: None,
-                        page_token: page_token.clone(),
-                        start_index: None,
-                        timeout_ms: Some(30_000),
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            job_errors(page.errors)?;
-            complete = page.job_complete.unwrap_or(true);
-            if complete {
-                rows.extend(page.rows.unwrap_or_default().into_iter().map(cells));
-                page_token = page.page_token;
-            }
-        }
-        Ok(rows)
+            .map_err(String::from)
     }
 
     /// Create the dataset if it is missing.
@@ -413,6 +371,9 @@ impl BigQuery {
     }
 }
 
+mod jobs;
 mod ledger;
 mod script;
 mod warehouse;
+
+pub use jobs::JobError;

@@ -3,7 +3,11 @@
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use super::{BigQuery, LEDGER_TABLE, date_param, param, parse_bool, script};
+use std::sync::Arc;
+
+use gcp_bigquery_client::model::field_type::FieldType;
+
+use super::{BigQuery, JobError, LEDGER_TABLE, date_param, param, parse_bool, script};
 use crate::config::{EntityCompleteness, Reference};
 use crate::ledger::{Ledger, RunRecord};
 use crate::warehouse::{
@@ -12,20 +16,84 @@ use crate::warehouse::{
 };
 
 impl BigQuery {
+    /// The lock a run script takes: its output table's (or, without one, its processor's).
+    fn turn(&self, job: &ProcessorRun<'_>, processor: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = match job.output {
+            Some(out) => self.table(&out.table),
+            None => format!("processor {processor}"),
+        };
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(turns.entry(key).or_default())
+    }
+
     /// `SELECT COUNT(*) FROM table WHERE <its date column is date>` with literals (scripts).
-    fn count_sql(&self, table: &str, date_column: &str, date: NaiveDate) -> String {
+    fn count_sql(&self, table: &str, date_column: &str, kind: DateKind, date: NaiveDate) -> String {
+        let d = script::date(date);
         format!(
-            "SELECT COUNT(*) AS n FROM {} WHERE {} = {}",
+            "SELECT COUNT(*) AS n FROM {} WHERE {}",
             self.table(table),
-            day(date_column),
-            script::date(date)
+            on_days(kind, date_column, &d, &d)
         )
+    }
+
+    /// The type of `table.column` (from the table's schema, looked up once per process;
+    /// `Other` when it cannot be read).
+    pub(super) async fn date_kind(&self, table: &str, column: &str) -> DateKind {
+        let key = format!("{}.{column}", self.table(table));
+        if let Some(k) = self
+            .date_kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return *k;
+        }
+        let (project, dataset, name) = match table.split('.').collect::<Vec<_>>().as_slice() {
+            [t] => (self.project.clone(), self.dataset.clone(), t.to_string()),
+            [d, t] => (self.project.clone(), d.to_string(), t.to_string()),
+            [p, d, t] => (p.to_string(), d.to_string(), t.to_string()),
+            _ => return DateKind::Other,
+        };
+        let kind = match self
+            .client
+            .table()
+            .get(&project, &dataset, &name, None)
+            .await
+        {
+            Ok(t) => t
+                .schema
+                .fields
+                .unwrap_or_default()
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(column))
+                .map_or(DateKind::Other, |f| match f.r#type {
+                    FieldType::Date => DateKind::Date,
+                    FieldType::Datetime => DateKind::Datetime,
+                    FieldType::Timestamp => DateKind::Timestamp,
+                    _ => DateKind::Other,
+                }),
+            Err(e) => {
+                tracing::warn!(table, column, error = %e,
+                    "could not read the column's type; filtering through DATE() (no pruning)");
+                return DateKind::Other;
+            }
+        };
+        self.date_kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, kind);
+        kind
     }
 
     /// A processor run as one script in one transaction (one job): the claim must still be
     /// this run's, then its statements, the post-condition, and its outcome row (status and
     /// row count computed in the script). A raised error rolls every statement back.
-    fn run_script(&self, job: &ProcessorRun<'_>, template: &RunRecord) -> String {
+    fn run_script(
+        &self,
+        job: &ProcessorRun<'_>,
+        template: &RunRecord,
+        kinds: (DateKind, DateKind),
+    ) -> String {
         let d = job.date;
         let mut steps = vec![
             "BEGIN TRANSACTION".to_string(),
@@ -44,9 +112,9 @@ impl BigQuery {
         let mut outcome = script::ledger_row_select(template, &self.pipeline, &[]);
         let mut rows = "SELECT CAST(NULL AS INT64)".to_string();
         if let Some(out) = job.output {
-            let count = self.count_sql(&out.table, &out.date_column, d);
+            let count = self.count_sql(&out.table, &out.date_column, kinds.0, d);
             if let Some(r) = job.require_rows {
-                let scheduled = self.count_sql(&r.table, &r.date_column, d);
+                let scheduled = self.count_sql(&r.table, &r.date_column, kinds.1, d);
                 steps.push(format!(
                     "SELECT IF(({count}) = 0 AND ({scheduled}) > 0, \
                      ERROR(CONCAT('{pc} ', CAST(({scheduled}) AS STRING))), 0)",
@@ -103,10 +171,43 @@ impl Warehouse for BigQuery {
     ) -> Result<Committed, WarehouseError> {
         // The template's finish time and lease are what the outcome row records.
         let template = finished(run, None);
-        let sql = self.run_script(job, &template);
-        let rows = match self.query(&sql, Vec::new()).await {
+        let kinds = (
+            match job.output {
+                Some(o) => self.date_kind(&o.table, &o.date_column).await,
+                None => DateKind::Other,
+            },
+            match job.require_rows {
+                Some(r) => self.date_kind(&r.table, &r.date_column).await,
+                None => DateKind::Other,
+            },
+        );
+        let sql = self.run_script(job, &template, kinds);
+        let labels = self.labels(&[
+            ("phase", &template.phase),
+            ("processor", &template.processor),
+            ("run_id", &template.run_id),
+            ("job", "run"),
+        ]);
+        // One run script per output table at a time in this process: BigQuery cancels the
+        // later of two concurrent transactions that delete from the same table, so dates
+        // of one processor (a parallel backfill, concurrent pushes) take turns here instead
+        // of aborting each other. Across processes the conflict is retried as a new job.
+        let turn = self.turn(job, &template.processor);
+        let _turn = match tokio::time::timeout_at(job.deadline.into(), turn.lock_owned()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                return Ok(Committed::Unavailable(format!(
+                    "waited for another run of the same output table until the deadline ({})",
+                    template.processor
+                )));
+            }
+        };
+        let rows = match self.insert_job(&sql, labels, job.deadline).await {
             Ok(rows) => rows,
-            Err(e) => return scripted_outcome(&e, job).ok_or(WarehouseError(e)),
+            Err(e @ JobError::Exhausted { .. }) => {
+                return Ok(Committed::Unavailable(e.to_string()));
+            }
+            Err(JobError::Failed(e)) => return scripted_outcome(&e, job).ok_or(WarehouseError(e)),
         };
         let count = rows
             .first()
@@ -145,10 +246,11 @@ impl Warehouse for BigQuery {
         date_column: &str,
         date: NaiveDate,
     ) -> Result<u64, WarehouseError> {
+        let kind = self.date_kind(t, date_column).await;
         let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE {} = @d",
+            "SELECT COUNT(*) FROM {} WHERE {}",
             self.table(t),
-            day(date_column)
+            on_days(kind, date_column, "@d", "@d")
         );
         let rows = self
             .query(&sql, vec![date_param("d", date)])
@@ -174,18 +276,25 @@ impl Warehouse for BigQuery {
                 "expected AS (SELECT d FROM UNNEST(GENERATE_DATE_ARRAY(@f, @t)) AS d)".to_string()
             }
             Some(r) => format!(
-                "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {c} BETWEEN @f AND @t)",
+                "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {w})",
                 c = day(&r.date_column),
-                t = self.table(&r.table)
+                t = self.table(&r.table),
+                w = on_days(
+                    self.date_kind(&r.table, &r.date_column).await,
+                    &r.date_column,
+                    "@f",
+                    "@t"
+                ),
             ),
         };
         let sql = format!(
             "WITH {expected_cte},
-             actual AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {c} BETWEEN @f AND @t)
+             actual AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {w})
              SELECT CAST(e.d AS STRING), a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
              ORDER BY e.d",
             c = day(date_column),
-            t = self.table(t)
+            t = self.table(t),
+            w = on_days(self.date_kind(t, date_column).await, date_column, "@f", "@t"),
         );
         let rows = self
             .query(&sql, vec![date_param("f", from), date_param("t", to)])
@@ -213,13 +322,13 @@ impl Warehouse for BigQuery {
         let sql = format!(
             "WITH ref AS (
                 SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}
-                WHERE {rd} BETWEEN @floor AND @last),
+                WHERE {rw}),
              ranked AS (
                 SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn FROM ref),
              expected AS (SELECT entity, d FROM ranked WHERE rn <= @max_dates),
              actual AS (
                 SELECT DISTINCT CAST({ue} AS STRING) AS entity, {ud} AS d FROM {ut}
-                WHERE {ud} BETWEEN @floor AND @last)
+                WHERE {uw})
              SELECT e.entity, COUNT(*), COUNT(a.d)
              FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
              GROUP BY e.entity ORDER BY e.entity",
@@ -229,6 +338,18 @@ impl Warehouse for BigQuery {
             ue = spec.upstream_entity_column,
             ud = day(&spec.upstream_date_column),
             ut = self.table(&spec.upstream_table),
+            rw = on_days(
+                self.date_kind(&reference.table, &reference.date_column).await,
+                &reference.date_column,
+                "@floor",
+                "@last"
+            ),
+            uw = on_days(
+                self.date_kind(&spec.upstream_table, &spec.upstream_date_column).await,
+                &spec.upstream_date_column,
+                "@floor",
+                "@last"
+            ),
         );
         let rows = self
             .query(
@@ -275,8 +396,92 @@ impl Warehouse for BigQuery {
     }
 }
 
-/// A date column read as a DATE: `DATE()` of a DATE is the date itself, of a DATETIME its
-/// day, of a TIMESTAMP its day in UTC.
+/// What a date column holds, for a predicate BigQuery can prune partitions with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DateKind {
+    Date,
+    Datetime,
+    Timestamp,
+    /// Another type (a date as text): read through `DATE()`, no pruning possible.
+    Other,
+}
+
+/// A date column read as a DATE (for SELECT lists and joins, never for filtering).
 fn day(column: &str) -> String {
     format!("DATE({column})")
+}
+
+/// `column` within the days `from` ..= `to` (DATE expressions: parameters or literals),
+/// comparing the column itself so a partitioned table is pruned
+/// (<https://cloud.google.com/bigquery/docs/querying-partitioned-tables#use_a_constant_filter_expression>):
+/// a DATE as dates, a DATETIME or TIMESTAMP as the half-open range of those days (UTC).
+pub(super) fn on_days(kind: DateKind, column: &str, from: &str, to: &str) -> String {
+    let one_day = |f: &str| -> String {
+        if from == to {
+            format!("{column} = {f}")
+        } else {
+            format!("{column} BETWEEN {f} AND {to}")
+        }
+    };
+    match kind {
+        DateKind::Date => one_day(from),
+        DateKind::Datetime => format!(
+            "{column} >= DATETIME({from}) AND {column} < DATETIME(DATE_ADD({to}, INTERVAL 1 DAY))"
+        ),
+        DateKind::Timestamp => format!(
+            "{column} >= TIMESTAMP({from}) AND {column} < TIMESTAMP(DATE_ADD({to}, INTERVAL 1 DAY))"
+        ),
+        DateKind::Other => {
+            if from == to {
+                format!("DATE({column}) = {from}")
+            } else {
+                format!("DATE({column}) BETWEEN {from} AND {to}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_columns_are_filtered_as_themselves_so_partitions_are_pruned() {
+        assert_eq!(
+            on_days(DateKind::Date, "game_date", "@d", "@d"),
+            "game_date = @d"
+        );
+        assert_eq!(
+            on_days(DateKind::Date, "game_date", "@f", "@t"),
+            "game_date BETWEEN @f AND @t"
+        );
+        assert_eq!(
+            on_days(DateKind::Timestamp, "ts", "@d", "@d"),
+            "ts >= TIMESTAMP(@d) AND ts < TIMESTAMP(DATE_ADD(@d, INTERVAL 1 DAY))"
+        );
+        assert_eq!(
+            on_days(DateKind::Datetime, "dt", "@f", "@t"),
+            "dt >= DATETIME(@f) AND dt < DATETIME(DATE_ADD(@t, INTERVAL 1 DAY))"
+        );
+        assert_eq!(
+            on_days(
+                DateKind::Date,
+                "d",
+                "DATE '2024-01-05'",
+                "DATE '2024-01-05'"
+            ),
+            "d = DATE '2024-01-05'"
+        );
+        // No function around a DATE, DATETIME or TIMESTAMP column on the left of the filter.
+        for kind in [DateKind::Date, DateKind::Datetime, DateKind::Timestamp] {
+            for sql in [
+                on_days(kind, "c", "@d", "@d"),
+                on_days(kind, "c", "@f", "@t"),
+            ] {
+                assert!(sql.starts_with("c "), "{sql}");
+                assert!(!sql.contains("DATE(c)"), "{sql}");
+            }
+        }
+        assert_eq!(on_days(DateKind::Other, "s", "@d", "@d"), "DATE(s) = @d");
+    }
 }

@@ -1,0 +1,343 @@
+//! The BigQuery backend on the model of BigQuery's documented limits (scripts/bqmodel, in
+//! front of bqemulator): parallel backfills, injected transient errors and conflicts, a job
+//! that outlives the push deadline, a dataset outside the US/EU multi-regions.
+//!
+//! Runs with `PHASEGATE_TEST_BACKEND=bigquery` under scripts/emulators.sh; returns at once on
+//! SQLite, and says so and returns when BIGQUERY_EMULATOR_HOST is a plain bqemulator
+//! (`PHASEGATE_BQ_MODEL=0`). Faults are scheduled by count on the test's own dataset, so
+//! tests running at the same time on the same model do not see each other's.
+
+use crate::common;
+
+use std::process::Command;
+
+use common::{Backend, PIPELINE, TestEnv, backend, dates};
+use phasegate::config::Config;
+use phasegate::ledger::RunStatus;
+use phasegate::startup::{self, Store};
+use serde_json::{Value, json};
+
+const PROCESSORS: [&str; 4] = ["ingest", "summary", "features", "preds"];
+const TABLES: [&str; 4] = ["raw", "summary", "features", "preds"];
+
+/// The model's admin address, or `None` (with a note) when there is no model.
+async fn model() -> Option<String> {
+    if backend() != Backend::BigQuery {
+        return None;
+    }
+    let host = std::env::var("BIGQUERY_EMULATOR_HOST").ok()?;
+    let ok = reqwest::get(format!("http://{host}/phasegate-model/health"))
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !ok {
+        eprintln!("no BigQuery model at {host} (PHASEGATE_BQ_MODEL=0?): test skipped");
+        return None;
+    }
+    Some(host)
+}
+
+/// The shared test pipeline on a fresh dataset, with extra `[backend]` lines and sections.
+async fn env_with(backend_lines: &str, sections: &str) -> TestEnv {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = std::env::var("BIGQUERY_EMULATOR_HOST").expect("BIGQUERY_EMULATOR_HOST");
+    let project =
+        std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
+    let dataset = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let text = PIPELINE
+        .replace("{MODE}", "strict")
+        .replace("sql.sqlite", "sql.bigquery");
+    let text = text.replacen(
+        "[pipeline]",
+        &format!(
+            "[backend]\nkind = \"bigquery\"\nproject = {project:?}\ndataset = {dataset:?}\n\
+             emulator_host = {host:?}\n{backend_lines}\n{sections}\n[pipeline]"
+        ),
+        1,
+    );
+    let config_path = dir.path().join("pipeline.toml");
+    std::fs::write(&config_path, &text).expect("write config");
+    let mut config = Config::parse(&text, &config_path).expect("parse");
+    config.validate().expect("valid");
+    let app = startup::build(config).await.expect("build");
+    app.init_schema().await.expect("schema");
+    TestEnv {
+        app,
+        dir,
+        config_path,
+    }
+}
+
+fn dataset(env: &TestEnv) -> String {
+    env.app
+        .config
+        .backend
+        .dataset
+        .clone()
+        .expect("a BigQuery dataset")
+}
+
+async fn add_faults(host: &str, rules: Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{host}/phasegate-model/faults"))
+        .json(&json!({ "rules": rules }))
+        .send()
+        .await
+        .expect("model admin");
+    assert!(resp.status().is_success(), "{resp:?}");
+}
+
+async fn stats(host: &str, dataset: &str) -> Value {
+    reqwest::get(format!(
+        "http://{host}/phasegate-model/stats?dataset={dataset}"
+    ))
+    .await
+    .expect("model admin")
+    .json()
+    .await
+    .expect("stats")
+}
+
+fn stat(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+/// Every output table's rows, sorted.
+async fn outputs(env: &TestEnv) -> Vec<Vec<Vec<Option<String>>>> {
+    let Store::BigQuery(bq) = &env.app.store else {
+        panic!("the BigQuery suite runs on BigQuery");
+    };
+    let mut out = Vec::new();
+    for t in TABLES {
+        out.push(bq.rows_sorted(t).await.expect("rows"));
+    }
+    out
+}
+
+/// Per processor and date: every run's (latest) status, oldest run first.
+async fn ledger(
+    env: &TestEnv,
+    days: &[chrono::NaiveDate],
+) -> Vec<(String, String, Vec<RunStatus>)> {
+    let mut out = Vec::new();
+    for p in PROCESSORS {
+        for day in days {
+            let history = env.app.ledger().history(p, *day).await.expect("history");
+            out.push((
+                p.to_string(),
+                day.to_string(),
+                history.iter().map(|r| r.status).collect(),
+            ));
+        }
+    }
+    out
+}
+
+fn backfill(env: &TestEnv, parallel: u32, days: u32) -> std::process::Output {
+    let to = dates("2024-01-01", days)
+        .last()
+        .expect("a date")
+        .to_string();
+    Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args([
+            "backfill",
+            "--all",
+            "--from",
+            "2024-01-01",
+            "--to",
+            &to,
+            "--yes",
+            "--parallel",
+        ])
+        .arg(parallel.to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run phasegate")
+}
+
+#[tokio::test]
+async fn a_parallel_backfill_of_eight_dates_through_four_phases_fails_no_run_and_matches_a_serial_one()
+ {
+    let Some(host) = model().await else { return };
+    let days = dates("2024-01-01", 8);
+    let serial = env_with("", "").await;
+    let parallel = env_with("", "").await;
+    for env in [&serial, &parallel] {
+        env.season(&days).await;
+    }
+    // Real-BigQuery-like job latency on the parallel run's dataset only: jobs overlap as
+    // they would in production (the model's default latency is a few ms for CI).
+    add_faults(
+        &host,
+        json!([{ "dataset": dataset(&parallel), "kind": "delay", "ms": 100 }]),
+    )
+    .await;
+    let out = backfill(&serial, 1, 8);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = backfill(&parallel, 8, 8);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+
+    let (serial_ledger, parallel_ledger) =
+        (ledger(&serial, &days).await, ledger(&parallel, &days).await);
+    let failed = parallel_ledger
+        .iter()
+        .filter(|(_, _, h)| h.contains(&RunStatus::Failed))
+        .count();
+    assert_eq!(
+        failed, 0,
+        "failed runs in the parallel backfill: {parallel_ledger:?}"
+    );
+    assert_eq!(serial_ledger, parallel_ledger);
+    for (p, day, h) in &parallel_ledger {
+        assert_eq!(h.as_slice(), [RunStatus::Success], "{p} {day}: one run");
+    }
+    assert_eq!(outputs(&serial).await, outputs(&parallel).await);
+    let s = stats(&host, &dataset(&parallel)).await;
+    println!(
+        "parallel backfill, 8 dates x 4 phases on the model: 0 failed runs, outputs equal to \
+         the serial run's; model: {s}"
+    );
+}
+
+#[tokio::test]
+async fn transient_errors_and_conflicts_on_every_kind_of_job_change_nothing() {
+    let Some(host) = model().await else { return };
+    let days = dates("2024-01-01", 2);
+    let clean = env_with("", "").await;
+    let faulty = env_with("", "").await;
+    for env in [&clean, &faulty] {
+        env.season(&days).await;
+    }
+    let ds = dataset(&faulty);
+    // By count, on this dataset only: every 3rd jobs.query refused before it runs (503),
+    // every 5th run and its answer lost (500: the retry's requestId finds the job), run
+    // scripts refused (403 rateLimitExceeded) and one run with its answer lost (the retried
+    // insert finds the job: 409), look-ups throttled (403 jobRateLimitExceeded), and the
+    // first claim MERGE failing with a serialisation conflict.
+    add_faults(
+        &host,
+        json!([
+            { "dataset": ds, "endpoint": "query", "every": 3, "status": 503, "reason": "backendError" },
+            { "dataset": ds, "endpoint": "query", "every": 5, "phase": "after", "status": 500, "reason": "internalError" },
+            { "dataset": ds, "endpoint": "insert", "nth": [1, 4], "status": 403, "reason": "rateLimitExceeded" },
+            { "dataset": ds, "endpoint": "insert", "nth": [2], "phase": "after", "status": 503, "reason": "backendError" },
+            { "dataset": ds, "endpoint": "getQueryResults", "every": 2, "status": 403, "reason": "jobRateLimitExceeded" },
+            { "dataset": ds, "kind": "serialize", "match": "MERGE", "nth": [1] },
+        ]),
+    )
+    .await;
+    for env in [&clean, &faulty] {
+        for day in &days {
+            env.trigger(*day, false).await;
+        }
+    }
+    let s = stats(&host, &ds).await;
+    println!("fault injection on the model: {s}");
+    assert!(stat(&s, "faults_injected") >= 10, "{s}");
+    assert!(stat(&s, "request_id_reused") >= 1, "{s}");
+    assert!(stat(&s, "duplicate_job_ids") >= 1, "{s}");
+    assert!(stat(&s, "serialize_errors") >= 1, "{s}");
+
+    let faulty_ledger = ledger(&faulty, &days).await;
+    for (p, day, h) in &faulty_ledger {
+        assert_eq!(
+            h.as_slice(),
+            [RunStatus::Success],
+            "{p} {day}: one run, no failed one"
+        );
+    }
+    assert_eq!(ledger(&clean, &days).await, faulty_ledger);
+    assert_eq!(outputs(&clean).await, outputs(&faulty).await);
+    for topic in [
+        "test-raw-done",
+        "test-analytics-done",
+        "test-precompute-done",
+        "test-predictions-done",
+    ] {
+        assert_eq!(
+            faulty.published_to(topic),
+            days.len(),
+            "{topic}: one event per date"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_outlives_the_push_deadline_is_cancelled_and_commits_nothing() {
+    let Some(host) = model().await else { return };
+    let day = dates("2024-01-01", 1)[0];
+    let env = env_with("", "[server]\npush_deadline_secs = 4\n").await;
+    env.season(&[day]).await;
+    // The first run script (ingest's) takes 60 s; jobs.query/getQueryResults answer
+    // jobComplete=false after 200 ms, so the client polls until the deadline drops it.
+    add_faults(
+        &host,
+        json!([{ "dataset": dataset(&env), "kind": "delay", "endpoint": "insert",
+                 "match": "BEGIN TRANSACTION", "nth": [1], "ms": 60000, "wait_ms": 200 }]),
+    )
+    .await;
+    env.trigger(day, false).await;
+    // The first delivery hit its deadline; the bus redelivered and the second run
+    // succeeded. Had the cancelled job committed, the date would hold its rows twice.
+    let s = stats(&host, &dataset(&env)).await;
+    println!("deadline on the model: {s}");
+    assert!(stat(&s, "cancel_requests") >= 1, "{s}");
+    assert_eq!(stat(&s, "cancelled") + stat(&s, "timeouts"), 1, "{s}");
+    assert_eq!(
+        env.count("raw", "game_date", day).await,
+        2,
+        "one run's rows, once"
+    );
+    let history = env
+        .app
+        .ledger()
+        .history("ingest", day)
+        .await
+        .expect("history");
+    let statuses: Vec<RunStatus> = history.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [RunStatus::Failed, RunStatus::Success],
+        "{history:#?}"
+    );
+    assert!(
+        history[0]
+            .errors
+            .as_deref()
+            .is_some_and(|e| e.contains("interrupted")),
+        "the first run is released, not blamed: {:?}",
+        history[0].errors
+    );
+    // Let the cancellation reach the model before the dataset goes away.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_dataset_in_europe_west2_with_a_job_longer_than_the_first_poll_completes() {
+    let Some(host) = model().await else { return };
+    let day = dates("2024-01-01", 1)[0];
+    let env = env_with("location = \"europe-west2\"", "").await;
+    env.season(&[day]).await;
+    // Every run script outlives the first answer (jobComplete=false after 100 ms): the
+    // client must poll getQueryResults with the location, which the model refuses without.
+    add_faults(
+        &host,
+        json!([{ "dataset": dataset(&env), "kind": "delay", "endpoint": "insert",
+                 "match": "BEGIN TRANSACTION", "ms": 400, "wait_ms": 100 }]),
+    )
+    .await;
+    env.trigger(day, false).await;
+    for p in PROCESSORS {
+        assert_eq!(env.status(p, day).await, Some(RunStatus::Success), "{p}");
+    }
+    let s = stats(&host, &dataset(&env)).await;
+    assert_eq!(stat(&s, "location_refusals"), 0, "{s}");
+    assert!(stat(&s, "jobs") > 0, "{s}");
+}
