@@ -288,7 +288,13 @@ async fn a_job_that_outlives_the_push_deadline_is_cancelled_and_commits_nothing(
     // succeeded. Had the cancelled job committed, the date would hold its rows twice.
     let s = stats(&host, &dataset(&env)).await;
     println!("deadline on the model: {s}");
-    assert!(stat(&s, "cancel_requests") >= 1, "{s}");
+    // Two bounds stop it, whichever comes first: the job's own timeout (jobTimeoutMs = what
+    // remained of the deadline) or the cancel the dropped delivery sends. On a loaded machine
+    // the timeout can fire before the cancel is sent (seen in CI): either way, one stop.
+    assert!(
+        stat(&s, "cancel_requests") >= 1 || stat(&s, "timeouts") == 1,
+        "{s}"
+    );
     assert_eq!(stat(&s, "cancelled") + stat(&s, "timeouts"), 1, "{s}");
     assert_eq!(
         env.count("raw", "game_date", day).await,
