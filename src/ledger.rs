@@ -165,9 +165,11 @@ pub struct RunRecord {
     pub delivery_attempt: Option<u32>,
     pub skip_downstream_trigger: bool,
     pub published_at: Option<DateTime<Utc>>,
-    /// The upstream runs (latest done run of each upstream processor) this run consumed.
+    /// The upstream runs (latest done run of each upstream processor) this run consumed:
+    /// `Some([])` when it consumed none (its upstream had not run yet), `None` when unknown
+    /// (a row written before the ledger recorded lineage, or by another tool).
     #[serde(default)]
-    pub upstream_runs: Vec<UpstreamRun>,
+    pub upstream_runs: Option<Vec<UpstreamRun>>,
     /// Until when the delivery that owns this run holds it: a `running` row past its lease
     /// is abandoned (its worker crashed or lost its connection) and may be taken over; a
     /// done row with an unpublished event is being published by its owner until then.
@@ -202,7 +204,7 @@ impl RunRecord {
             delivery_attempt: None,
             skip_downstream_trigger,
             published_at: None,
-            upstream_runs: Vec::new(),
+            upstream_runs: None,
             lease_until: None,
         }
     }
@@ -250,15 +252,18 @@ impl RunRecord {
     }
 
     /// Stale: done, but a newer upstream run exists for its date than the one it consumed
-    /// (`latest_upstream` holds the latest done run of each upstream processor). A run with
-    /// no recorded lineage (written before the ledger recorded it, or by a tool) is taken as
-    /// current: upgrading must not declare a whole history stale.
+    /// (`latest_upstream` holds the latest done run of each upstream processor) — including
+    /// a run that consumed nothing (made before its upstream existed, in soft mode) once the
+    /// upstream has run. A run whose lineage is unknown (written before the ledger recorded
+    /// it, or by a tool) is taken as current: upgrading must not declare a whole history
+    /// stale.
     pub fn is_stale(&self, latest_upstream: &[UpstreamRun]) -> bool {
+        let Some(consumed) = &self.upstream_runs else {
+            return false;
+        };
         self.status.is_done()
-            && !self.upstream_runs.is_empty()
             && latest_upstream.iter().any(|u| {
-                !self
-                    .upstream_runs
+                !consumed
                     .iter()
                     .any(|c| c.processor == u.processor && c.run_id == u.run_id)
             })

@@ -80,7 +80,7 @@ impl Seen {
             req.skip_downstream,
         );
         run.delivery_attempt = req.delivery_attempt;
-        run.upstream_runs = self.lineage();
+        run.upstream_runs = Some(self.lineage());
         run
     }
 

@@ -366,3 +366,56 @@ async fn backfill_via_pubsub_follows_the_ledger_and_never_cascades() {
     }
     assert_eq!(env.status("summary", days[0]).await, None, "no cascade");
 }
+
+/// `backfill --phase P --via-pubsub` over `from..=to` on the workers; its exit code and output.
+fn backfill_via_pubsub(env: &TestEnv, phase: &str, from: &str, to: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args(["backfill", "--phase", phase, "--from", from, "--to", to])
+        .args(["--via-pubsub", "--timeout-secs", "60"])
+        .output()
+        .expect("backfill");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+#[ignore = "needs the Pub/Sub and BigQuery emulators: scripts/emulators.sh"]
+async fn backfill_via_pubsub_waits_for_the_run_that_replaces_a_stale_one() {
+    let mut cloud = Cloud::new("stale").await;
+    let day = d("2024-05-01");
+    cloud.env.season(&[day]).await;
+    cloud.start_worker("raw").await;
+    cloud.start_worker("analytics").await;
+    let env = &cloud.env;
+    let (code, text) = backfill_via_pubsub(env, "raw", "2024-05-01", "2024-05-01");
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = backfill_via_pubsub(env, "analytics", "2024-05-01", "2024-05-01");
+    assert_eq!(code, Some(0), "{text}");
+    let stale = env.latest("summary", day).await.expect("summary ran");
+
+    // A corrected raw run arrives with the cascade off: summary's run is now stale, and the
+    // next analytics backfill must wait for its replacement, not count the stale run done.
+    env.record_run("ingest", "raw", day, RunStatus::Success)
+        .await;
+    let corrected = env.latest("ingest", day).await.unwrap().run_id;
+    let (code, text) = backfill_via_pubsub(env, "analytics", "2024-05-01", "2024-05-01");
+    assert_eq!(code, Some(0), "{text}");
+    let fresh = env.latest("summary", day).await.unwrap();
+    assert_ne!(
+        fresh.run_id, stale.run_id,
+        "the backfill ended before the re-run: {text}"
+    );
+    let consumed: Vec<String> = fresh
+        .upstream_runs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| u.run_id)
+        .collect();
+    assert_eq!(consumed, [corrected], "{text}");
+}

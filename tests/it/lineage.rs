@@ -52,7 +52,7 @@ async fn a_forced_upstream_rerun_with_the_cascade_on_reruns_downstream_with_the_
     assert_ne!(new_summary.run_id, old_summary.run_id, "summary re-ran");
     assert_eq!(
         new_summary.upstream_runs,
-        latest_upstream(&env, "ingest", day).await,
+        Some(latest_upstream(&env, "ingest", day).await),
         "and consumed the corrected run"
     );
     assert_eq!(env.count("summary", "game_date", day).await, 3);
@@ -152,4 +152,31 @@ async fn two_pipelines_in_one_ledger_do_not_see_each_others_runs() {
     let ours = env.latest("ingest", day).await.unwrap();
     assert_ne!(ours.run_id, theirs.run_id);
     assert_eq!(ours.pipeline, "test");
+}
+
+#[tokio::test]
+async fn a_soft_run_made_before_its_upstream_existed_is_rerun_once_the_upstream_runs() {
+    // Soft mode records and processes even without its upstream: that run consumed nothing,
+    // which is not "lineage unknown" — once the upstream has run, it is stale.
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    run(&env, "precompute", day, false, true).await;
+    let early = env.latest("features", day).await.unwrap();
+    assert_eq!(
+        early.upstream_runs,
+        Some(Vec::new()),
+        "consumed nothing, and says so"
+    );
+    assert!(!early.production_ready, "its upstream had not run");
+
+    // The daily trigger now runs the whole cascade: precompute is run again on summary's run.
+    env.trigger(day, false).await;
+    let rerun = env.latest("features", day).await.unwrap();
+    assert_ne!(rerun.run_id, early.run_id, "the early run was not reused");
+    assert_eq!(
+        rerun.upstream_runs,
+        Some(latest_upstream(&env, "summary", day).await)
+    );
+    assert!(rerun.production_ready, "{:?}", rerun.findings);
 }

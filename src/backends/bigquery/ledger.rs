@@ -147,9 +147,7 @@ pub(super) fn record_from_row(r: Row) -> Result<RunRecord, LedgerError> {
         published_at: ts(14)?,
         pipeline: get(15).unwrap_or_default(),
         delivery_attempt: get(16).and_then(|s| s.parse().ok()),
-        upstream_runs: get(17)
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default(),
+        upstream_runs: get(17).and_then(|s| serde_json::from_str(&s).ok()),
         lease_until: ts(18)?,
     })
 }
@@ -236,9 +234,9 @@ impl Ledger for BigQuery {
             param(
                 "upstream_runs",
                 "STRING",
-                (!r.upstream_runs.is_empty())
-                    .then(|| serde_json::to_string(&r.upstream_runs).ok())
-                    .flatten(),
+                r.upstream_runs
+                    .as_ref()
+                    .and_then(|u| serde_json::to_string(u).ok()),
             ),
             ts_param("lease_until", r.lease_until.as_ref()),
         ];

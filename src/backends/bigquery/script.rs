@@ -76,9 +76,10 @@ pub(super) fn bind_data_date(sql: &str, d: NaiveDate) -> String {
 /// The ledger columns (all but `recorded_at`) of `r` as literals, in [`LEDGER_SCHEMA`]
 /// order, keyed by column name.
 pub(super) fn ledger_values(r: &RunRecord, pipeline: &str) -> Vec<(&'static str, String)> {
-    let upstream = (!r.upstream_runs.is_empty())
-        .then(|| serde_json::to_string(&r.upstream_runs).ok())
-        .flatten();
+    let upstream = r
+        .upstream_runs
+        .as_ref()
+        .and_then(|u| serde_json::to_string(u).ok());
     let findings = r.findings.as_ref().map(Findings::as_str);
     let values = [
         ("run_id", string(Some(&r.run_id))),

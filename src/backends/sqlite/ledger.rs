@@ -69,10 +69,11 @@ pub(super) fn upsert(c: &Connection, pipeline: &str, r: &RunRecord) -> rusqlite:
         .map(|_| ())
 }
 
+/// The lineage as JSON: `[]` when the run consumed nothing, NULL when it is unknown.
 fn upstream_json(r: &RunRecord) -> Option<String> {
-    (!r.upstream_runs.is_empty())
-        .then(|| serde_json::to_string(&r.upstream_runs).ok())
-        .flatten()
+    r.upstream_runs
+        .as_ref()
+        .and_then(|u| serde_json::to_string(u).ok())
 }
 
 /// Write the final state of a run still `running`; false when it was taken over.

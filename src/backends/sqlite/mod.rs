@@ -135,9 +135,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         delivery_attempt: row.get(14)?,
         skip_downstream_trigger: row.get(15)?,
         published_at: opt_ts(row, 16)?,
-        upstream_runs: upstream
-            .and_then(|u| serde_json::from_str::<Vec<UpstreamRun>>(&u).ok())
-            .unwrap_or_default(),
+        upstream_runs: upstream.and_then(|u| serde_json::from_str::<Vec<UpstreamRun>>(&u).ok()),
         lease_until: opt_ts(row, 18)?,
     })
 }

@@ -20,7 +20,7 @@ use crate::backfill::plan::{is_done, phase};
 use crate::backfill::report::DateResult;
 use crate::bus::Publisher;
 use crate::envelope::{FORCE, SKIP_DOWNSTREAM_TRIGGER};
-use crate::ledger::{Ledger, LedgerError, RunStatus};
+use crate::ledger::{Ledger, LedgerError, RunRecord, RunStatus};
 use crate::startup::App;
 use crate::worker::WorkerError;
 
@@ -32,7 +32,8 @@ pub struct PubSubRunner {
     bus: Arc<dyn Publisher>,
     ledger: Arc<dyn Ledger>,
     topic: String,
-    processors: Vec<String>,
+    /// Each processor of the phase with the upstream processors its checks name.
+    processors: Vec<(String, Vec<String>)>,
     force: bool,
     timeout: Duration,
 }
@@ -58,7 +59,11 @@ impl PubSubRunner {
             bus,
             ledger: app.ledger().clone(),
             topic: p.input().to_string(),
-            processors: p.processors.iter().map(|p| p.name.clone()).collect(),
+            processors: p
+                .processors
+                .iter()
+                .map(|p| (p.name.clone(), p.checks.upstream.clone()))
+                .collect(),
             force,
             timeout: Duration::from_secs(timeout_secs),
         })
@@ -81,20 +86,21 @@ impl PubSubRunner {
     }
 
     /// Read every processor's latest run: a final run of this attempt (or, unforced, any done
-    /// run) counts; a failed or blocked one ends the date.
+    /// run that is not stale) counts; a failed or blocked one ends the date.
     async fn standing(
         &self,
         date: NaiveDate,
         since: DateTime<Utc>,
     ) -> Result<Standing, LedgerError> {
         let mut statuses = Vec::with_capacity(self.processors.len());
-        for p in &self.processors {
+        for (p, upstream) in &self.processors {
             let Some(run) = self.ledger.latest(p, date).await? else {
                 return Ok(Standing::Waiting);
             };
-            // A run of an earlier attempt counts only when it is done and not forced.
+            // A run of an earlier attempt counts only when it is done, not forced, and not
+            // stale: the stale run is the one this backfill is replacing.
             let earlier = run.started_at < since;
-            if earlier && (self.force || !is_done(&run)) {
+            if earlier && (self.force || !is_done(&run) || self.stale(&run, upstream).await?) {
                 return Ok(Standing::Waiting);
             }
             match run.status {
@@ -111,6 +117,21 @@ impl PubSubRunner {
         Ok(Standing::Finished(DateResult::Succeeded {
             status: RunStatus::of_done_phase(statuses),
         }))
+    }
+}
+
+impl PubSubRunner {
+    /// `run` consumed other upstream runs than the latest done ones of its date.
+    async fn stale(&self, run: &RunRecord, upstream: &[String]) -> Result<bool, LedgerError> {
+        if upstream.is_empty() {
+            return Ok(false);
+        }
+        let latest = self.ledger.latest_of(upstream, run.data_date).await?;
+        let current: Vec<_> = crate::ledger::consumed(upstream, &latest)
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        Ok(run.is_stale(&current))
     }
 }
 
