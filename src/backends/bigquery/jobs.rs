@@ -70,10 +70,16 @@ pub(super) enum Retry {
     NewJob,
     /// The statement's own error.
     No,
+    /// BigQuery stopped the job at its `jobTimeoutMs` (reason `timeout`), which is the push
+    /// deadline: the caller's deadline is what failed, not the statement.
+    TimedOut,
 }
 
 /// Classify an error by its HTTP status (if any), reason and message.
 pub(super) fn classify(status: Option<i64>, reason: Option<&str>, message: &str) -> Retry {
+    if reason == Some("timeout") {
+        return Retry::TimedOut;
+    }
     if CONFLICT_MESSAGES.iter().any(|m| message.contains(m)) {
         return Retry::NewJob;
     }
@@ -123,6 +129,7 @@ fn classify_job(errors: &[ErrorProto]) -> Retry {
             )
         })
         .fold(Retry::NewJob, |acc, r| match (acc, r) {
+            (_, Retry::TimedOut) | (Retry::TimedOut, _) => Retry::TimedOut,
             (_, Retry::No) | (Retry::No, _) => Retry::No,
             _ => Retry::NewJob,
         });
@@ -258,6 +265,15 @@ impl BigQuery {
             match attempt(new_job).await {
                 Ok(rows) => return Ok(rows),
                 Err((Retry::No, message)) => return Err(JobError::Failed(message)),
+                Err((Retry::TimedOut, message)) => {
+                    // The job's timeout is what remained of the push deadline: BigQuery
+                    // stopped it (the same end as the caller's deadline cancelling it, which
+                    // may come a moment later). Say so in the run's failure.
+                    return Err(JobError::Failed(format!(
+                        "interrupted at the push deadline: BigQuery stopped the job at its \
+                         jobTimeoutMs ({message})"
+                    )));
+                }
                 Err((retry, message)) => {
                     let delay = delays.next();
                     let Some(delay) = delay.filter(|d| Instant::now() + *d < end) else {
@@ -397,8 +413,9 @@ impl BigQuery {
                     },
                     // The job itself failed (BigQuery answers a failed job's look-up with
                     // its error).
-                    Retry::NewJob => return Err((Retry::NewJob, e.to_string())),
-                    Retry::No => return Err((Retry::No, e.to_string())),
+                    retry @ (Retry::NewJob | Retry::No | Retry::TimedOut) => {
+                        return Err((retry, e.to_string()));
+                    }
                 },
             };
             if let Some(errors) = page.errors.filter(|e| !e.is_empty()) {
@@ -509,6 +526,20 @@ impl BigQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_stopped_at_its_timeout_is_the_deadline_not_the_statement() {
+        assert_eq!(
+            classify(Some(400), Some("timeout"), "Job timed out after 3.6s"),
+            Retry::TimedOut
+        );
+        let e = |reason: &str| ErrorProto {
+            reason: Some(reason.into()),
+            message: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(classify_job(&[e("timeout")]), Retry::TimedOut);
+    }
 
     #[test]
     fn transient_errors_repeat_the_request_and_conflicts_start_a_new_job() {

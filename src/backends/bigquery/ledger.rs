@@ -392,6 +392,18 @@ impl Ledger for BigQuery {
         };
         run.lease_until = Some(until);
         self.record(&run).await?;
+        // The publication claim is the claims row's `publish_until`: move it too, or a release
+        // would leave the publication locked until the old lease ran out.
+        let sql = format!(
+            "UPDATE {c} SET publish_until = @until WHERE pipeline = @pipeline AND run_id = @r",
+            c = self.table(CLAIMS_TABLE)
+        );
+        let params = vec![
+            ts_param("until", Some(&until)),
+            param("pipeline", "STRING", Some(self.pipeline.to_string())),
+            param("r", "STRING", Some(run_id.to_string())),
+        ];
+        self.query(&sql, params).await.map_err(LedgerError)?;
         Ok(true)
     }
 
