@@ -723,7 +723,12 @@ EXAMPLE = str(root / "examples/nba/pipeline.toml")
 VALIDATION_CASES = [
     ({}, None),
     ({"image": "us-docker.pkg.dev/p/r/phasegate:v1", "phases": ["a", "b-2"], "pipeline_name": "x"}, None),
-    ({"max_delivery_attempts": 5, "retry_minimum_backoff_seconds": 0, "retry_maximum_backoff_seconds": 0}, None),
+    # 5 attempts spanning 90+180+360+600 = 1,230 s >= 600 + 360: enough.
+    ({"max_delivery_attempts": 5, "retry_minimum_backoff_seconds": 90, "retry_maximum_backoff_seconds": 600}, None),
+    # Dead-lettered before the holder's lease and the next relay could publish it.
+    ({"max_delivery_attempts": 5, "retry_minimum_backoff_seconds": 0, "retry_maximum_backoff_seconds": 0},
+     "must span at least processing_timeout_seconds"),
+    ({"max_delivery_attempts": 5, "retry_minimum_backoff_seconds": 10}, "must span at least processing_timeout_seconds"),
     ({"max_delivery_attempts": 100, "processing_timeout_seconds": 10,
       "output_tables": {"raw": {"raw_player_boxscores": table("raw_player_boxscores", clustering=["team", "player"])}},
       "source_tables": {"team_schedule": table("team_schedule")}}, None),

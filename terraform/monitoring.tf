@@ -60,6 +60,9 @@ resource "google_logging_metric" "blocked_or_failed" {
   filter = join(" AND ", [
     "resource.type=\"cloud_run_revision\"",
     "resource.labels.service_name=(${join(" OR ", [for p in var.phases : "\"phasegate-${var.pipeline_name}-${p}\""])})",
+    # The summary line only: the worker's "push not acknowledged" warning carries the same
+    # outcome, and counting both would double every blocked or failed push.
+    "jsonPayload.message=\"push summary\"",
     "jsonPayload.outcome=(\"blocked\" OR \"failed\")",
   ])
 

@@ -28,7 +28,10 @@ resource "google_cloud_run_v2_service" "worker" {
   # signature against Google's keys, audience, issuer, expiry, and the caller's email
   # (PHASEGATE_AUTH_ALLOWED_EMAILS for /push, PHASEGATE_AUTH_RELAY_EMAILS for /relay).
   invoker_iam_disabled = true
-  custom_audiences     = [local.audience[each.key]]
+  # The OIDC audience Pub/Sub and Cloud Scheduler sign for, and the worker checks
+  # (PHASEGATE_AUTH_AUDIENCE). Cloud Run itself checks it only with the invoker check on; kept
+  # so a deployment that turns the check back on accepts the same tokens.
+  custom_audiences = [local.audience[each.key]]
   # Terraform is the only owner and may replace a service; workers hold no state (the ledger
   # and the data live in BigQuery, which is protected).
   deletion_protection = false

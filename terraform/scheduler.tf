@@ -39,7 +39,8 @@ resource "google_cloud_scheduler_job" "daily_trigger" {
 
 # The identity of the HTTP jobs below: an OIDC token for the workers' /relay (audience = the
 # worker's), an OAuth token for the Cloud Run Admin API (running the freshness job). It holds
-# run.invoker on each worker (run.tf) and on the freshness job (freshness.tf), nothing else.
+# run.invoker on the freshness job (freshness.tf), nothing else; the workers accept its OIDC
+# token on /relay only (PHASEGATE_AUTH_RELAY_EMAILS, run.tf: their invoker check is off).
 # Cloud Scheduler mints its tokens through its service agent ("Use authentication with HTTP
 # targets", cloud.google.com/scheduler/docs/http-target-auth); whoever applies needs
 # iam.serviceAccounts.actAs on it.

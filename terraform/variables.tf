@@ -210,6 +210,19 @@ variable "max_delivery_attempts" {
     condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100 && floor(var.max_delivery_attempts) == var.max_delivery_attempts
     error_message = "max_delivery_attempts must be a whole number from 5 to 100 (Pub/Sub's range)."
   }
+  # A delivery answered 503 while another holds its event (publish_pending) or its run must
+  # be retried until the holder's lease (the processing timeout + 60 s) ran out and a relay
+  # (every 5 minutes) could have published it; dead-lettering it sooner alerts on an event that
+  # was never lost. Pub/Sub's backoff is approximately exponential and "can be more or less than
+  # configured" (RetryPolicy reference), so this is the nominal span: doubling from the minimum,
+  # capped at the maximum.
+  validation {
+    condition = sum([
+      for k in range(var.max_delivery_attempts - 1) :
+      min(var.retry_maximum_backoff_seconds, var.retry_minimum_backoff_seconds * pow(2, k))
+    ]) >= var.processing_timeout_seconds + 60 + 300
+    error_message = "The retry schedule (max_delivery_attempts, retry_minimum/maximum_backoff_seconds) must span at least processing_timeout_seconds + 360 s before dead-lettering: a delivery waiting for another's lease and the next relay would otherwise be dead-lettered while its event is still owed."
+  }
 }
 
 variable "retry_minimum_backoff_seconds" {
