@@ -150,22 +150,28 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Resp {
     push(ctx, phase, req).await
 }
 
+/// How long one `POST /relay` starts new events for: well inside Cloud Scheduler's attempt
+/// deadline for the relay jobs (120 s, terraform/scheduler.tf), which cancels the request.
+pub const RELAY_BUDGET: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// `POST /relay`: the outbox sweep of this worker's phase (every phase when it serves them
 /// all), now. Cloud Scheduler calls it, so an event owed by a worker scaled to zero is
 /// published without waiting for the next push. 200 with the count; 503 when an owed event
 /// could not be published (the job's failure is what the Scheduler alert sees).
 async fn relay(ctx: &Ctx) -> Resp {
     let own: Vec<String> = ctx.state.phase.iter().cloned().collect();
-    let report = ctx.state.worker.relay(&own).await;
+    let report = ctx.state.worker.relay(&own, RELAY_BUDGET).await;
     tracing::info!(
         published = report.published,
         failed = report.failed.len(),
+        left = report.left,
         "relay summary"
     );
     let status = if report.failed.is_empty() { 200 } else { 503 };
     respond(
         status,
-        json!({ "outcome": "relayed", "published": report.published, "failed": report.failed }),
+        json!({ "outcome": "relayed", "published": report.published,
+                "failed": report.failed, "left": report.left }),
     )
 }
 

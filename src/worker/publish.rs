@@ -7,6 +7,8 @@
 //! crashed between recording and publishing). The ledger is the outbox; `relay` (the sweep)
 //! uses the same take-over for events whose deliveries all gave up.
 
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 
 use super::{Publication, RunRequest, Worker};
@@ -131,13 +133,21 @@ impl Worker {
     /// The outbox sweep for `phases` (a worker's own phase; every phase where one process
     /// serves them all): publish each owed event whose runs' holders are gone (their leases
     /// ran out). A failing event gives its publication back at once (no lease lock-out of
-    /// its owner) and the sweep goes on with the next one.
-    pub async fn relay_owed_events(&self, phases: &[&Phase]) -> RelayReport {
+    /// its owner) and the sweep goes on with the next one. No event is started after
+    /// `budget` has passed (the caller's own deadline: Cloud Scheduler cancels a `/relay`
+    /// call at its attempt deadline, which would drop an event between claim and publish);
+    /// the ones left are counted in `left` for the next sweep.
+    pub async fn relay_owed_events(&self, phases: &[&Phase], budget: Duration) -> RelayReport {
+        let until = Instant::now() + budget;
         let mut report = RelayReport::default();
         for phase in phases {
             match self.ledger.owed_events(&phase.name, OWED_PER_SWEEP).await {
                 Ok(owed) => {
                     for run in owed {
+                        if Instant::now() >= until {
+                            report.left += 1;
+                            continue;
+                        }
                         self.relay_one(phase, &run, &mut report).await;
                     }
                 }
@@ -201,6 +211,8 @@ pub struct RelayReport {
     pub published: usize,
     /// One line per event (or phase) that could not be relayed; retried by the next sweep.
     pub failed: Vec<String>,
+    /// Owed runs not looked at because the budget ran out; the next sweep takes them.
+    pub left: usize,
 }
 
 /// The event announcing `runs` (every processor of `phase` for one date).
@@ -230,7 +242,7 @@ pub fn spawn_outbox_sweep(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let report = worker.relay(&phases).await;
+            let report = worker.relay(&phases, every).await;
             if report.published > 0 {
                 tracing::info!(
                     events = report.published,
@@ -247,14 +259,15 @@ pub fn spawn_outbox_sweep(
 
 impl Worker {
     /// [`Worker::relay_owed_events`] for phases named `phases` (every phase when empty;
-    /// unknown names are ignored: the caller validated them).
-    pub async fn relay(&self, phases: &[String]) -> RelayReport {
+    /// unknown names are ignored: the caller validated them), starting no event after
+    /// `budget`.
+    pub async fn relay(&self, phases: &[String], budget: Duration) -> RelayReport {
         let config = self.config.clone();
         let scope: Vec<&Phase> = config
             .phases
             .iter()
             .filter(|p| phases.is_empty() || phases.contains(&p.name))
             .collect();
-        self.relay_owed_events(&scope).await
+        self.relay_owed_events(&scope, budget).await
     }
 }

@@ -566,7 +566,7 @@ async fn an_owed_event_whose_owner_died_is_published_once_by_the_sweep() {
     for _ in 0..8 {
         let (w, n) = (worker.clone(), sweeps.clone());
         tasks.spawn(async move {
-            let report = w.relay(&[]).await;
+            let report = w.relay(&[], std::time::Duration::from_secs(60)).await;
             assert_eq!(report.failed, Vec::<String>::new());
             n.fetch_add(report.published, Ordering::SeqCst);
         });

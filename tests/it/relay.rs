@@ -104,7 +104,9 @@ async fn a_failing_event_is_given_back_and_the_sweep_goes_on_with_its_own_phase_
 
     // The oldest raw event still fails; the two newer ones are published all the same.
     bus.fail(&days[..1]);
-    let report = worker.relay(&["raw".to_string()]).await;
+    let report = worker
+        .relay(&["raw".to_string()], std::time::Duration::from_secs(60))
+        .await;
     assert_eq!(report.published, 2, "{report:?}");
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert!(report.failed[0].contains("2024-01-01"), "{report:?}");
@@ -113,7 +115,9 @@ async fn a_failing_event_is_given_back_and_the_sweep_goes_on_with_its_own_phase_
 
     // Its publication was given back: the very next sweep takes it (no lease lock-out).
     bus.fail(&[]);
-    let report = worker.relay(&["raw".to_string()]).await;
+    let report = worker
+        .relay(&["raw".to_string()], std::time::Duration::from_secs(60))
+        .await;
     assert_eq!(
         (report.published, report.failed.len()),
         (1, 0),
@@ -174,4 +178,28 @@ async fn an_event_owed_by_a_stopped_worker_goes_out_at_start_up_and_on_a_schedul
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["published"], 1, "{body}");
     assert!(published_at(&env, "ingest", day).await);
+}
+
+#[tokio::test]
+async fn a_relay_out_of_budget_starts_no_event_and_counts_what_it_left() {
+    // Cloud Scheduler cancels a /relay call at its attempt deadline: an event dropped between
+    // its claim and its publish would stay locked for a lease. Past its budget the sweep
+    // starts no event; the next sweep takes them.
+    let env = TestEnv::new("strict").await;
+    let days = dates("2024-01-01", 3);
+    env.season(&days).await;
+    let bus = Arc::new(Flaky::default());
+    owed(&env, &bus, "raw", &days).await;
+    bus.fail(&[]);
+    let worker = Worker::new(
+        env.app.config.clone(),
+        env.app.ledger().clone(),
+        env.app.warehouse().clone(),
+        bus.clone(),
+    );
+    let none = worker.relay(&[], std::time::Duration::ZERO).await;
+    assert_eq!((none.published, none.left), (0, 3), "{none:?}");
+    assert!(bus.published().is_empty());
+    let all = worker.relay(&[], std::time::Duration::from_secs(60)).await;
+    assert_eq!((all.published, all.left), (3, 0), "{all:?}");
 }
