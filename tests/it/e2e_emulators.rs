@@ -368,12 +368,18 @@ async fn backfill_via_pubsub_follows_the_ledger_and_never_cascades() {
 }
 
 /// `backfill --phase P --via-pubsub` over `from..=to` on the workers; its exit code and output.
-fn backfill_via_pubsub(env: &TestEnv, phase: &str, from: &str, to: &str) -> (Option<i32>, String) {
+fn backfill_via_pubsub(
+    env: &TestEnv,
+    phase: &str,
+    day: &str,
+    extra: &[&str],
+) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
         .arg("--config")
         .arg(env.config_path())
-        .args(["backfill", "--phase", phase, "--from", from, "--to", to])
+        .args(["backfill", "--phase", phase, "--from", day, "--to", day])
         .args(["--via-pubsub", "--timeout-secs", "60"])
+        .args(extra)
         .output()
         .expect("backfill");
     let text = format!(
@@ -393,18 +399,18 @@ async fn backfill_via_pubsub_waits_for_the_run_that_replaces_a_stale_one() {
     cloud.start_worker("raw").await;
     cloud.start_worker("analytics").await;
     let env = &cloud.env;
-    let (code, text) = backfill_via_pubsub(env, "raw", "2024-05-01", "2024-05-01");
+    let (code, text) = backfill_via_pubsub(env, "raw", "2024-05-01", &[]);
     assert_eq!(code, Some(0), "{text}");
-    let (code, text) = backfill_via_pubsub(env, "analytics", "2024-05-01", "2024-05-01");
+    let (code, text) = backfill_via_pubsub(env, "analytics", "2024-05-01", &[]);
     assert_eq!(code, Some(0), "{text}");
     let stale = env.latest("summary", day).await.expect("summary ran");
 
-    // A corrected raw run arrives with the cascade off: summary's run is now stale, and the
-    // next analytics backfill must wait for its replacement, not count the stale run done.
-    env.record_run("ingest", "raw", day, RunStatus::Success)
-        .await;
+    // A corrected raw run (a forced re-run, the cascade off): summary's run is now stale, and
+    // the next analytics backfill must wait for its replacement, not count the stale run done.
+    let (code, text) = backfill_via_pubsub(env, "raw", "2024-05-01", &["--force"]);
+    assert_eq!(code, Some(0), "{text}");
     let corrected = env.latest("ingest", day).await.unwrap().run_id;
-    let (code, text) = backfill_via_pubsub(env, "analytics", "2024-05-01", "2024-05-01");
+    let (code, text) = backfill_via_pubsub(env, "analytics", "2024-05-01", &[]);
     assert_eq!(code, Some(0), "{text}");
     let fresh = env.latest("summary", day).await.unwrap();
     assert_ne!(
