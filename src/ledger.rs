@@ -306,6 +306,12 @@ pub trait Ledger: Send + Sync {
     async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError>;
     /// Extend the lease of a `running` run or of an owed publication. False when lost.
     async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError>;
+    /// A claimed run's holder lives in this process for as long as `alive` can be upgraded.
+    /// A store whose writes queue behind other work (the embedded SQLite's one writer) never
+    /// lets a claim of such a run take it over, whatever its lease says: a renewal queued
+    /// behind a long write can land already expired, but the holder is not gone. Liveness
+    /// is thus known without the writer. The default ignores it (leases alone decide).
+    fn holding(&self, _run_id: &str, _alive: std::sync::Weak<()>) {}
     /// Atomically take over the publication of done runs whose event is owed and whose
     /// lease ran out (their owner is gone). True when every run was taken.
     async fn claim_publication(

@@ -89,6 +89,10 @@ impl Ledger for TimedLedger {
         self.0.claim_publication(run_ids, until).await
     }
 
+    fn holding(&self, run_id: &str, alive: std::sync::Weak<()>) {
+        self.0.holding(run_id, alive);
+    }
+
     async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let _t = StoreTimer::start("ledger", "owed_events");
         self.0.owed_events(phase, limit).await

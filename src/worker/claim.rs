@@ -27,10 +27,14 @@ pub(super) struct Held {
     ledger: Arc<dyn Ledger>,
     run: Option<RunRecord>,
     renewer: Option<JoinHandle<()>>,
+    /// While this exists, the store knows the holder is alive ([`Ledger::holding`]).
+    _alive: Arc<()>,
 }
 
 impl Held {
     fn new(ledger: Arc<dyn Ledger>, run: RunRecord, policy: LeasePolicy) -> Held {
+        let alive = Arc::new(());
+        ledger.holding(&run.run_id, Arc::downgrade(&alive));
         let renewer = policy.renew_every.map(|every| {
             let (ledger, id) = (Arc::clone(&ledger), run.run_id.clone());
             tokio::spawn(async move {
@@ -49,6 +53,7 @@ impl Held {
             ledger,
             run: Some(run),
             renewer,
+            _alive: alive,
         }
     }
 

@@ -139,3 +139,63 @@ async fn a_missing_program_fails_the_run_clearly() {
         "{errors}"
     );
 }
+
+/// A command processor's claim whose lease is found expired while its holder still runs —
+/// what a renewal queued behind a long write on the embedded store's one writer looks like
+/// (issue 24, finding 2) — is not taken over in the holder's process: the second delivery
+/// waits, and the command runs once.
+#[tokio::test]
+async fn a_live_holder_whose_lease_ran_out_behind_the_writer_is_not_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("slow.sh");
+    let out = dir.path().join("runs.txt");
+    let gate = dir.path().join("go");
+    // Runs until the test creates `go`: the test decides when the holder finishes.
+    std::fs::write(
+        &script,
+        format!(
+            "echo start >> \"$3\"\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n",
+            gate = gate.display()
+        ),
+    )
+    .unwrap();
+    let text = pipeline(&script, &out).replace("timeout_secs = 5", "timeout_secs = 30");
+    let env = TestEnv::with_pipeline(&text).await;
+    let day = d("2024-01-01");
+    let holder = {
+        let worker = env.app.worker.clone();
+        tokio::spawn(async move { worker.run_phase(&request("2024-01-01")).await })
+    };
+    // Wait until the holder's command runs, then make its lease look expired.
+    while std::fs::read_to_string(&out).unwrap_or_default().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut running = env.latest("legacy_scraper", day).await.unwrap();
+    assert_eq!(running.status, RunStatus::Running);
+    running.lease_until = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    env.app.ledger().record(&running).await.unwrap();
+
+    let second = env
+        .app
+        .worker
+        .run_phase(&request("2024-01-01"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(second, PhaseOutcome::InProgress { .. }),
+        "a live holder is never taken over: {second:?}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let first = holder.await.unwrap().unwrap();
+    assert!(matches!(first, PhaseOutcome::Done { .. }), "{first:?}");
+    let starts = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(starts.lines().count(), 1, "the command ran once: {starts}");
+    let history = env
+        .app
+        .ledger()
+        .history("legacy_scraper", day)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0].status, RunStatus::Success);
+}

@@ -6,6 +6,9 @@
 //! sharing the file serialise on SQLite's write lock; inside one process the writer thread
 //! runs one at a time.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -107,17 +110,39 @@ pub(super) fn latest(
 }
 
 /// The claim decision, inside a write transaction.
+/// Claimed runs whose holders live in this process: run id → the holder's liveness token.
+/// Read on the writer when a claim would take a run over, written off it (see
+/// [`crate::ledger::Ledger::holding`]).
+#[derive(Clone, Default)]
+pub(super) struct Holders(Arc<Mutex<HashMap<String, Weak<()>>>>);
+
+impl Holders {
+    fn hold(&self, run_id: &str, alive: Weak<()>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, a| a.strong_count() > 0);
+        map.insert(run_id.to_string(), alive);
+    }
+
+    /// The run's holder is alive in this process.
+    fn alive(&self, run_id: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(run_id).is_some_and(|a| a.strong_count() > 0)
+    }
+}
+
 fn claim_in(
     tx: &Connection,
     pipeline: &str,
     run: &RunRecord,
     seen: Option<&str>,
+    holders: &Holders,
 ) -> rusqlite::Result<Claim> {
     let now = Utc::now();
     let current = latest(tx, pipeline, &run.processor, run.data_date)?;
     if let Some(cur) = &current {
         let moved_on = Some(cur.run_id.as_str()) != seen;
-        let held = cur.status == RunStatus::Running && !cur.is_abandoned(now);
+        let held = cur.status == RunStatus::Running
+            && (!cur.is_abandoned(now) || holders.alive(&cur.run_id));
         if moved_on || held {
             return Ok(Claim::Lost(Box::new(cur.clone())));
         }
@@ -192,8 +217,9 @@ impl Ledger for Sqlite {
     async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
         let (run, pipeline) = (run.clone(), self.pipeline.clone());
         let seen = seen.map(str::to_string);
+        let holders = self.holders.clone();
         self.grouped(Role::Plain, move |sp| {
-            let claim = claim_in(&sp, &pipeline, &run, seen.as_deref())?;
+            let claim = claim_in(&sp, &pipeline, &run, seen.as_deref(), &holders)?;
             sp.commit()?;
             Ok(claim)
         })
@@ -210,6 +236,10 @@ impl Ledger for Sqlite {
         })
         .await
         .map_err(LedgerError)
+    }
+
+    fn holding(&self, run_id: &str, alive: Weak<()>) {
+        self.holders.hold(run_id, alive);
     }
 
     async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {

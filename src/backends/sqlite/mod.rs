@@ -31,6 +31,8 @@ pub struct Sqlite {
     conns: Arc<Connections>,
     /// The pipeline whose runs this handle's ledger reads and writes.
     pipeline: Arc<str>,
+    /// Claimed runs whose holders live in this process ([`crate::ledger::Ledger::holding`]).
+    holders: ledger::Holders,
 }
 
 const LEDGER_DDL: &str = "
@@ -146,6 +148,7 @@ impl Sqlite {
         Ok(Sqlite {
             conns: Connections::open(path)?,
             pipeline: Arc::from(pipeline),
+            holders: ledger::Holders::default(),
         })
     }
 
