@@ -103,6 +103,9 @@ pub struct BigQuery {
     maximum_bytes_billed: Option<u64>,
     /// One run script at a time per output table in this process ([`warehouse`]).
     turns: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Per run id whose script job is (or may still be) running: the lock its release waits
+    /// for ([`jobs`]).
+    run_jobs: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// The type of each date column filtered on (`table.column` → kind), read once.
     date_kinds: Arc<std::sync::Mutex<HashMap<String, warehouse::DateKind>>>,
 }
@@ -251,6 +254,7 @@ impl BigQuery {
             ),
             maximum_bytes_billed: cfg.maximum_bytes_billed,
             turns: Arc::default(),
+            run_jobs: Arc::default(),
             date_kinds: Arc::default(),
         })
     }
