@@ -301,7 +301,13 @@ async fn a_job_that_outlives_the_push_deadline_is_cancelled_and_commits_nothing(
     // succeeded. Had the cancelled job committed, the date would hold its rows twice.
     let s = stats(&host, &dataset(&env)).await;
     println!("deadline on the model: {s}");
-    assert!(stat(&s, "cancel_requests") >= 1, "{s}");
+    // Stopped once: by the cancel its dropped delivery sent, or — when the model's
+    // jobTimeoutMs (what remained of the deadline) fires first and the client sees the job
+    // end before the drop — by the timeout (a slower machine orders them either way).
+    assert!(
+        stat(&s, "cancel_requests") >= 1 || stat(&s, "timeouts") == 1,
+        "{s}"
+    );
     assert_eq!(stat(&s, "cancelled") + stat(&s, "timeouts"), 1, "{s}");
     assert_eq!(
         env.count("raw", "game_date", day).await,
@@ -324,7 +330,7 @@ async fn a_job_that_outlives_the_push_deadline_is_cancelled_and_commits_nothing(
         history[0]
             .errors
             .as_deref()
-            .is_some_and(|e| e.contains("interrupted")),
+            .is_some_and(|e| e.contains("interrupted") || e.contains("timed out")),
         "the first run is released, not blamed: {:?}",
         history[0].errors
     );
@@ -574,4 +580,25 @@ async fn exhausted_retries_release_the_claim_without_a_failed_row_and_the_redeli
         "{text}"
     );
     assert_eq!(env.status("ingest", day).await, Some(RunStatus::Success));
+}
+
+#[tokio::test]
+async fn the_outbox_sweep_reads_only_the_recent_dates_of_the_ledger() {
+    let Some(_host) = model().await else { return };
+    // The default window: 35 days back from today.
+    let env = env_with("", "").await;
+    let today = chrono::Utc::now().date_naive();
+    let (recent, old) = (today - chrono::Days::new(34), today - chrono::Days::new(36));
+    for day in [recent, old] {
+        env.record_run("ingest", "raw", day, RunStatus::Success)
+            .await;
+    }
+    let owed = env
+        .app
+        .ledger()
+        .owed_events("raw", 100)
+        .await
+        .expect("owed events");
+    let owed: Vec<_> = owed.iter().map(|r| r.data_date).collect();
+    assert_eq!(owed, [recent], "only dates inside the window are read");
 }

@@ -118,13 +118,14 @@ impl BigQuery {
             "INSERT INTO {l} ({cols}, recorded_at)
              SELECT {exprs}, CURRENT_TIMESTAMP() FROM (
                SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS k
-               FROM {l} WHERE pipeline = {pl} AND run_id = {seen})
+               FROM {l} WHERE pipeline = {pl} AND data_date = {dd} AND run_id = {seen})
              WHERE k = 1 AND status = 'running' AND finished_at IS NULL AND {holder} = {id}",
             l = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns(),
             exprs = exprs.join(", "),
             pl = script::string(Some(&self.pipeline)),
             seen = script::string(Some(seen)),
+            dd = script::date(r.data_date),
             holder = self.holder_sql(&r.processor, r.data_date),
             id = script::string(Some(&r.run_id)),
         )
@@ -492,11 +493,19 @@ impl Ledger for BigQuery {
     async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let mut runs = self
             .runs(
-                "pipeline = @pipeline AND phase = @phase AND status IN ('success', 'no_data') \
-                 AND NOT skip_downstream_trigger",
+                // `data_date >= @since`: a constant comparison on the partitioning column,
+                // so only the window's partitions are read and billed
+                // (https://cloud.google.com/bigquery/docs/querying-partitioned-tables).
+                "pipeline = @pipeline AND phase = @phase AND data_date >= @since \
+                 AND status IN ('success', 'no_data') AND NOT skip_downstream_trigger",
                 vec![
                     param("pipeline", "STRING", Some(self.pipeline.to_string())),
                     param("phase", "STRING", Some(phase.to_string())),
+                    date_param(
+                        "since",
+                        Utc::now().date_naive()
+                            - chrono::Days::new(u64::from(self.owed_events_window_days)),
+                    ),
                 ],
             )
             .await?;
