@@ -635,6 +635,12 @@ async def jobs_cancel(request: Request) -> Response:
         return found
     job = found
     m.count(job.dataset, "cancel_requests")
+    rule = m.fault("cancel", job.dataset, job.sql, {"http"})
+    if rule is not None:
+        # The cancel request itself failed (a transient error): the job runs on, as a job
+        # already committing does ("best effort", same page).
+        m.count(job.dataset, "faults_injected")
+        return injected(rule)
     if not job.done.is_set() and not job.committing and job.task is not None:
         job.task.cancel()
         try:

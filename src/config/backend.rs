@@ -46,6 +46,13 @@ pub struct BackendConfig {
     /// without charge). Env `PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED`.
     #[serde(default)]
     pub maximum_bytes_billed: Option<u64>,
+    /// BigQuery: how many days back (from today, UTC) the outbox sweep looks for owed
+    /// events, so its query reads only those partitions of the date-partitioned ledger
+    /// instead of the whole ledger every minute on every instance. An owed event of an
+    /// older date (a backfill whose delivery died after its commit) is published by that
+    /// message's redelivery instead. Default 35.
+    #[serde(default = "default_owed_events_window_days")]
+    pub owed_events_window_days: u32,
     /// BigQuery: labels added to every job (cost attribution in `INFORMATION_SCHEMA.JOBS`),
     /// besides phasegate's own (pipeline, phase, processor, run id).
     #[serde(default)]
@@ -62,9 +69,14 @@ impl Default for BackendConfig {
             location: None,
             emulator_host: None,
             maximum_bytes_billed: None,
+            owed_events_window_days: default_owed_events_window_days(),
             job_labels: Default::default(),
         }
     }
+}
+
+fn default_owed_events_window_days() -> u32 {
+    35
 }
 
 fn default_sqlite_path() -> PathBuf {

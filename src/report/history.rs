@@ -134,7 +134,13 @@ impl History {
             table.add_row([
                 (i + 1).to_string(),
                 a.processor.clone(),
-                a.status.to_string(),
+                // A `running` run with a finish time was released (the store was
+                // unavailable): it ended without an outcome and is not running.
+                if a.status == RunStatus::Running && a.finished_at.is_some() {
+                    "released".to_string()
+                } else {
+                    a.status.to_string()
+                },
                 time(Some(a.started_at)),
                 time(a.finished_at),
                 a.trigger.to_string(),

@@ -137,12 +137,15 @@ impl Worker {
             }
             Ok(Committed::PostCondition(reason)) => reason,
             Ok(Committed::Unavailable(reason)) => {
-                // Not the processor's failure: release the claim, answer 503, redeliver.
-                run.finish(
-                    RunStatus::Failed,
-                    None,
-                    Some(format!("released: the store is unavailable ({reason})")),
-                );
+                // Not the processor's failure, and nothing of it committed: no outcome. The
+                // run is released — still `running`, its lease ended and `finished_at` set
+                // (so a takeover does not blame it) — the delivery is answered 503, and its
+                // redelivery takes the claim at once.
+                run.finished_at = Some(Utc::now());
+                run.errors = Some(format!(
+                    "released: the store was unavailable ({reason}); nothing committed, \
+                     redelivered"
+                ));
                 run.lease_until = None;
                 held.complete(&run).await?;
                 return Err(WorkerError::Ledger(crate::ledger::LedgerError(reason)));

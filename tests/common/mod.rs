@@ -144,7 +144,9 @@ impl TestEnv {
 
     /// The pipeline on the backend the suite runs against: SQLite by default, the BigQuery
     /// emulator with `PHASEGATE_TEST_BACKEND=bigquery` (a fresh dataset per test). The
-    /// fixture's SQL is dialect-neutral, so the same statements serve both.
+    /// fixture's SQL is dialect-neutral, so the same statements serve both. The fixture's
+    /// dates are in 2024: the outbox sweep's date window is opened wide here (it is tested
+    /// with its default in bigquery_model).
     pub async fn with_pipeline(text: &str) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("test.db");
@@ -162,7 +164,8 @@ impl TestEnv {
                 let dataset = format!("t_{}", uuid::Uuid::new_v4().simple());
                 (
                     format!(
-                        "[backend]\nkind = \"bigquery\"\nproject = {project:?}\ndataset = {dataset:?}\nemulator_host = {host:?}\n"
+                        "[backend]\nkind = \"bigquery\"\nproject = {project:?}\ndataset = {dataset:?}\nemulator_host = {host:?}\n\
+                         owed_events_window_days = 36500\n"
                     ),
                     text.replace("sql.sqlite", "sql.bigquery"),
                 )

@@ -205,6 +205,87 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// How long a release waits for its run's job to end, and how long a job given up on is
+/// watched after its cancel (its `jobTimeoutMs` ends it by the push deadline anyway).
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Owns a run script's job while its caller waits for it: dropped while armed (the caller
+/// gave up, or the retry budget ran out), it cancels the job and holds the run's settle
+/// lock until BigQuery reports the job done, so the run's release is written only then.
+struct RunJob {
+    client: Arc<Client>,
+    project: String,
+    location: Option<String>,
+    /// The job id of the current attempt (`None`: disarmed).
+    job_id: Option<Arc<std::sync::Mutex<String>>>,
+    settle: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl RunJob {
+    fn disarm(&mut self) {
+        self.job_id = None;
+    }
+}
+
+impl Drop for RunJob {
+    fn drop(&mut self) {
+        let Some(current) = self.job_id.take() else {
+            return;
+        };
+        let job_id = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let settle = self.settle.take();
+        let (client, project, location) = (
+            Arc::clone(&self.client),
+            self.project.clone(),
+            self.location.clone(),
+        );
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            // https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/cancel : "This
+            // call will return immediately, and the client will need to poll for the job
+            // status to see if the cancel completed successfully."
+            match client
+                .job()
+                .cancel_job(&project, &job_id, location.as_deref())
+                .await
+            {
+                Ok(answer) => {
+                    tracing::warn!(job_id, "BigQuery job cancelled: its caller gave up");
+                    let state = answer.job.and_then(|j| j.status).and_then(|s| s.state);
+                    if state.as_deref() == Some("DONE") {
+                        drop(settle);
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(job_id, error = %e, "could not cancel a BigQuery job"),
+            }
+            let end = Instant::now() + SETTLE_WAIT;
+            let mut delay = Duration::from_millis(50);
+            while Instant::now() < end {
+                match client
+                    .job()
+                    .get_job(&project, &job_id, location.as_deref())
+                    .await
+                {
+                    Ok(job)
+                        if job.status.as_ref().and_then(|s| s.state.as_deref()) == Some("DONE") =>
+                    {
+                        break;
+                    }
+                    // Never created (the insert did not arrive): nothing can commit.
+                    Err(BQError::ResponseError { error }) if error.error.code == 404 => break,
+                    _ => {}
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            drop(settle);
+        });
+    }
+}
+
 /// Labels as BigQuery accepts them: lowercase letters, digits, `_` and `-`, ≤ 63 characters
 /// (<https://cloud.google.com/bigquery/docs/labels-intro#requirements>).
 pub(super) fn label_value(v: &str) -> String {
@@ -430,30 +511,87 @@ impl BigQuery {
         Ok(rows)
     }
 
+    /// The lock a run's release waits on while the run's script job may still commit.
+    pub(super) fn run_job_lock(&self, run_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut jobs = self.run_jobs.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(jobs.entry(run_id.to_string()).or_default())
+    }
+
+    /// Forget the run's lock once its job is known to have ended.
+    pub(super) fn forget_run_job(&self, run_id: &str) {
+        self.run_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
+    }
+
+    /// Wait (bounded) until no script job of run `run_id` can still commit.
+    pub(super) async fn settle_run_job(&self, run_id: &str) {
+        let lock = self
+            .run_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned();
+        let Some(lock) = lock else { return };
+        if tokio::time::timeout(SETTLE_WAIT, lock.lock())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                run_id,
+                "the run's BigQuery job did not report done; releasing anyway"
+            );
+        }
+        self.forget_run_job(run_id);
+    }
+
     /// A script through `jobs.insert` with its own job id: bounded by `jobTimeoutMs` (what
-    /// remains of `deadline`), cancelled if the caller drops it, retried as a new job when
-    /// it lost to a concurrent one.
+    /// remains of `deadline`), cancelled if the caller drops it (or the budget runs out),
+    /// retried as a new job when it lost to a concurrent one. `settle` is held until the
+    /// job is known to have ended (see [`RunJob`]).
     pub(super) async fn insert_job(
         &self,
         sql: &str,
         labels: HashMap<String, String>,
         deadline: Instant,
+        settle: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<Vec<Row>, JobError> {
         let jobs = self.jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         tracing::debug!(jobs_started = jobs, "bigquery job (insert)");
-        let job_id = std::sync::Mutex::new(format!("phasegate_{}", uuid::Uuid::new_v4().simple()));
-        self.with_retries(Some(deadline), |new_job| {
-            let id = {
-                let mut id = job_id.lock().unwrap_or_else(|p| p.into_inner());
-                if new_job {
-                    *id = format!("phasegate_{}", uuid::Uuid::new_v4().simple());
-                }
-                id.clone()
-            };
-            let labels = labels.clone();
-            async move { self.insert_once(sql, &id, labels, deadline).await }
-        })
-        .await
+        let job_id = Arc::new(std::sync::Mutex::new(format!(
+            "phasegate_{}",
+            uuid::Uuid::new_v4().simple()
+        )));
+        // Armed before the first insert is sent: a caller that gives up while it is in
+        // flight still cancels the job. A refused insert does not cancel the id its retry
+        // reuses; a job an ambiguous attempt started is the one cancelled on drop.
+        let mut guard = RunJob {
+            client: Arc::clone(&self.client),
+            project: self.project.clone(),
+            location: self.location.clone(),
+            job_id: Some(Arc::clone(&job_id)),
+            settle,
+        };
+        let out = self
+            .with_retries(Some(deadline), |new_job| {
+                let id = {
+                    let mut id = job_id.lock().unwrap_or_else(|p| p.into_inner());
+                    if new_job {
+                        *id = format!("phasegate_{}", uuid::Uuid::new_v4().simple());
+                    }
+                    id.clone()
+                };
+                let labels = labels.clone();
+                async move { self.insert_once(sql, &id, labels, deadline).await }
+            })
+            .await;
+        // Done, or failed on its own: the job has ended. Exhausted: the last attempt's job
+        // may still be running (an ambiguous insert); the guard cancels and settles it.
+        if !matches!(out, Err(JobError::Exhausted { .. })) {
+            guard.disarm();
+        }
+        out
     }
 
     async fn insert_once(
@@ -495,31 +633,19 @@ impl BigQuery {
             }),
             ..Default::default()
         };
-        // Armed before the insert is sent: a caller that gives up while it is in flight
-        // still cancels the job.
-        let mut guard = self.cancel_guard(Some(job_id.to_string()));
         match self.client.job().insert(&self.project, job).await {
             Ok(job) => {
                 let status = job.status.unwrap_or_default();
                 if let Some(e) = status.error_result {
-                    guard.disarm();
                     let errors = status.errors.unwrap_or_else(|| vec![e]);
                     return Err((classify_job(&errors), messages(&errors)));
                 }
             }
             // The job exists: an earlier attempt's insert arrived, its answer did not.
             Err(BQError::ResponseError { error }) if error.error.code == 409 => {}
-            Err(e) => {
-                // Not cancelled here: a retry sends the same job id (and arms its own
-                // guard), and a job an ambiguous attempt did start is bounded by its
-                // jobTimeoutMs.
-                guard.disarm();
-                return Err((classify_request(&e), e.to_string()));
-            }
+            Err(e) => return Err((classify_request(&e), e.to_string())),
         }
-        let out = self.poll(job_id, Vec::new(), None, false).await;
-        guard.disarm();
-        out
+        self.poll(job_id, Vec::new(), None, false).await
     }
 }
 

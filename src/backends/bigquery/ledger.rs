@@ -44,20 +44,62 @@ impl BigQuery {
         )
     }
 
-    /// `INSERT INTO ledger (columns, recorded_at) SELECT … WHERE <the claim is r's>`.
+    /// True while run `run_id` of `processor` and `date` has no row that ends it: no final
+    /// status, and no release (a `running` row with `finished_at` set, written when the
+    /// store was unavailable). The SQLite ledger's `complete` checks the same.
+    pub(super) fn still_running_sql(
+        &self,
+        run_id: &str,
+        processor: &str,
+        date: NaiveDate,
+    ) -> String {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM {l} WHERE {key} AND run_id = {id} \
+             AND (status != 'running' OR finished_at IS NOT NULL))",
+            l = self.table(LEDGER_TABLE),
+            key = self.claim_key(processor, date),
+            id = script::string(Some(run_id)),
+        )
+    }
+
+    /// `INSERT INTO ledger (columns, recorded_at) SELECT … WHERE <the claim is r's and r is
+    /// still running>`: a release never lands over a committed outcome, nor an outcome
+    /// over a release.
     fn insert_if_holder(&self, r: &RunRecord, overrides: &[(&str, String)]) -> String {
         format!(
-            "INSERT INTO {l} ({cols}, recorded_at) {row} FROM (SELECT 1) WHERE {holder} = {id}",
+            "INSERT INTO {l} ({cols}, recorded_at) {row} FROM (SELECT 1) \
+             WHERE {holder} = {id} AND {running}",
             l = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns(),
             row = script::ledger_row_select(r, &self.pipeline, overrides),
             holder = self.holder_sql(&r.processor, r.data_date),
             id = script::string(Some(&r.run_id)),
+            running = self.still_running_sql(&r.run_id, &r.processor, r.data_date),
+        )
+    }
+
+    /// After [`Self::insert_if_holder`] wrote `r`'s final row: 1 when the only row ending
+    /// the run is that one (status and finish time as written), else 0.
+    fn written_sql(&self, r: &RunRecord) -> String {
+        let finished = match &r.finished_at {
+            Some(t) => format!("finished_at = {}", script::timestamp(Some(t))),
+            None => "finished_at IS NULL".to_string(),
+        };
+        format!(
+            "SELECT IF(COUNT(*) = 1 AND SUM(IF(status = {st} AND {finished}, 1, 0)) = 1, 1, 0) \
+             FROM {l} WHERE {key} AND run_id = {id} \
+             AND (status != 'running' OR finished_at IS NOT NULL)",
+            st = script::string(Some(r.status.as_str())),
+            l = self.table(LEDGER_TABLE),
+            key = self.claim_key(&r.processor, r.data_date),
+            id = script::string(Some(&r.run_id)),
         )
     }
 
     /// When `r` holds the claim and `seen` is still `running` (its lease ran out), record
-    /// `seen` as failed: it was taken over.
+    /// `seen` as failed: it was taken over. A run released because the store was
+    /// unavailable (`finished_at` set) is not blamed: it committed nothing and failed at
+    /// nothing of its own.
     fn abandon_if_taken_over(&self, r: &RunRecord, seen: &str) -> String {
         let reason = format!("abandoned: lease ran out; taken over by run {}", r.run_id);
         let exprs: Vec<String> = LEDGER_SCHEMA
@@ -76,13 +118,14 @@ impl BigQuery {
             "INSERT INTO {l} ({cols}, recorded_at)
              SELECT {exprs}, CURRENT_TIMESTAMP() FROM (
                SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS k
-               FROM {l} WHERE pipeline = {pl} AND run_id = {seen})
-             WHERE k = 1 AND status = 'running' AND {holder} = {id}",
+               FROM {l} WHERE pipeline = {pl} AND data_date = {dd} AND run_id = {seen})
+             WHERE k = 1 AND status = 'running' AND finished_at IS NULL AND {holder} = {id}",
             l = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns(),
             exprs = exprs.join(", "),
             pl = script::string(Some(&self.pipeline)),
             seen = script::string(Some(seen)),
+            dd = script::date(r.data_date),
             holder = self.holder_sql(&r.processor, r.data_date),
             id = script::string(Some(&r.run_id)),
         )
@@ -365,14 +408,22 @@ impl Ledger for BigQuery {
     }
 
     async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
-        // One job: the outcome row, written only while the claims row still names this run.
+        // A release (or any outcome) of a run whose run script may still be running waits
+        // until that job has ended: inside its transaction BigQuery reads a snapshot taken
+        // at BEGIN ("During a transaction, all reads return a consistent snapshot of the
+        // tables referenced in the transaction", https://cloud.google.com/bigquery/docs/transactions),
+        // so a release written meanwhile would be invisible to the script's last check.
+        self.settle_run_job(&run.run_id).await;
+        // One job: the outcome row, written only while the claims row still names this run
+        // and the run has no final row (a release never says `failed` over committed
+        // output), then whether it was written.
         let sql = format!(
-            "{};\nSELECT {}",
+            "{};\n{}",
             self.insert_if_holder(run, &[]),
-            self.holder_sql(&run.processor, run.data_date)
+            self.written_sql(run)
         );
-        let holder = self.script_returning_holder(&sql, run, "outcome").await?;
-        Ok(holder.as_deref() == Some(run.run_id.as_str()))
+        let written = self.script_returning_holder(&sql, run, "outcome").await?;
+        Ok(written.as_deref() == Some("1"))
     }
 
     async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
@@ -452,11 +503,19 @@ impl Ledger for BigQuery {
     async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let mut runs = self
             .runs(
-                "pipeline = @pipeline AND phase = @phase AND status IN ('success', 'no_data') \
-                 AND NOT skip_downstream_trigger",
+                // `data_date >= @since`: a constant comparison on the partitioning column,
+                // so only the window's partitions are read and billed
+                // (https://cloud.google.com/bigquery/docs/querying-partitioned-tables).
+                "pipeline = @pipeline AND phase = @phase AND data_date >= @since \
+                 AND status IN ('success', 'no_data') AND NOT skip_downstream_trigger",
                 vec![
                     param("pipeline", "STRING", Some(self.pipeline.to_string())),
                     param("phase", "STRING", Some(phase.to_string())),
+                    date_param(
+                        "since",
+                        Utc::now().date_naive()
+                            - chrono::Days::new(u64::from(self.owed_events_window_days)),
+                    ),
                 ],
             )
             .await?;

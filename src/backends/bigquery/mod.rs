@@ -101,8 +101,13 @@ pub struct BigQuery {
     job_labels: Arc<HashMap<String, String>>,
     /// `maximumBytesBilled` of every job (`backend.maximum_bytes_billed`).
     maximum_bytes_billed: Option<u64>,
+    /// Days back the outbox sweep reads the ledger (`backend.owed_events_window_days`).
+    owed_events_window_days: u32,
     /// One run script at a time per output table in this process ([`warehouse`]).
     turns: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Per run id whose script job is (or may still be) running: the lock its release waits
+    /// for ([`jobs`]).
+    run_jobs: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// The type of each date column filtered on (`table.column` → kind), read once.
     date_kinds: Arc<std::sync::Mutex<HashMap<String, warehouse::DateKind>>>,
 }
@@ -250,7 +255,9 @@ impl BigQuery {
                     .collect(),
             ),
             maximum_bytes_billed: cfg.maximum_bytes_billed,
+            owed_events_window_days: cfg.owed_events_window_days,
             turns: Arc::default(),
+            run_jobs: Arc::default(),
             date_kinds: Arc::default(),
         })
     }

@@ -134,6 +134,17 @@ impl BigQuery {
             );
             rows = count;
         }
+        // At commit, not only at the start: the claim must still be this run's and the run
+        // not released (a delivery that gave up writes its release only after this job has
+        // ended, `Ledger::complete`; this check catches a release committed before the
+        // transaction's snapshot, and a takeover). The outcome row and COMMIT follow.
+        steps.push(format!(
+            "SELECT IF({holder} = {id} AND {running}, 0, ERROR('{lost}'))",
+            holder = self.holder_sql(&template.processor, d),
+            id = script::string(Some(&template.run_id)),
+            running = self.still_running_sql(&template.run_id, &template.processor, d),
+            lost = script::CLAIM_LOST
+        ));
         steps.push(format!(
             "INSERT INTO {l} ({cols}, recorded_at) {outcome}",
             l = self.table(LEDGER_TABLE),
@@ -202,13 +213,24 @@ impl Warehouse for BigQuery {
                 )));
             }
         };
-        let rows = match self.insert_job(&sql, labels, job.deadline).await {
+        // Held until the job has ended, even when this call is dropped: the run's release
+        // waits for it (`Ledger::complete`).
+        let settle = self.run_job_lock(&template.run_id).lock_owned().await;
+        let rows = match self
+            .insert_job(&sql, labels, job.deadline, Some(settle))
+            .await
+        {
             Ok(rows) => rows,
             Err(e @ JobError::Exhausted { .. }) => {
+                // Its release (`complete`) forgets the lock once the job has settled.
                 return Ok(Committed::Unavailable(e.to_string()));
             }
-            Err(JobError::Failed(e)) => return scripted_outcome(&e, job).ok_or(WarehouseError(e)),
+            Err(JobError::Failed(e)) => {
+                self.forget_run_job(&template.run_id);
+                return scripted_outcome(&e, job).ok_or(WarehouseError(e));
+            }
         };
+        self.forget_run_job(&template.run_id);
         let count = rows
             .first()
             .and_then(|r| r.first().cloned().flatten())
