@@ -83,9 +83,16 @@ pub(super) fn classify(status: Option<i64>, reason: Option<&str>, message: &str)
     if CONFLICT_MESSAGES.iter().any(|m| message.contains(m)) {
         return Retry::NewJob;
     }
-    let transient_status = matches!(status, Some(500 | 502 | 503 | 504));
-    let transient_reason = reason.is_some_and(|r| TRANSIENT_REASONS.contains(&r));
-    if transient_status || transient_reason {
+    // The reason decides when there is one: getQueryResults turns a failed job into an HTTP
+    // error, so a job refused for its own sake (`bytesBilledLimitExceeded`, `invalidQuery`)
+    // can arrive as a 5xx and must not be retried until the deadline. The status decides only
+    // without a reason (a proxy's or load balancer's answer).
+    // https://cloud.google.com/bigquery/docs/error-messages
+    let transient = match reason {
+        Some(r) => TRANSIENT_REASONS.contains(&r),
+        None => matches!(status, Some(500 | 502 | 503 | 504)),
+    };
+    if transient {
         Retry::SameRequest
     } else {
         Retry::No
@@ -652,6 +659,28 @@ impl BigQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_decides_over_the_status() {
+        // A failed job's error arrives through getQueryResults as an HTTP error, 5xx included.
+        assert_eq!(
+            classify(
+                Some(500),
+                Some("bytesBilledLimitExceeded"),
+                "Query exceeded limit"
+            ),
+            Retry::No
+        );
+        assert_eq!(
+            classify(Some(500), Some("backendError"), "x"),
+            Retry::SameRequest
+        );
+        assert_eq!(
+            classify(Some(503), None, "Service Unavailable"),
+            Retry::SameRequest
+        );
+        assert_eq!(classify(Some(400), None, "x"), Retry::No);
+    }
 
     #[test]
     fn a_job_stopped_at_its_timeout_is_the_deadline_not_the_statement() {
