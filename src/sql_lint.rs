@@ -1,5 +1,7 @@
-//! SQLite constructs that roll back a transaction from inside a statement, refused in
-//! configured SQL.
+//! SQL refused in configured statements, found by reading their words outside strings,
+//! quoted identifiers and comments: BigQuery statements that control (or may control) the
+//! transaction they run in, and SQLite clauses that roll a transaction back from inside a
+//! statement.
 //!
 //! On the embedded default a processor's run shares one writer transaction with other runs
 //! (group commit). SQLite's authorizer refuses `ROLLBACK` statements in processor SQL (see
@@ -45,6 +47,101 @@ pub fn refusal(clause: &str, sql: &str) -> String {
     )
 }
 
+/// A BigQuery statement begins, commits or rolls back a transaction, or runs SQL phasegate
+/// cannot see (`EXECUTE IMMEDIATE`, `CALL`): see [`controls_transaction`].
+pub fn bigquery_controls_transaction(sql: &str) -> bool {
+    controls_transaction(&bigquery_words(sql))
+}
+
+/// Whether BigQuery words (see [`bigquery_words`]) contain transaction control anywhere:
+/// `COMMIT`, `ROLLBACK`, or `BEGIN` that starts a transaction (`BEGIN TRANSACTION`, or
+/// `BEGIN` ending its statement) rather than a block (`BEGIN <statements> END`) — or SQL whose
+/// text phasegate cannot see: `EXECUTE IMMEDIATE` (dynamic SQL) and `CALL` (a procedure),
+/// either of which may commit or roll back.
+fn controls_transaction(words: &[&str]) -> bool {
+    words.iter().enumerate().any(|(k, word)| {
+        let is = |w: &str, keyword: &str| w.eq_ignore_ascii_case(keyword);
+        is(word, "COMMIT")
+            || is(word, "ROLLBACK")
+            || is(word, "CALL")
+            || (is(word, "EXECUTE") && words.get(k + 1).is_some_and(|n| is(n, "IMMEDIATE")))
+            || (is(word, "BEGIN")
+                && words
+                    .get(k + 1)
+                    .is_none_or(|next| *next == ";" || is(next, "TRANSACTION")))
+    })
+}
+
+/// The words of a BigQuery statement, with `;` as a word of its own, outside string
+/// literals, quoted identifiers (`` `commit` ``) and comments (`--`, `#`, `/* */`); a word
+/// right after a `.` (a path: `t.commit`) is left out.
+fn bigquery_words(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut words = Vec::new();
+    let (mut i, mut after_dot) = (0, false);
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        i = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => line_end(b, i),
+            b'#' => line_end(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => find(b, i + 2, b"*/").map_or(b.len(), |e| e + 2),
+            b'\'' | b'"' | b'`' => quoted_end(b, i),
+            b';' => {
+                words.push(";");
+                i + 1
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+                    .map_or(b.len(), |n| i + n);
+                if !after_dot {
+                    words.push(&sql[start..end]);
+                }
+                end
+            }
+            _ => i + 1,
+        };
+        after_dot = c == b'.';
+    }
+    words
+}
+
+/// Where the comment starting at `i` ends (at its line's end).
+fn line_end(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|c| *c == b'\n')
+        .map_or(b.len(), |n| i + n)
+}
+
+/// The index of `needle` in `b` at or after `from`.
+fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    b.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|n| from + n)
+}
+
+/// Where the quoted text starting at `i` ends: a string (`'…'`, `"…"`, their triple-quoted
+/// forms, backslash escapes) or a quoted identifier (`` `…` ``).
+fn quoted_end(b: &[u8], i: usize) -> usize {
+    let q = b[i];
+    if q != b'`' && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) {
+        return find(b, i + 3, &[q, q, q]).map_or(b.len(), |e| e + 3);
+    }
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            c if c == q => return j + 1,
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
 /// The words of a SQLite statement (and `(` as a word of its own), outside string literals
 /// (`'…'`, `''` an escaped quote), quoted identifiers (`"…"`, `` `…` ``, `[…]`) and comments
 /// (`--`, `/* */`).
@@ -55,15 +152,9 @@ fn sqlite_words(sql: &str) -> Vec<&str> {
     while i < b.len() {
         let c = b[i];
         i = match c {
-            b'-' if b.get(i + 1) == Some(&b'-') => b[i..]
-                .iter()
-                .position(|c| *c == b'\n')
-                .map_or(b.len(), |n| i + n),
-            b'/' if b.get(i + 1) == Some(&b'*') => b[i + 2..]
-                .windows(2)
-                .position(|w| w == b"*/")
-                .map_or(b.len(), |n| i + 2 + n + 2),
-            b'\'' | b'"' | b'`' => quoted_end(b, i, c),
+            b'-' if b.get(i + 1) == Some(&b'-') => line_end(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => find(b, i + 2, b"*/").map_or(b.len(), |e| e + 2),
+            b'\'' | b'"' | b'`' => sqlite_quoted_end(b, i, c),
             b'[' => b[i..]
                 .iter()
                 .position(|c| *c == b']')
@@ -86,8 +177,8 @@ fn sqlite_words(sql: &str) -> Vec<&str> {
     words
 }
 
-/// Where the quoted text opened by `q` at `i` ends; a doubled quote is part of it.
-fn quoted_end(b: &[u8], i: usize, q: u8) -> usize {
+/// Where the SQLite quoted text opened by `q` at `i` ends; a doubled quote is part of it.
+fn sqlite_quoted_end(b: &[u8], i: usize, q: u8) -> usize {
     let mut j = i + 1;
     while j < b.len() {
         if b[j] == q {

@@ -49,10 +49,6 @@ impl RetryCommand {
     /// backfill's flags, every word shell-quoted where it needs to be.
     pub fn render(&self, phase: &str, from: NaiveDate, to: NaiveDate) -> String {
         let mut words: Vec<String> = Vec::new();
-        for (name, value) in &self.env {
-            words.push(format!("{name}={}", quote(value)));
-        }
-        words.push(self.program.clone());
         if let Some(path) = &self.config {
             words.extend(["--config".into(), path.display().to_string()]);
         }
@@ -79,11 +75,13 @@ impl RetryCommand {
                 timeout_secs.to_string(),
             ]);
         }
-        let (prefix, rest) = words.split_at(self.env.len() + 1);
-        prefix
+        // The assignments and the program are shell words already; the arguments are quoted.
+        let env = self
+            .env
             .iter()
-            .cloned()
-            .chain(rest.iter().map(|w| quote(w)))
+            .map(|(name, v)| format!("{name}={}", quote(v)));
+        env.chain([self.program.clone()])
+            .chain(words.iter().map(|w| quote(w)))
             .collect::<Vec<_>>()
             .join(" ")
     }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 
 use super::{Publication, RunRequest, Worker};
 use crate::config::Phase;
@@ -141,33 +141,42 @@ impl Worker {
         let until = Instant::now() + budget;
         let mut report = RelayReport::default();
         for phase in phases {
-            match self.ledger.owed_events(&phase.name, OWED_PER_SWEEP).await {
-                Ok(owed) => {
-                    for run in owed {
-                        if Instant::now() >= until {
-                            report.left += 1;
-                            continue;
-                        }
-                        self.relay_one(phase, &run, &mut report).await;
-                    }
+            let owed = match self.ledger.owed_events(&phase.name, OWED_PER_SWEEP).await {
+                Ok(owed) => owed,
+                Err(e) => {
+                    report.failed.push(format!("{}: {e}", phase.name));
+                    continue;
                 }
-                Err(e) => report.failed.push(format!("{}: {e}", phase.name)),
+            };
+            // One event per date, however many of its processors' runs are owed.
+            let mut dates: Vec<NaiveDate> = owed.iter().map(|r| r.data_date).collect();
+            dates.dedup();
+            for date in dates {
+                if Instant::now() >= until {
+                    report.left += 1;
+                    continue;
+                }
+                self.relay_one(phase, date, &mut report).await;
             }
         }
         report
     }
 
-    /// Publish the event owed for `run`'s date of `phase`, if every processor is done and
-    /// the publication can be taken over.
-    async fn relay_one(&self, phase: &Phase, run: &RunRecord, report: &mut RelayReport) {
-        let date = run.data_date;
-        let mut runs = Vec::new();
-        for p in &phase.processors {
-            match self.ledger.latest(&p.name, date).await {
-                Ok(Some(r)) if r.status.is_done() => runs.push(r),
-                _ => return,
-            }
-        }
+    /// Publish the event owed for `date` of `phase`, if every processor is done and the
+    /// publication can be taken over.
+    async fn relay_one(&self, phase: &Phase, date: NaiveDate, report: &mut RelayReport) {
+        let names: Vec<String> = phase.processors.iter().map(|p| p.name.clone()).collect();
+        let latest = match self.ledger.latest_of(&names, date).await {
+            Ok(latest) => latest,
+            Err(e) => return report.failed.push(format!("{} {date}: {e}", phase.name)),
+        };
+        let Some(mut runs) = latest
+            .into_iter()
+            .map(|r| r.filter(|r| r.status.is_done()))
+            .collect::<Option<Vec<RunRecord>>>()
+        else {
+            return;
+        };
         if runs.iter().all(|r| r.published_at.is_some())
             || runs.iter().any(|r| r.skip_downstream_trigger)
         {
@@ -211,7 +220,7 @@ pub struct RelayReport {
     pub published: usize,
     /// One line per event (or phase) that could not be relayed; retried by the next sweep.
     pub failed: Vec<String>,
-    /// Owed runs not looked at because the budget ran out; the next sweep takes them.
+    /// Owed dates not looked at because the budget ran out; the next sweep takes them.
     pub left: usize,
 }
 
@@ -262,8 +271,8 @@ impl Worker {
     /// unknown names are ignored: the caller validated them), starting no event after
     /// `budget`.
     pub async fn relay(&self, phases: &[String], budget: Duration) -> RelayReport {
-        let config = self.config.clone();
-        let scope: Vec<&Phase> = config
+        let scope: Vec<&Phase> = self
+            .config
             .phases
             .iter()
             .filter(|p| phases.is_empty() || phases.contains(&p.name))

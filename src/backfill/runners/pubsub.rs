@@ -118,9 +118,7 @@ impl PubSubRunner {
             status: RunStatus::of_done_phase(statuses),
         }))
     }
-}
 
-impl PubSubRunner {
     /// `run` consumed other upstream runs than the latest done ones of its date.
     async fn stale(&self, run: &RunRecord, upstream: &[String]) -> Result<bool, LedgerError> {
         if upstream.is_empty() {
