@@ -295,11 +295,11 @@ pub trait Ledger: Send + Sync {
     async fn ensure_schema(&self) -> Result<(), LedgerError>;
     /// Insert or replace the state of `record.run_id` unconditionally (tools and tests).
     async fn record(&self, record: &RunRecord) -> Result<(), LedgerError>;
-    /// Atomically: when the latest run of `run`'s processor and date is still `seen` (its
-    /// run id; `None` = no run yet) and is not running under a live lease, write `run`
-    /// (a `running` row) as the new latest run and mark an abandoned `running` row
-    /// `failed`. Otherwise write nothing and return the latest run.
-    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError>;
+    /// Atomically: when the latest run of `run`'s processor and date is still `seen` (the
+    /// run the claimant read; `None` = no run yet) and is not running under a live lease,
+    /// write `run` (a `running` row) as the new latest run and mark an abandoned `running`
+    /// row `failed`. Otherwise write nothing and return the latest run.
+    async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError>;
     /// Record the final state of a run this delivery holds. Returns false (writing
     /// nothing) when the run is no longer `running` — its lease ran out and it was taken
     /// over.
@@ -316,7 +316,7 @@ pub trait Ledger: Send + Sync {
     /// lease ran out (their owner is gone). True when every run was taken.
     async fn claim_publication(
         &self,
-        run_ids: &[String],
+        runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError>;
     /// Latest run of a processor for a date (by `started_at`).

@@ -145,7 +145,7 @@ pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, S
     };
     let (ledger, warehouse): (Arc<dyn Ledger>, Arc<dyn Warehouse>) = match &store {
         Store::Sqlite(db) => (Arc::new(db.clone()), Arc::new(db.clone())),
-        Store::BigQuery(bq) => gcp::ledger_and_warehouse(bq),
+        Store::BigQuery(bq) => gcp::ledger_and_warehouse(&config, bq)?,
     };
     let (bus, pubsub) = match config.bus.kind {
         BusKind::InProcess => (Some(open_bus(&config, &store).await?), None),

@@ -4,6 +4,8 @@
 
 #[cfg(feature = "gcp")]
 pub mod bigquery;
+#[cfg(feature = "gcp")]
+pub mod firestore;
 pub mod in_process;
 #[cfg(feature = "gcp")]
 pub mod pubsub;

@@ -22,6 +22,31 @@ impl BackendKind {
     }
 }
 
+/// Where claims, leases and publication claims live on the Google Cloud backend.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Coordination {
+    /// Firestore (Native mode): per-document atomic writes, leases by Firestore's clock,
+    /// thousands of claims per second. The default.
+    #[default]
+    Firestore,
+    /// BigQuery's `processor_run_claims` table (a `MERGE` per claim): no other service to
+    /// provision, but BigQuery runs at most 2 mutating statements per table at a time, so
+    /// about 2 claims per second for the whole pipeline. For small pipelines and the
+    /// BigQuery-only emulator runs.
+    Bigquery,
+}
+
+impl Coordination {
+    pub fn parse(s: &str) -> Option<Coordination> {
+        match s {
+            "firestore" => Some(Coordination::Firestore),
+            "bigquery" => Some(Coordination::Bigquery),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
@@ -57,6 +82,18 @@ pub struct BackendConfig {
     /// besides phasegate's own (pipeline, phase, processor, run id).
     #[serde(default)]
     pub job_labels: std::collections::BTreeMap<String, String>,
+    /// BigQuery backend: where claims and leases live (`firestore`, the default, or
+    /// `bigquery`). Env `PHASEGATE_COORDINATION`.
+    #[serde(default)]
+    pub coordination: Coordination,
+    /// Firestore database id (in `project`) of the coordination store. Terraform creates
+    /// a named database, `phasegate`. Env `PHASEGATE_FIRESTORE_DATABASE`.
+    #[serde(default = "default_firestore_database")]
+    pub firestore_database: String,
+    /// `host:port` of a Firestore emulator; unset in production. Env
+    /// `FIRESTORE_EMULATOR_HOST`.
+    #[serde(default)]
+    pub firestore_emulator_host: Option<String>,
 }
 
 impl Default for BackendConfig {
@@ -71,6 +108,39 @@ impl Default for BackendConfig {
             maximum_bytes_billed: None,
             owed_events_window_days: default_owed_events_window_days(),
             job_labels: Default::default(),
+            coordination: Coordination::default(),
+            firestore_database: default_firestore_database(),
+            firestore_emulator_host: None,
+        }
+    }
+}
+
+fn default_firestore_database() -> String {
+    "phasegate".to_string()
+}
+
+impl BackendConfig {
+    /// A Firestore database id: 4–63 of `a-z0-9-`, starting with a letter, not ending with
+    /// `-`, or `(default)` (https://cloud.google.com/firestore/docs/manage-databases).
+    pub(super) fn validate_firestore(&self) -> Result<(), (&'static str, String)> {
+        let id = self.firestore_database.as_str();
+        let ok = id == "(default)"
+            || ((4..=63).contains(&id.len())
+                && id.starts_with(|c: char| c.is_ascii_lowercase())
+                && !id.ends_with('-')
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        if ok {
+            Ok(())
+        } else {
+            Err((
+                "backend.firestore_database",
+                format!(
+                    "`{id}` is not a Firestore database id (4-63 of a-z, 0-9 and -, starting \
+                     with a letter; or `(default)`)"
+                ),
+            ))
         }
     }
 }

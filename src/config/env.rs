@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{AuthMode, BackendKind, BusKind, Config, ConfigError};
+use super::{AuthMode, BackendKind, BusKind, Config, ConfigError, Coordination};
 
 impl Config {
     /// The overrides `get` sets, as `(name, value)` in the order they are read: what a
@@ -54,6 +54,21 @@ impl Config {
                 var: "PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED".into(),
                 message: format!("`{v}` is not a number of bytes"),
             })?);
+        }
+        if let Some(v) = get("PHASEGATE_COORDINATION") {
+            self.backend.coordination =
+                Coordination::parse(&v).ok_or_else(|| ConfigError::Env {
+                    var: "PHASEGATE_COORDINATION".into(),
+                    message: format!(
+                        "`{v}` is not a coordination store; use firestore or bigquery"
+                    ),
+                })?;
+        }
+        if let Some(v) = get("PHASEGATE_FIRESTORE_DATABASE") {
+            self.backend.firestore_database = v;
+        }
+        if let Some(v) = get("FIRESTORE_EMULATOR_HOST") {
+            self.backend.firestore_emulator_host = Some(v);
         }
         if let Some(v) = get("PHASEGATE_BUS") {
             self.bus.kind = match v.as_str() {

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use names::{check_ident, check_table, check_topic};
 
 pub use auth::{AuthConfig, AuthMode};
-pub use backend::{BackendConfig, BackendKind};
+pub use backend::{BackendConfig, BackendKind, Coordination};
 pub use bus::{BusConfig, BusKind};
 pub use processor::{
     Checks, DEFAULT_WINDOW_DAYS_PER_OCCURRENCE, EntityCompleteness, HistoricalGaps, Mode, Output,
@@ -146,6 +146,9 @@ impl Config {
             return Err(self.invalid(key, message));
         }
         if let Err((key, message)) = self.server.check_limits() {
+            return Err(self.invalid(key, message));
+        }
+        if let Err((key, message)) = self.backend.validate_firestore() {
             return Err(self.invalid(key, message));
         }
         if self.bus.max_delivery_attempts == 0 {

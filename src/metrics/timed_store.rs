@@ -65,7 +65,7 @@ impl Ledger for TimedLedger {
         self.0.latest_in_range(processor, from, to).await
     }
 
-    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+    async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError> {
         let _t = StoreTimer::start("ledger", "claim");
         self.0.claim(run, seen).await
     }
@@ -82,11 +82,11 @@ impl Ledger for TimedLedger {
 
     async fn claim_publication(
         &self,
-        run_ids: &[String],
+        runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
         let _t = StoreTimer::start("ledger", "claim_publication");
-        self.0.claim_publication(run_ids, until).await
+        self.0.claim_publication(runs, until).await
     }
 
     fn holding(&self, run_id: &str, alive: std::sync::Weak<()>) {

@@ -17,9 +17,10 @@ mod with_gcp {
     use std::sync::Arc;
 
     pub use crate::backends::bigquery::BigQuery;
+    use crate::backends::firestore::{Coordinated, Firestore};
     use crate::backends::pubsub::{PubSubAdmin, PubSubBus};
     use crate::bus::Publisher;
-    use crate::config::Config;
+    use crate::config::{Config, Coordination};
     use crate::ledger::Ledger;
     use crate::startup::StartupError;
     use crate::warehouse::Warehouse;
@@ -36,8 +37,36 @@ mod with_gcp {
             .for_pipeline(&config.pipeline.name))
     }
 
-    pub fn ledger_and_warehouse(bq: &BigQuery) -> (Arc<dyn Ledger>, Arc<dyn Warehouse>) {
-        (Arc::new(bq.clone()), Arc::new(bq.clone()))
+    /// BigQuery is the warehouse and the ledger of record; claims and leases live in
+    /// Firestore unless `backend.coordination = "bigquery"`.
+    pub fn ledger_and_warehouse(
+        config: &Config,
+        bq: &BigQuery,
+    ) -> Result<(Arc<dyn Ledger>, Arc<dyn Warehouse>), StartupError> {
+        let backend = &config.backend;
+        match backend.coordination {
+            Coordination::Bigquery => Ok((Arc::new(bq.clone()), Arc::new(bq.clone()))),
+            Coordination::Firestore => {
+                // The warehouse's run scripts no longer check the claims table either.
+                let bq = bq.clone().with_claims_elsewhere();
+                let project = backend.project.as_deref().ok_or_else(|| {
+                    StartupError::Backend("backend.project is required for Firestore".into())
+                })?;
+                let store = Firestore::connect(
+                    project,
+                    &backend.firestore_database,
+                    backend.firestore_emulator_host.as_deref(),
+                )
+                .map_err(StartupError::Backend)?;
+                let scope = format!(
+                    "{}.{}",
+                    backend.dataset.as_deref().unwrap_or_default(),
+                    config.pipeline.name
+                );
+                let ledger = Coordinated::new(store, bq.clone(), &scope);
+                Ok((Arc::new(ledger), Arc::new(bq)))
+            }
+        }
     }
 
     /// Run the pipeline's `setup` statements, one job each.
@@ -105,7 +134,10 @@ mod without_gcp {
         Err(StartupError::NoGcp("backend.kind = \"bigquery\""))
     }
 
-    pub fn ledger_and_warehouse(bq: &BigQuery) -> (Arc<dyn Ledger>, Arc<dyn Warehouse>) {
+    pub fn ledger_and_warehouse(
+        _config: &Config,
+        bq: &BigQuery,
+    ) -> Result<(Arc<dyn Ledger>, Arc<dyn Warehouse>), StartupError> {
         match *bq {}
     }
 

@@ -155,7 +155,7 @@ impl Worker {
                 Decision::Wait(run) => {
                     return Ok(Step::Stop(PhaseOutcome::InProgress { run: Box::new(run) }));
                 }
-                Decision::Run(latest) => latest.map(|r| r.run_id),
+                Decision::Run(latest) => latest,
             };
             let mut run = seen.start(p, phase, req);
             run.lease_until = Some(Utc::now() + policy.lease);
@@ -172,7 +172,7 @@ impl Worker {
                 self.warehouse.as_ref(),
             );
             let claim = async {
-                Ok::<_, LedgerError>(match self.ledger.claim(&run, latest.as_deref()).await? {
+                Ok::<_, LedgerError>(match self.ledger.claim(&run, latest.as_ref()).await? {
                     Claim::Won => Ok(Held::new(Arc::clone(&self.ledger), run.clone(), policy)),
                     Claim::Lost(winner) => Err(winner),
                 })

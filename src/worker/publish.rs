@@ -43,7 +43,7 @@ impl Worker {
             self.release_own(runs, ran).await;
             return Ok(Publication::PendingElsewhere);
         }
-        let others: Vec<String> = others.iter().map(|r| r.run_id.clone()).collect();
+        let others: Vec<RunRecord> = others.into_iter().cloned().collect();
         if !others.is_empty() {
             let lease = self
                 .config
@@ -182,10 +182,10 @@ impl Worker {
         {
             return;
         }
-        let ids: Vec<String> = runs
+        let owed: Vec<RunRecord> = runs
             .iter()
             .filter(|r| r.published_at.is_none())
-            .map(|r| r.run_id.clone())
+            .cloned()
             .collect();
         let lease = self
             .config
@@ -194,7 +194,7 @@ impl Worker {
             .lease;
         match self
             .ledger
-            .claim_publication(&ids, Utc::now() + lease)
+            .claim_publication(&owed, Utc::now() + lease)
             .await
         {
             Ok(true) => match self.publish_and_mark(phase, &mut runs).await {

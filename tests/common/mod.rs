@@ -130,6 +130,21 @@ pub fn d(s: &str) -> NaiveDate {
     phasegate::dates::parse_date(s).expect("test date")
 }
 
+/// `[backend]` lines choosing where the BigQuery suite's claims live: Firestore (the
+/// production default) on its emulator (scripts/emulators.sh starts it and exports
+/// `FIRESTORE_EMULATOR_HOST`), or BigQuery's claims table with
+/// `PHASEGATE_TEST_COORDINATION=bigquery`.
+pub fn coordination_lines() -> String {
+    let coordination =
+        std::env::var("PHASEGATE_TEST_COORDINATION").unwrap_or_else(|_| "firestore".into());
+    if coordination != "firestore" {
+        return format!("coordination = {coordination:?}\n");
+    }
+    let host = std::env::var("FIRESTORE_EMULATOR_HOST")
+        .expect("Firestore coordination needs FIRESTORE_EMULATOR_HOST (scripts/emulators.sh)");
+    format!("coordination = \"firestore\"\nfirestore_emulator_host = {host:?}\n")
+}
+
 /// A built app on a temporary database, with the fixture's tables.
 pub struct TestEnv {
     pub app: App,
@@ -165,7 +180,8 @@ impl TestEnv {
                 (
                     format!(
                         "[backend]\nkind = \"bigquery\"\nproject = {project:?}\ndataset = {dataset:?}\nemulator_host = {host:?}\n\
-                         owed_events_window_days = 36500\n"
+                         owed_events_window_days = 36500\n{}",
+                        coordination_lines()
                     ),
                     text.replace("sql.sqlite", "sql.bigquery"),
                 )

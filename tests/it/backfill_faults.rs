@@ -62,7 +62,7 @@ impl Ledger for FailingLedger {
     ) -> Result<Vec<RunRecord>, LedgerError> {
         self.inner.latest_in_range(p, from, to).await
     }
-    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+    async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError> {
         self.check(run.data_date)?;
         self.inner.claim(run, seen).await
     }
@@ -74,10 +74,10 @@ impl Ledger for FailingLedger {
     }
     async fn claim_publication(
         &self,
-        ids: &[String],
+        runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
-        self.inner.claim_publication(ids, until).await
+        self.inner.claim_publication(runs, until).await
     }
     async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         self.inner.owed_events(phase, limit).await

@@ -61,7 +61,8 @@ async fn env_with_backoff(backend_lines: &str, sections: &str, backoff_ms: u64) 
         "[pipeline]",
         &format!(
             "[backend]\nkind = \"bigquery\"\nproject = {project:?}\ndataset = {dataset:?}\n\
-             emulator_host = {host:?}\n{backend_lines}\n{sections}\n[pipeline]"
+             emulator_host = {host:?}\n{coord}{backend_lines}\n{sections}\n[pipeline]",
+            coord = crate::common::coordination_lines()
         ),
         1,
     );

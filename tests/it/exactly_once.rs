@@ -161,7 +161,7 @@ impl Ledger for Faulty {
     async fn record(&self, r: &RunRecord) -> Result<(), LedgerError> {
         self.inner.record(r).await
     }
-    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+    async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError> {
         if self.pause_next_claim.swap(false, Ordering::SeqCst) {
             self.paused.notify_one();
             self.release.notified().await;
@@ -176,10 +176,10 @@ impl Ledger for Faulty {
     }
     async fn claim_publication(
         &self,
-        ids: &[String],
+        runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
-        self.inner.claim_publication(ids, until).await
+        self.inner.claim_publication(runs, until).await
     }
     async fn latest(&self, p: &str, date: NaiveDate) -> Result<Option<RunRecord>, LedgerError> {
         self.inner.latest(p, date).await

@@ -34,6 +34,22 @@ impl BigQuery {
         )
     }
 
+    /// True when the claims row names run `id`: the check every script makes before it
+    /// writes for a run. When claims live in another store
+    /// ([`BigQuery::with_claims_elsewhere`], which checked before the script was sent), what
+    /// the ledger can still tell: that no row has ended the run (a release, a takeover).
+    /// Never a constant: bqemulator folds `IF(TRUE, 0, ERROR(…))` and raises.
+    pub(super) fn holds(&self, processor: &str, date: NaiveDate, id: &str) -> String {
+        if self.claims_elsewhere {
+            return self.still_running_sql(id, processor, date);
+        }
+        format!(
+            "{} = {}",
+            self.holder_sql(processor, date),
+            script::string(Some(id))
+        )
+    }
+
     /// The run the claims row names (the smallest id if a first-claim race left two rows),
     /// as a scalar subquery.
     pub(super) fn holder_sql(&self, processor: &str, date: NaiveDate) -> String {
@@ -68,12 +84,11 @@ impl BigQuery {
     fn insert_if_holder(&self, r: &RunRecord, overrides: &[(&str, String)]) -> String {
         format!(
             "INSERT INTO {l} ({cols}, recorded_at) {row} FROM (SELECT 1) \
-             WHERE {holder} = {id} AND {running}",
+             WHERE {holds} AND {running}",
             l = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns(),
             row = script::ledger_row_select(r, &self.pipeline, overrides),
-            holder = self.holder_sql(&r.processor, r.data_date),
-            id = script::string(Some(&r.run_id)),
+            holds = self.holds(&r.processor, r.data_date, &r.run_id),
             running = self.still_running_sql(&r.run_id, &r.processor, r.data_date),
         )
     }
@@ -119,16 +134,40 @@ impl BigQuery {
              SELECT {exprs}, CURRENT_TIMESTAMP() FROM (
                SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS k
                FROM {l} WHERE pipeline = {pl} AND data_date = {dd} AND run_id = {seen})
-             WHERE k = 1 AND status = 'running' AND finished_at IS NULL AND {holder} = {id}",
+             WHERE k = 1 AND status = 'running' AND finished_at IS NULL AND {holds}",
             l = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns(),
             exprs = exprs.join(", "),
             pl = script::string(Some(&self.pipeline)),
             seen = script::string(Some(seen)),
             dd = script::date(r.data_date),
-            holder = self.holder_sql(&r.processor, r.data_date),
-            id = script::string(Some(&r.run_id)),
+            holds = self.holds(&r.processor, r.data_date, &r.run_id),
         )
+    }
+
+    /// Record a claim another store granted (Firestore coordination): in one job, the
+    /// taken-over run's `failed` row (only while it is still running: a run that committed
+    /// its outcome meanwhile keeps it) and `run`'s `running` row. Plain `INSERT`s: no
+    /// mutating DML, so they do not queue behind the two-per-table `MERGE`/`UPDATE` limit.
+    pub async fn append_claim(
+        &self,
+        run: &RunRecord,
+        taken_over: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let mut steps = Vec::new();
+        if let Some(seen) = taken_over {
+            steps.push(self.abandon_if_taken_over(run, seen));
+        }
+        steps.push(format!(
+            "INSERT INTO {l} ({cols}, recorded_at) {row}",
+            l = self.table(LEDGER_TABLE),
+            cols = Self::ledger_columns(),
+            row = script::ledger_row_select(run, &self.pipeline, &[]),
+        ));
+        steps.push("SELECT 1".to_string());
+        self.script_returning_holder(&steps.join(";\n"), run, "claim")
+            .await
+            .map(|_| ())
     }
 
     /// Run a script (for `r`, labelled `what`) whose last statement selects the claim
@@ -153,6 +192,34 @@ impl BigQuery {
             .into_iter()
             .next()
             .and_then(|r| r.into_iter().next().flatten()))
+    }
+}
+
+impl BigQuery {
+    /// The latest state of every done run of `phase` in the sweep's window whose event is
+    /// not out and that should announce itself, whatever its lease: [`Ledger::owed_events`]
+    /// filters them by the ledger's leases, the Firestore coordination by its own.
+    pub async fn unannounced(&self, phase: &str) -> Result<Vec<RunRecord>, LedgerError> {
+        let mut runs = self
+            .runs(
+                // `data_date >= @since`: a constant comparison on the partitioning column,
+                // so only the window's partitions are read and billed
+                // (https://cloud.google.com/bigquery/docs/querying-partitioned-tables).
+                "pipeline = @pipeline AND phase = @phase AND data_date >= @since \
+                 AND status IN ('success', 'no_data') AND NOT skip_downstream_trigger",
+                vec![
+                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
+                    param("phase", "STRING", Some(phase.to_string())),
+                    date_param(
+                        "since",
+                        Utc::now().date_naive()
+                            - chrono::Days::new(u64::from(self.owed_events_window_days)),
+                    ),
+                ],
+            )
+            .await?;
+        runs.retain(|r| r.published_at.is_none());
+        Ok(runs)
     }
 }
 
@@ -366,7 +433,8 @@ impl Ledger for BigQuery {
         Ok(out)
     }
 
-    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+    async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError> {
+        let seen = seen.map(|r| r.run_id.as_str());
         // One job: the compare-and-set on the claims row (BigQuery serialises mutating DML
         // on a table, so of two concurrent claims at most one matches), then — only if it
         // won — the taken-over run's `failed` row and this run's `running` row, then the
@@ -460,9 +528,11 @@ impl Ledger for BigQuery {
 
     async fn claim_publication(
         &self,
-        run_ids: &[String],
+        runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
+        let run_ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+        let run_ids = run_ids.as_slice();
         let token = uuid::Uuid::new_v4().to_string();
         let sql = format!(
             "UPDATE {c} SET publish_until = @until, publisher = @token \
@@ -501,26 +571,9 @@ impl Ledger for BigQuery {
     }
 
     async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
-        let mut runs = self
-            .runs(
-                // `data_date >= @since`: a constant comparison on the partitioning column,
-                // so only the window's partitions are read and billed
-                // (https://cloud.google.com/bigquery/docs/querying-partitioned-tables).
-                "pipeline = @pipeline AND phase = @phase AND data_date >= @since \
-                 AND status IN ('success', 'no_data') AND NOT skip_downstream_trigger",
-                vec![
-                    param("pipeline", "STRING", Some(self.pipeline.to_string())),
-                    param("phase", "STRING", Some(phase.to_string())),
-                    date_param(
-                        "since",
-                        Utc::now().date_naive()
-                            - chrono::Days::new(u64::from(self.owed_events_window_days)),
-                    ),
-                ],
-            )
-            .await?;
+        let mut runs = self.unannounced(phase).await?;
         let now = Utc::now();
-        runs.retain(|r| r.published_at.is_none() && !r.lease_alive(now));
+        runs.retain(|r| !r.lease_alive(now));
         runs.truncate(limit);
         Ok(runs)
     }

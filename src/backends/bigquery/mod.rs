@@ -108,6 +108,9 @@ pub struct BigQuery {
     /// Per run id whose script job is (or may still be) running: the lock its release waits
     /// for ([`jobs`]).
     run_jobs: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Claims and leases live in another store (Firestore): scripts do not check the claims
+    /// table, and the ledger only records ([`BigQuery::append_claim`]).
+    claims_elsewhere: bool,
     /// The type of each date column filtered on (`table.column` → kind), read once.
     date_kinds: Arc<std::sync::Mutex<HashMap<String, warehouse::DateKind>>>,
 }
@@ -258,6 +261,7 @@ impl BigQuery {
             owed_events_window_days: cfg.owed_events_window_days,
             turns: Arc::default(),
             run_jobs: Arc::default(),
+            claims_elsewhere: false,
             date_kinds: Arc::default(),
         })
     }
@@ -265,6 +269,13 @@ impl BigQuery {
     /// Scope the ledger to `pipeline` (every ledger row and query carries it).
     pub fn for_pipeline(mut self, pipeline: &str) -> BigQuery {
         self.pipeline = Arc::from(pipeline);
+        self
+    }
+
+    /// Leave claims and leases to another store (the coordination store, Firestore): the
+    /// ledger only records what that store decided.
+    pub fn with_claims_elsewhere(mut self) -> BigQuery {
+        self.claims_elsewhere = true;
         self
     }
 

@@ -98,9 +98,8 @@ impl BigQuery {
         let mut steps = vec![
             "BEGIN TRANSACTION".to_string(),
             format!(
-                "SELECT IF({holder} = {id}, 0, ERROR('{lost}'))",
-                holder = self.holder_sql(&template.processor, d),
-                id = script::string(Some(&template.run_id)),
+                "SELECT IF({holds}, 0, ERROR('{lost}'))",
+                holds = self.holds(&template.processor, d, &template.run_id),
                 lost = script::CLAIM_LOST
             ),
         ];
@@ -139,9 +138,8 @@ impl BigQuery {
         // ended, `Ledger::complete`; this check catches a release committed before the
         // transaction's snapshot, and a takeover). The outcome row and COMMIT follow.
         steps.push(format!(
-            "SELECT IF({holder} = {id} AND {running}, 0, ERROR('{lost}'))",
-            holder = self.holder_sql(&template.processor, d),
-            id = script::string(Some(&template.run_id)),
+            "SELECT IF({holds} AND {running}, 0, ERROR('{lost}'))",
+            holds = self.holds(&template.processor, d, &template.run_id),
             running = self.still_running_sql(&template.run_id, &template.processor, d),
             lost = script::CLAIM_LOST
         ));
@@ -226,6 +224,7 @@ impl Warehouse for BigQuery {
                 return Ok(Committed::Unavailable(e.to_string()));
             }
             Err(JobError::Failed(e)) => {
+                tracing::debug!(run_id = %template.run_id, error = %e, "run script failed");
                 self.forget_run_job(&template.run_id);
                 return scripted_outcome(&e, job).ok_or(WarehouseError(e));
             }

@@ -214,9 +214,9 @@ impl Ledger for Sqlite {
         .map_err(LedgerError)
     }
 
-    async fn claim(&self, run: &RunRecord, seen: Option<&str>) -> Result<Claim, LedgerError> {
+    async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError> {
         let (run, pipeline) = (run.clone(), self.pipeline.clone());
-        let seen = seen.map(str::to_string);
+        let seen = seen.map(|r| r.run_id.clone());
         let holders = self.holders.clone();
         self.grouped(Role::Plain, move |sp| {
             let claim = claim_in(&sp, &pipeline, &run, seen.as_deref(), &holders)?;
@@ -260,10 +260,10 @@ impl Ledger for Sqlite {
 
     async fn claim_publication(
         &self,
-        run_ids: &[String],
+        runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
-        let ids = run_ids.to_vec();
+        let ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
         self.grouped(Role::Plain, move |sp| {
             let won = claim_publication_in(&sp, &ids, until)?;
             if won {

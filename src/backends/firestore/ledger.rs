@@ -1,0 +1,492 @@
+//! The Google Cloud ledger with coordination in Firestore: claims, leases and publication
+//! claims are Firestore writes guarded by preconditions (one document per processor and
+//! date); BigQuery stays the ledger of record (every state change an appended row) and the
+//! warehouse.
+//!
+//! Order of writes, and what a crash between them leaves:
+//! - **claim**: the document names the new run, then BigQuery gets its `running` row. If the
+//!   append fails the document is given back at once; if the process dies in between, the
+//!   lease runs out (store time) and the next delivery takes over (and records the dead run
+//!   `failed`). Readers see the document's leases on top of the ledger's rows (one
+//!   `batchGet` beside each ledger read), so a run with no row yet never looks claimable.
+//! - **complete**: BigQuery's outcome row first (written only while the run has no final
+//!   row), then the document ends the run lease and hands the holder the publication.
+//! - **publication**: taken in the document (all of a phase's runs in one atomic commit),
+//!   recorded there when out, then in BigQuery; the sweep repairs a ledger that missed it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+
+use super::claims::{self, ClaimDoc};
+use super::client::{Expect, Firestore, FirestoreError, Write};
+use crate::backends::bigquery::BigQuery;
+use crate::ledger::{Claim, Ledger, LedgerError, RunRecord, RunStatus};
+
+/// The ledger of the Google Cloud backend when Firestore coordinates.
+pub struct Coordinated {
+    store: Firestore,
+    record: BigQuery,
+    /// `{dataset}.{pipeline}`: the ledger this store coordinates (one database may serve
+    /// several datasets and pipelines).
+    scope: String,
+    /// The last update time this process wrote or read of the document of each run it
+    /// holds (or publishes): the precondition of its next write of it.
+    held: Mutex<HashMap<String, Held>>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    doc: String,
+    update_time: String,
+}
+
+fn err(e: FirestoreError) -> LedgerError {
+    LedgerError(e.to_string())
+}
+
+impl Coordinated {
+    /// Coordinate in `store` the ledger `scope` (`{dataset}.{pipeline}`); record in
+    /// `record` (which no longer checks its claims table).
+    pub fn new(store: Firestore, record: BigQuery, scope: &str) -> Coordinated {
+        Coordinated {
+            store,
+            record: record.with_claims_elsewhere(),
+            scope: scope.to_string(),
+            held: Mutex::default(),
+        }
+    }
+
+    /// The coordination store (round-trip counts for benchmarks).
+    pub fn store(&self) -> &Firestore {
+        &self.store
+    }
+
+    /// `pipelines/{dataset}.{pipeline}/claims/{processor}@{date}`: one document per
+    /// processor and date. Names are validated identifiers; a `/` would nest a collection, so it is
+    /// escaped all the same.
+    fn doc_name(&self, processor: &str, date: NaiveDate) -> String {
+        let clean = |s: &str| s.replace('/', "%2F");
+        self.store.doc_name(&format!(
+            "pipelines/{}/claims/{}@{date}",
+            clean(&self.scope),
+            clean(processor)
+        ))
+    }
+
+    fn remember(&self, run_id: &str, doc: &str, update_time: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            run_id.to_string(),
+            Held {
+                doc: doc.to_string(),
+                update_time: update_time.to_string(),
+            },
+        );
+    }
+
+    fn forget(&self, run_id: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
+    }
+
+    fn held(&self, run_id: &str) -> Option<Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned()
+    }
+
+    /// The claim documents of `runs`' processors and dates, with the store's read time.
+    async fn docs_of(
+        &self,
+        keys: &[(String, NaiveDate)],
+    ) -> Result<(Vec<Option<ClaimDoc>>, DateTime<Utc>), LedgerError> {
+        let names: Vec<String> = keys.iter().map(|(p, d)| self.doc_name(p, *d)).collect();
+        let snap = self.store.get(&names).await.map_err(err)?;
+        let docs = names
+            .iter()
+            .map(|n| snap.docs.get(n).map(ClaimDoc::read))
+            .collect();
+        Ok((docs, snap.read_time))
+    }
+
+    async fn doc_of(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<(Option<ClaimDoc>, DateTime<Utc>), LedgerError> {
+        let (mut docs, at) = self.docs_of(&[(processor.to_string(), date)]).await?;
+        Ok((docs.pop().flatten(), at))
+    }
+
+    /// The update time of the document of `processor` and `date` if it names `run_id`.
+    async fn held_by(
+        &self,
+        run_id: &str,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Option<String>, LedgerError> {
+        let (current, _) = self.doc_of(processor, date).await?;
+        Ok(current
+            .filter(|c| c.holder == run_id)
+            .map(|c| c.update_time))
+    }
+
+    /// Write `fields` into the document of run `run` (id, processor, date) while it still
+    /// names that run: guarded by the update time this process last saw, re-read when the
+    /// guard fails (a retried commit that had applied, a publication taken meanwhile).
+    /// False when another run holds the document now.
+    async fn update_held(
+        &self,
+        run: (&str, &str, NaiveDate),
+        fields: serde_json::Map<String, serde_json::Value>,
+        server_time: Vec<&'static str>,
+    ) -> Result<bool, LedgerError> {
+        let (run_id, processor, date) = run;
+        let doc = self.doc_name(processor, date);
+        let mut expect = match self.held(run_id) {
+            Some(h) => Some(h.update_time),
+            None => self.held_by(run_id, processor, date).await?,
+        };
+        for _ in 0..3 {
+            let Some(update_time) = expect.take() else {
+                return Ok(false);
+            };
+            let write = Write {
+                name: doc.clone(),
+                fields: fields.clone(),
+                server_time: server_time.clone(),
+                expect: Expect::At(update_time),
+            };
+            match self.store.commit(&[write]).await {
+                Ok(times) => {
+                    let t = times.into_iter().next().unwrap_or_default();
+                    self.remember(run_id, &doc, &t);
+                    return Ok(true);
+                }
+                Err(FirestoreError::Precondition(_)) => {
+                    expect = self.held_by(run_id, processor, date).await?;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Err(LedgerError(format!(
+            "the claim document of {processor} {date} kept changing under run {run_id}"
+        )))
+    }
+}
+
+#[async_trait]
+impl Ledger for Coordinated {
+    async fn ensure_schema(&self) -> Result<(), LedgerError> {
+        self.record.ensure_schema().await
+    }
+
+    async fn record(&self, record: &RunRecord) -> Result<(), LedgerError> {
+        self.record.record(record).await?;
+        let write = Write {
+            name: self.doc_name(&record.processor, record.data_date),
+            fields: claims::record_fields(record),
+            server_time: vec!["renewed_at", "pub_renewed_at"],
+            expect: Expect::Anything,
+        };
+        self.store.commit(&[write]).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError> {
+        let (p, d) = (run.processor.as_str(), run.data_date);
+        let name = self.doc_name(p, d);
+        let (current, now) = self.doc_of(p, d).await?;
+        if let Some(doc) = &current
+            && !doc.claimable(seen, now)
+        {
+            return Ok(Claim::Lost(Box::new(winner(run, doc))));
+        }
+        let write = Write {
+            name: name.clone(),
+            fields: claims::claim_fields(run, claims::secs_until(run.lease_until)),
+            server_time: vec!["renewed_at"],
+            expect: current
+                .as_ref()
+                .map_or(Expect::Absent, |c| Expect::At(c.update_time.clone())),
+        };
+        let update_time = match self.store.commit(&[write]).await {
+            Ok(times) => times.into_iter().next().unwrap_or_default(),
+            Err(FirestoreError::Precondition(_)) => {
+                // Someone wrote first — or our own retried commit had applied.
+                let (now_doc, _) = self.doc_of(p, d).await?;
+                match now_doc {
+                    Some(doc) if doc.holder == run.run_id => doc.update_time,
+                    Some(doc) => return Ok(Claim::Lost(Box::new(winner(run, &doc)))),
+                    None => return Ok(Claim::Lost(Box::new(run.clone()))),
+                }
+            }
+            Err(e) => return Err(err(e)),
+        };
+        self.remember(&run.run_id, &name, &update_time);
+        // The run the claim replaced, if it was still running: taken over.
+        let taken_over = seen
+            .filter(|s| s.status == RunStatus::Running)
+            .map(|s| s.run_id.as_str());
+        if let Err(e) = self.record.append_claim(run, taken_over).await {
+            // Give the claim back so the redelivery need not wait for the lease.
+            let released = self
+                .update_held((&run.run_id, p, d), claims::finished_fields(run, 0), vec![])
+                .await;
+            if !matches!(released, Ok(true)) {
+                tracing::warn!(run_id = %run.run_id,
+                    "claim not recorded and not given back; its lease will run out");
+            }
+            self.forget(&run.run_id);
+            return Err(e);
+        }
+        Ok(Claim::Won)
+    }
+
+    async fn complete(&self, run: &RunRecord) -> Result<bool, LedgerError> {
+        let written = self.record.complete(run).await?;
+        if !written {
+            self.forget(&run.run_id);
+            return Ok(false);
+        }
+        self.finished(run).await;
+        Ok(true)
+    }
+
+    async fn renew(&self, run_id: &str, until: DateTime<Utc>) -> Result<bool, LedgerError> {
+        // Used to release (or extend) a publication this process holds; run leases on
+        // Google Cloud outlast the push deadline and are not renewed.
+        let Some(held) = self.held(run_id) else {
+            return Ok(false);
+        };
+        let Some((processor, date)) = parse_doc_key(&held.doc) else {
+            return Ok(false);
+        };
+        let secs = if until <= Utc::now() {
+            0
+        } else {
+            claims::secs_until(Some(until))
+        };
+        self.update_held(
+            (run_id, &processor, date),
+            claims::publication_fields(run_id, secs),
+            vec!["pub_renewed_at"],
+        )
+        .await
+    }
+
+    async fn claim_publication(
+        &self,
+        runs: &[RunRecord],
+        until: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        let keys: Vec<(String, NaiveDate)> = runs
+            .iter()
+            .map(|r| (r.processor.clone(), r.data_date))
+            .collect();
+        let (docs, now) = self.docs_of(&keys).await?;
+        let secs = claims::secs_until(Some(until));
+        let mut writes = Vec::with_capacity(runs.len());
+        for (run, doc) in runs.iter().zip(&docs) {
+            let name = self.doc_name(&run.processor, run.data_date);
+            let write = match doc {
+                Some(doc) if doc.publication_claimable(run, now) => Write {
+                    name,
+                    fields: claims::publication_fields(&run.run_id, secs),
+                    server_time: vec!["pub_renewed_at"],
+                    expect: Expect::At(doc.update_time.clone()),
+                },
+                Some(_) => return Ok(false),
+                // A run no delivery claimed here (written by a tool, or before the store
+                // coordinated): its document is created holding the publication.
+                None => {
+                    let mut fields = claims::claim_fields(run, 0);
+                    fields.extend(claims::publication_fields(&run.run_id, secs));
+                    Write {
+                        name,
+                        fields,
+                        server_time: vec!["renewed_at", "pub_renewed_at"],
+                        expect: Expect::Absent,
+                    }
+                }
+            };
+            writes.push(write);
+        }
+        match self.store.commit(&writes).await {
+            Ok(times) => {
+                for ((run, w), t) in runs.iter().zip(&writes).zip(times) {
+                    self.remember(&run.run_id, &w.name, &t);
+                }
+                Ok(true)
+            }
+            // Another publisher took one of them first.
+            Err(FirestoreError::Precondition(_)) => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn latest(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Option<RunRecord>, LedgerError> {
+        Ok(self
+            .latest_of(&[processor.to_string()], date)
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    async fn latest_of(
+        &self,
+        processors: &[String],
+        date: NaiveDate,
+    ) -> Result<Vec<Option<RunRecord>>, LedgerError> {
+        let keys: Vec<(String, NaiveDate)> = processors.iter().map(|p| (p.clone(), date)).collect();
+        // The ledger's rows and the store's leases, side by side: one extra round trip.
+        let (rows, docs) =
+            tokio::join!(self.record.latest_of(processors, date), self.docs_of(&keys));
+        let (mut rows, (docs, _)) = (rows?, docs?);
+        for (row, doc) in rows.iter_mut().zip(&docs) {
+            if let (Some(row), Some(doc)) = (row.as_mut(), doc) {
+                doc.overlay(row);
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn history(
+        &self,
+        processor: &str,
+        date: NaiveDate,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        self.record.history(processor, date).await
+    }
+
+    async fn latest_in_range(
+        &self,
+        processor: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        self.record.latest_in_range(processor, from, to).await
+    }
+
+    async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        // The ledger's unannounced runs, judged by the store's leases (not the rows').
+        let owed = self.record.unannounced(phase).await?;
+        let mut still_owed = Vec::with_capacity(owed.len());
+        let mut repaired = Vec::new();
+        for chunk in owed.chunks(100) {
+            let keys: Vec<(String, NaiveDate)> = chunk
+                .iter()
+                .map(|r| (r.processor.clone(), r.data_date))
+                .collect();
+            let (docs, now) = self.docs_of(&keys).await?;
+            for (run, doc) in chunk.iter().zip(docs) {
+                let mut run = run.clone();
+                if let Some(doc) = doc {
+                    doc.overlay(&mut run);
+                }
+                if run.published_at.is_some() {
+                    // Out per the store, owed per the ledger: its append failed. Record it.
+                    repaired.push(run);
+                } else if !run.lease_alive(now) {
+                    still_owed.push(run);
+                }
+            }
+        }
+        if let Some(at) = repaired.iter().filter_map(|r| r.published_at).max() {
+            self.record.mark_published(&repaired, at).await?;
+        }
+        still_owed.truncate(limit);
+        Ok(still_owed)
+    }
+
+    async fn mark_published(
+        &self,
+        runs: &[RunRecord],
+        at: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        for run in runs {
+            let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
+            if !self
+                .update_held(key, claims::published_fields(at), vec![])
+                .await?
+            {
+                tracing::warn!(run_id = %run.run_id,
+                    "published, but a newer run holds its claim document now");
+            }
+            self.forget(&run.run_id);
+        }
+        self.record.mark_published(runs, at).await
+    }
+}
+
+impl Coordinated {
+    /// The run finished (its outcome row is in the ledger): end its lease and, if it will
+    /// announce itself, hand it the publication. A failure here is logged: the run lease
+    /// then runs out on its own.
+    async fn finished(&self, run: &RunRecord) {
+        let publish = if run.status.is_done() && !run.skip_downstream_trigger {
+            claims::secs_until(run.lease_until)
+        } else {
+            0
+        };
+        let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
+        let server_time = if publish > 0 {
+            vec!["pub_renewed_at"]
+        } else {
+            vec![]
+        };
+        match self
+            .update_held(key, claims::finished_fields(run, publish), server_time)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(run_id = %run.run_id,
+                "run recorded, but a newer run holds its claim document"),
+            Err(e) => tracing::warn!(run_id = %run.run_id, error = %e,
+                "run recorded, but its lease was not ended; it runs out on its own"),
+        }
+        if publish == 0 {
+            self.forget(&run.run_id);
+        }
+    }
+}
+
+/// `(processor, date)` of a claim document's name (`…/claims/{processor}@{date}`).
+fn parse_doc_key(name: &str) -> Option<(String, NaiveDate)> {
+    let id = name.rsplit('/').next()?;
+    let (processor, date) = id.rsplit_once('@')?;
+    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    Some((processor.replace("%2F", "/"), date))
+}
+
+/// What a lost claim reports as the latest run: the document's holder, with its lease. The
+/// claimant re-reads the ledger before deciding again, so no ledger read is spent here.
+fn winner(run: &RunRecord, doc: &ClaimDoc) -> RunRecord {
+    let mut latest = run.clone();
+    latest.run_id = doc.holder.clone();
+    latest.lease_until = doc.lease_end();
+    latest
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_documents_name_gives_back_its_processor_and_date() {
+        let (p, d) = super::parse_doc_key(
+            "projects/x/databases/y/documents/pipelines/nba/claims/player_cache@2025-01-02",
+        )
+        .expect("parsed");
+        assert_eq!(p, "player_cache");
+        assert_eq!(d.to_string(), "2025-01-02");
+    }
+}
