@@ -18,8 +18,14 @@ Asserts what the deployment relies on and what a reviewer would otherwise check 
   policies on dead-letter backlog and on blocked/failed runs (log-based metric), notifying
   var.notification_channels;
 - least privilege: run.invoker only for the push identity; each worker publishes only to its
-  own completion topic; no project-wide role beyond bigquery.jobUser; no BigQuery role that
-  can drop or re-create a table (the ledger's writer role holds row permissions only);
+  own completion topic; no unconditional project-wide role beyond bigquery.jobUser and
+  monitoring.metricWriter; no BigQuery role that can drop or re-create a table (the ledger's
+  writer role holds row permissions only); Firestore access (roles/datastore.user) for the
+  workers only, and only with the IAM condition naming this module's database;
+- the coordination store: one named Firestore database in Native mode, a TTL policy on
+  expire_at for the claims and events collection groups, the other document fields exempt
+  from indexing, firestore.googleapis.com enabled and waited for, and the workers told
+  (PHASEGATE_COORDINATION=firestore, PHASEGATE_FIRESTORE_DATABASE from the database);
 - the ledger table is partitioned by data_date and clustered by pipeline, processor_name (its schema is
   compared with the code by tests/it/terraform_schema.rs);
 - terraform/examples/daily is a root module calling this one;
@@ -28,7 +34,10 @@ Asserts what the deployment relies on and what a reviewer would otherwise check 
   creates; every resource whose API the module enables reaches google_project_service.api
   through its references (project = local.project, or a depends_on); a Cloud Scheduler
   trigger is refused by `terraform plan` unless the pipeline file has [trigger] with the
-  scheduler's time zone (validation blocks, also evaluated by terraform plan below);
+  scheduler's time zone (validation blocks, also evaluated by terraform plan below); every
+  Firestore database is a named one in Native mode, with a TTL policy on expire_at for each
+  collection group; every roles/datastore.* grant carries the documented per-database
+  condition resource.name == "projects/…/databases/<a database this module creates>";
 - every table the workers use is created by Terraform (ledger, claims, output and source
   tables, DAY-partitioned and clustered), and the example's schemas agree with the
   example pipeline's setup.bigquery statements; the example's [trigger] agrees with the
@@ -221,6 +230,8 @@ required_bounds = {
     "schedule_time_zone": ["var.enable_scheduler", "var.config_file", "timezone", "trigger"],
     "enable_scheduler": ["var.config_file", "trigger"],
     "config_file": ["file(var.config_file)"],
+    "firestore_database_id": ["regex", "[a-z][a-z0-9-]{2,61}[a-z0-9]"],
+    "firestore_location": ["nam5", "eur3", "regex"],
 }
 for var, needles in required_bounds.items():
     cond = conditions(var).replace("'", '"')
@@ -242,6 +253,7 @@ API_OF = {
     "google_project_iam_custom_role": "iam.googleapis.com",
     "google_project_iam_member": "cloudresourcemanager.googleapis.com",
     "google_artifact_registry_": "artifactregistry.googleapis.com",
+    "google_firestore_": "firestore.googleapis.com",
 }
 apis = set(re.findall(r"[a-z]+\.googleapis\.com", str(locals_.get("apis"))))
 check("local.apis" in str(resources("google_project_service").get("api", {}).get("for_each")),
@@ -400,8 +412,14 @@ pub = resources("google_pubsub_topic_iam_member").get("completion_publisher")
 check(pub and "google_pubsub_topic.completion[each.key]" in str(pub.get("topic")) and "worker[each.key]" in str(pub.get("member")),
       "each worker publishes to its own completion topic only")
 project_roles = [str(b.get("role")) for b in resources("google_project_iam_member").values()]
-check(set(project_roles) <= {"roles/bigquery.jobUser", "roles/monitoring.metricWriter"},
-      f"no project-wide role beyond bigquery.jobUser and monitoring.metricWriter (the sidecar): {project_roles}")
+unconditional_roles = [str(b.get("role")) for b in resources("google_project_iam_member").values() if not b.get("condition")]
+check(set(unconditional_roles) <= {"roles/bigquery.jobUser", "roles/monitoring.metricWriter"},
+      f"no unconditional project-wide role beyond bigquery.jobUser and monitoring.metricWriter (the sidecar): {unconditional_roles}")
+conditional_roles = {str(b.get("role")) for b in resources("google_project_iam_member").values() if b.get("condition")}
+check(conditional_roles <= {"roles/datastore.user"},
+      f"the only conditional project-wide role is roles/datastore.user (Firestore, one database): {sorted(conditional_roles)}")
+check(not resources("google_project_iam_binding") and not resources("google_project_iam_policy"),
+      "project IAM only through google_project_iam_member (non-authoritative, and what these checks read)")
 for kind, rname, body in all_resources():
     if kind.startswith("google_bigquery_") and kind.endswith("_iam_member"):
         check(str(body.get("role")) not in ("roles/bigquery.dataEditor", "roles/bigquery.dataOwner", "roles/bigquery.admin"),
@@ -523,19 +541,146 @@ def scheduler_failures(tree):
     return out
 
 
-GRAPH_CHECKS = {"grant": grant_failures, "api": api_failures, "scheduler": scheduler_failures}
+def expand_locals(text, locs, depth=6):
+    """A string attribute with every `${local.x}` replaced by x's expression, as Terraform
+    evaluates it (a local that is one interpolation keeps its `${…}`)."""
+    text = str(text)
+    for _ in range(depth):
+        new = re.sub(r"\$\{local\.([a-z0-9_]+)\}",
+                     lambda m: locs[m.group(1)].strip() if isinstance(locs.get(m.group(1)), str) else m.group(0), text)
+        if new == text:
+            break
+        text = new
+    return text
+
+
+def literal_set(expr):
+    """The quoted words of a toset([...]) or list literal."""
+    return set(re.findall(r"""['"]([a-z0-9_-]+)['"]""", str(expr)))
+
+
+def firestore_db_failures(tree):
+    """Every Firestore database is a named one (never "(default)") in Native mode."""
+    res, _, vars_ = tree_parts(tree)
+    out = []
+    for (kind, name), body in res.items():
+        if kind != "google_firestore_database":
+            continue
+        if str(body.get("type")) != "FIRESTORE_NATIVE":
+            out.append(f"google_firestore_database.{name}: type {body.get('type')!r}, not FIRESTORE_NATIVE")
+        db = str(body.get("name")).strip()
+        m = re.fullmatch(r"\$\{var\.([a-z0-9_]+)\}", db)
+        value = vars_.get(m.group(1), {}).get("default") if m else db
+        if value == "(default)":
+            out.append(f"google_firestore_database.{name}: the (default) database, not a named one of this module")
+    return out
+
+
+def ttl_failures(tree):
+    """Every Firestore database has a TTL policy on expire_at for each collection group of the
+    coordination documents (claims, events): a google_firestore_field with ttl_config {}."""
+    res, locs, _ = tree_parts(tree)
+    out = []
+    for dbname in [n for (k, n) in res if k == "google_firestore_database"]:
+        covered = set()
+        for (k, _n), body in res.items():
+            if k != "google_firestore_field" or f"google_firestore_database.{dbname}.name" not in str(body.get("database")):
+                continue
+            if "ttl_config" not in body or expand_locals(body.get("field"), locs) != "expire_at":
+                continue
+            collection = expand_locals(body.get("collection"), locs)
+            if collection == "${each.key}":
+                covered |= literal_set(expand_locals(body.get("for_each"), locs))
+            else:
+                covered.add(collection)
+        missing = {"claims", "events"} - covered
+        if missing:
+            out.append(f"google_firestore_database.{dbname}: no TTL policy on expire_at for collection group(s) "
+                       f"{sorted(missing)} (expired claims would never be deleted)")
+    return out
+
+
+# Firestore's documented per-database condition ("Configure per-database access permissions"):
+# resource.name=="projects/PROJECT_ID/databases/DATABASE_ID", the database being one of the module's.
+DB_CONDITION = re.compile(
+    r'resource\.name\s*==\s*"projects/[^"/]+/databases/\$\{google_firestore_database\.([a-z0-9_]+)\.name\}"')
+
+
+def datastore_grant_failures(tree):
+    """Every Firestore grant (roles/datastore.*) is conditional on one database of this module:
+    Firestore IAM is project-level, so without the condition a grant reaches every database of
+    the project."""
+    res, locs, _ = tree_parts(tree)
+    dbs = {n for (k, n) in res if k == "google_firestore_database"}
+    out = []
+    for (kind, name), body in res.items():
+        if not (kind.startswith("google_project_iam_") and "roles/datastore." in str(body.get("role"))):
+            continue
+        expr = expand_locals(first(body.get("condition")).get("expression", ""), locs).replace("\\", "").strip()
+        m = DB_CONDITION.fullmatch(expr)
+        if not m or m.group(1) not in dbs:
+            out.append(f"{kind}.{name}: {body.get('role')} without the condition resource.name == "
+                       f"\"projects/…/databases/<a database of this module>\" (got {expr or 'no condition'!r}): "
+                       "it reaches every Firestore database of the project")
+    return out
+
+
+GRAPH_CHECKS = {"grant": grant_failures, "api": api_failures, "scheduler": scheduler_failures,
+                "firestore-db": firestore_db_failures, "ttl": ttl_failures, "datastore-grant": datastore_grant_failures}
 for what, fn in GRAPH_CHECKS.items():
     for failure in fn(tf):
         failures.append(f"graph ({what}): {failure}")
 
 # The checks must be able to fail: each bad fixture fails its own check and only that one.
 fixtures = root / "terraform/test-fixtures"
-expected_fixture = {"good": set(), "bad-grant": {"grant"}, "bad-api": {"api"}, "bad-scheduler": {"scheduler"}}
+expected_fixture = {"good": set(), "bad-grant": {"grant"}, "bad-api": {"api"}, "bad-scheduler": {"scheduler"},
+                    "bad-firestore-mode": {"firestore-db"}, "bad-ttl": {"ttl"}, "bad-datastore-grant": {"datastore-grant"}}
 for fixture, expected in expected_fixture.items():
     fx = load(fixtures / fixture)
     failed = {what for what, fn in GRAPH_CHECKS.items() if fn(fx)}
     check(failed == expected, f"fixture {fixture}: graph checks that fail {sorted(failed)}, expected {sorted(expected)}")
     check(any(True for _ in (fixtures / fixture).glob("*.tf")), f"fixture {fixture} has no .tf files")
+
+
+# ── The coordination store: claims and leases in Firestore ────────────────────────────────
+# (The graph checks above also hold it to a named Native database, TTL on expire_at per
+# collection group, and conditional grants; here: that it exists and is wired.)
+
+databases = resources("google_firestore_database")
+check(list(databases) == ["coordination"], f"one Firestore database, google_firestore_database.coordination (got {sorted(databases)})")
+fdb = databases.get("coordination", {})
+check(strip(str(fdb.get("name"))) == "var.firestore_database_id" and strip(str(fdb.get("location_id"))) == "var.firestore_location",
+      "the Firestore database takes its id and location from var.firestore_database_id / var.firestore_location")
+check(fdb.get("type") == "FIRESTORE_NATIVE", f"the Firestore database is in Native mode (got {fdb.get('type')!r})")
+check(variables.get("firestore_database_id", {}).get("default") not in (None, "(default)"),
+      "var.firestore_database_id defaults to a named database, never (default)")
+check("firestore.googleapis.com" in apis, "firestore.googleapis.com must be in local.apis (and the database waits for it: graph check api)")
+fields = resources("google_firestore_field")
+ttl_field = fields.get("ttl", {})
+check("ttl_config" in ttl_field and ttl_field.get("index_config") == [{}],
+      "google_firestore_field.ttl: TTL on expire_at, and the field exempt from indexing (an empty index_config)")
+unindexed = fields.get("unindexed", {})
+check(unindexed.get("index_config") == [{}] and "local.firestore_unindexed" in str(unindexed.get("for_each")),
+      "google_firestore_field.unindexed: every other field exempt from single-field indexing (empty index_config)")
+check(literal_set(locals_.get("firestore_unindexed")) >= {"holder", "status", "renewed_at", "lease_secs", "published"}
+      and literal_set(locals_.get("firestore_collections")) == {"claims", "events"},
+      "every document field of claims and events is exempt from indexing (nothing queries them)")
+check(env.get("PHASEGATE_COORDINATION") == "firestore", "workers: PHASEGATE_COORDINATION = \"firestore\"")
+check(strip(str(env.get("PHASEGATE_FIRESTORE_DATABASE"))) == "google_firestore_database.coordination.name",
+      "workers: PHASEGATE_FIRESTORE_DATABASE is the database's id (a reference: the service waits for the database)")
+check("google_project_iam_member.worker_firestore_user" in str(run.get("depends_on") if run else ""),
+      "the workers' services depend_on their Firestore grant (a first revision can claim)")
+fgrant = resources("google_project_iam_member").get("worker_firestore_user", {})
+check(fgrant.get("role") == "roles/datastore.user" and "toset(var.phases)" in str(fgrant.get("for_each"))
+      and "google_service_account.worker[each.key]" in str(fgrant.get("member")),
+      "each phase's worker holds roles/datastore.user (conditional: graph check datastore-grant)")
+for kind, rname, body in all_resources():
+    if kind.startswith("google_project_iam_") and "roles/datastore." in str(body.get("role")):
+        check("google_service_account.worker" in str(body.get("member")),
+              f"{kind}.{rname}: Firestore access is for the workers only (the freshness job reads the BigQuery ledger)")
+freshness_env = str(resources("google_cloud_run_v2_job").get("freshness", {}))
+check("PHASEGATE_COORDINATION" not in freshness_env,
+      "the freshness job holds no Firestore grant, so it is not told to coordinate through Firestore")
 
 
 # ── Every table the workers use is Terraform's ────────────────────────────────────────────
@@ -784,6 +929,16 @@ VALIDATION_CASES = [
     ({"schedule_time_zone": "New York"}, "schedule_time_zone must be"),
     ({"notification_channels": ["oncall"]}, "notification_channels must be"),
     ({"config_mount_dir": "/etc"}, "config_mount_dir must be"),
+    ({"firestore_database_id": "phasegate-nba", "firestore_location": "us-central1"}, None),
+    ({"firestore_database_id": "abcd", "firestore_location": "eur3"}, None),  # 4: the shortest id
+    ({"firestore_database_id": "(default)"}, "firestore_database_id must be"),
+    ({"firestore_database_id": "abc"}, "firestore_database_id must be"),
+    ({"firestore_database_id": "a" * 64}, "firestore_database_id must be"),
+    ({"firestore_database_id": "Phasegate"}, "firestore_database_id must be"),
+    ({"firestore_database_id": "phasegate-"}, "firestore_database_id must be"),
+    ({"firestore_database_id": "abcdef12-3456-7890-abcd-ef1234567890"}, "firestore_database_id must be"),  # UUID-like
+    ({"firestore_location": "US"}, "firestore_location must be"),
+    ({"firestore_location": "nam 5"}, "firestore_location must be"),
 ]
 
 

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Start Google's Pub/Sub emulator and bqemulator on free ports, run a command with their
-# addresses in the environment, and always stop both: each emulator runs in its own process
-# group, and every group this run started is killed on success, failure and interrupt.
+# Start Google's Pub/Sub and Firestore emulators and bqemulator on free ports, run a command
+# with their addresses in the environment, and always stop them all: each emulator runs in
+# its own process group, and every group this run started is killed on success, failure and
+# interrupt.
 #
 #   scripts/emulators.sh COMMAND [ARGS...]
 #   scripts/emulators.sh --prepare      # only create the bqemulator venv, start nothing
 #
-# Exports to COMMAND: PUBSUB_EMULATOR_HOST, BIGQUERY_EMULATOR_HOST, PHASEGATE_EMULATOR_PROJECT,
-# and BIGQUERY_EMULATOR_HOSTS (every bqemulator's host:port, space-separated; the first is
-# BIGQUERY_EMULATOR_HOST). PHASEGATE_BQ_EMULATORS=N starts N bqemulators (default 1): one is a
-# single Python process that keeps one core busy, so suites split over several run faster.
+# Exports to COMMAND: PUBSUB_EMULATOR_HOST, FIRESTORE_EMULATOR_HOST, BIGQUERY_EMULATOR_HOST,
+# PHASEGATE_EMULATOR_PROJECT, and BIGQUERY_EMULATOR_HOSTS (every bqemulator's host:port,
+# space-separated; the first is BIGQUERY_EMULATOR_HOST). PHASEGATE_BQ_EMULATORS=N starts N
+# bqemulators (default 1): one is a single Python process that keeps one core busy, so suites
+# split over several run faster.
+# The Firestore emulator (gcloud's, Native mode; the claims and leases) serves any project and
+# any database id, named ones included, with nothing created first; it has no IAM, applies no
+# TTL and has no index settings (DEVELOPERS.md, "Emulator facts").
 # Creates the bqemulator venv in .venv on first use (pinned versions below).
 # In front of each bqemulator runs the BigQuery model (scripts/bqmodel/model.py): a proxy that
 # adds BigQuery's documented limits (DML concurrency, transaction conflicts, job latency,
@@ -154,10 +159,15 @@ if [[ ! "$BQ_COUNT" =~ ^[1-9][0-9]*$ ]]; then
 fi
 ensure_venv
 
-ps_port='' bq_port='' bq_grpc='' model_port='' # set by free_port
+ps_port='' fs_port='' bq_port='' bq_grpc='' model_port='' # set by free_port
 free_port ps_port
 start_group pubsub \
   gcloud beta emulators pubsub start --host-port="127.0.0.1:$ps_port" --project="$PROJECT" --quiet
+# Firestore in Native mode (the default mode). Besides its API port it opens a WebSocket port
+# of its own choosing (listeners; phasegate does not use it).
+free_port fs_port
+start_group firestore \
+  gcloud emulators firestore start --host-port="127.0.0.1:$fs_port" --quiet
 BQ_NAMES=()
 BQ_HOSTS=()
 MODEL_NAMES=()
@@ -182,6 +192,7 @@ for i in $(seq "$BQ_COUNT"); do
 done
 
 wait_http "http://127.0.0.1:$ps_port/v1/projects/$PROJECT/topics" pubsub 90
+wait_http "http://127.0.0.1:$fs_port/" firestore 90 # answers "Ok" once it serves
 for i in "${!BQ_NAMES[@]}"; do
   wait_http "http://${BQ_HOSTS[$i]}/bigquery/v2/projects/$PROJECT/datasets" "${BQ_NAMES[$i]}" 90
 done
@@ -189,13 +200,14 @@ for i in "${!MODEL_NAMES[@]}"; do
   wait_http "http://${MODEL_HOSTS[$i]}/bigquery/v2/projects/$PROJECT/datasets" "${MODEL_NAMES[$i]}" 30
 done
 if ((${#MODEL_HOSTS[@]})); then
-  echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, BigQuery model ${MODEL_HOSTS[*]} in front of bqemulator ${BQ_HOSTS[*]}"
+  echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, Firestore 127.0.0.1:$fs_port, BigQuery model ${MODEL_HOSTS[*]} in front of bqemulator ${BQ_HOSTS[*]}"
   BQ_HOSTS=("${MODEL_HOSTS[@]}")
 else
-  echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, BigQuery ${BQ_HOSTS[*]} (no model)"
+  echo "== emulators up: Pub/Sub 127.0.0.1:$ps_port, Firestore 127.0.0.1:$fs_port, BigQuery ${BQ_HOSTS[*]} (no model)"
 fi
 
 export PUBSUB_EMULATOR_HOST="127.0.0.1:$ps_port"
+export FIRESTORE_EMULATOR_HOST="127.0.0.1:$fs_port"
 export BIGQUERY_EMULATOR_HOST="${BQ_HOSTS[0]}"
 export BIGQUERY_EMULATOR_HOSTS="${BQ_HOSTS[*]}"
 export PHASEGATE_EMULATOR_PROJECT="$PROJECT"

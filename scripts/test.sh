@@ -15,9 +15,9 @@
 #    background: light build, the same lints on the build without the `gcp` feature (README's
 #    first command builds it), so it keeps compiling cleanly; the stage after the tests waits
 #    for whatever is left of it;
-# 3. emulator suite: scripts/emulators.sh starts Google's Pub/Sub emulator and two bqemulators
-#    on free ports, and always stops them. A bqemulator is one Python process and the suite's
-#    bottleneck, so the BigQuery run is two shards at once, one per bqemulator:
+# 3. emulator suite: scripts/emulators.sh starts Google's Pub/Sub and Firestore emulators and
+#    two bqemulators on free ports, and always stops them. A bqemulator is one Python process
+#    and the suite's bottleneck, so the BigQuery run is two shards at once, one per bqemulator:
 #    - the shared behavioural suite (gate, cascade, backfill, …) again, on BigQuery;
 #    - BigQuery jobs per run; end to end: one worker process per phase behind Pub/Sub push
 #      subscriptions;

@@ -1,8 +1,8 @@
 # phasegate on Google Cloud, one file per concept: the APIs and shared names (here), Pub/Sub
 # (pubsub.tf), the Cloud Run workers (run.tf), the pipeline file (config.tf), BigQuery
-# (bigquery.tf), Cloud Scheduler: the daily trigger and the relay (scheduler.tf), the
-# freshness job (freshness.tf), the image registry (registry.tf) and the alerts
-# (monitoring.tf).
+# (bigquery.tf), the claims and leases in Firestore (firestore.tf), Cloud Scheduler: the
+# daily trigger and the relay (scheduler.tf), the freshness job (freshness.tf), the image
+# registry (registry.tf) and the alerts (monitoring.tf).
 #
 # Every resource that calls an API waits for it: each takes `project = local.project`, which
 # is read from google_project_service.api, so Terraform orders it after every API is on;
@@ -17,6 +17,7 @@ locals {
     "cloudbuild.googleapis.com",
     "cloudscheduler.googleapis.com",
     "cloudresourcemanager.googleapis.com",
+    "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",

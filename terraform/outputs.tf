@@ -38,6 +38,14 @@ output "ledger_table" {
   value       = "${local.project}.${google_bigquery_dataset.pipeline.dataset_id}.${google_bigquery_table.processor_run_history.table_id}"
 }
 
+output "firestore_database" {
+  description = "The Firestore database of the claims and leases: its id (PHASEGATE_FIRESTORE_DATABASE) and resource name (projects/P/databases/ID, what the workers' IAM condition names)."
+  value = {
+    id   = google_firestore_database.coordination.name
+    name = local.firestore_database_name
+  }
+}
+
 output "config_secret" {
   description = "Secret Manager secret holding the pipeline file, and the version the services mount."
   value = {

@@ -104,6 +104,18 @@ resource "google_cloud_run_v2_service" "worker" {
         value = google_bigquery_dataset.pipeline.location
       }
       env {
+        # Claims and leases in Firestore (firestore.tf), in the project above
+        # (GOOGLE_CLOUD_PROJECT, as for BigQuery); the ledger stays in BigQuery.
+        name  = "PHASEGATE_COORDINATION"
+        value = "firestore"
+      }
+      env {
+        # The named database's id (never "(default)"); referencing it orders the service
+        # after the database.
+        name  = "PHASEGATE_FIRESTORE_DATABASE"
+        value = google_firestore_database.coordination.name
+      }
+      env {
         name  = "PHASEGATE_AUTH_MODE"
         value = "oidc"
       }
@@ -163,8 +175,12 @@ resource "google_cloud_run_v2_service" "worker" {
     }
   }
 
-  # The worker must be able to read the pipeline file before its first revision starts.
-  depends_on = [google_secret_manager_secret_iam_member.worker_config_accessor]
+  # The worker must be able to read the pipeline file, and to claim in the coordination
+  # database, before its first revision starts.
+  depends_on = [
+    google_secret_manager_secret_iam_member.worker_config_accessor,
+    google_project_iam_member.worker_firestore_user,
+  ]
 }
 
 # No run.invoker grants: the invoker IAM check is off (see invoker_iam_disabled above), so such

@@ -334,6 +334,31 @@ variable "source_tables" {
   }
 }
 
+# ── Firestore (claims and leases) ─────────────────────────────────────────────────────────
+
+variable "firestore_database_id" {
+  description = "ID of the named Firestore (Native mode) database the module creates for claims and leases (PHASEGATE_FIRESTORE_DATABASE of every worker). Never \"(default)\", which may belong to something else in the project. One database per module instance: two pipelines in one project need two ids."
+  type        = string
+  default     = "phasegate"
+  validation {
+    # Firestore's database ID rule ("Database ID", Firestore "Manage databases"): 4-63
+    # characters, lowercase letters, digits and hyphens, a letter first, a letter or digit
+    # last, not UUID-like. "(default)" is valid there and refused here on purpose.
+    condition     = can(regex("^[a-z][a-z0-9-]{2,61}[a-z0-9]$", var.firestore_database_id)) && !can(regex("^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$", var.firestore_database_id))
+    error_message = "firestore_database_id must be 4-63 lowercase letters, digits or hyphens, start with a letter, end with a letter or digit and not look like a UUID (Firestore's rule for a named database; \"(default)\" is not accepted)."
+  }
+}
+
+variable "firestore_location" {
+  description = "Location of the Firestore database, fixed once created: a multi-region (nam5, nam7, eur3) or a Firestore region (e.g. us-central1). Default nam5 (read-write replicas in us-central1 and us-central2, witness us-east1): beside the default Cloud Run region and the default US dataset, and multi-region because every claim goes through it. A region costs less per operation and writes faster; pick the workers' own."
+  type        = string
+  default     = "nam5"
+  validation {
+    condition     = contains(["nam5", "nam7", "eur3"], var.firestore_location) || can(regex("^[a-z]+-[a-z]+[0-9]+$", var.firestore_location))
+    error_message = "firestore_location must be a Firestore multi-region (nam5, nam7, eur3) or a region such as us-central1 or europe-west4."
+  }
+}
+
 # ── Operations ────────────────────────────────────────────────────────────────────────────
 
 variable "enable_scheduler" {

@@ -58,6 +58,12 @@ module "phasegate" {
   config_file   = var.config_file
   dataset_id    = "nba"
 
+  # Claims and leases: a named Firestore database of this pipeline's own (a second pipeline
+  # in the project takes another id), in the US multi-region beside the US dataset and the
+  # us-central1 workers.
+  firestore_database_id = "phasegate-nba"
+  firestore_location    = "nam5"
+
   # Every table the workers use is created here, by the one `terraform apply` (no
   # `phasegate init` in production). What each phase's processors write (pipeline.toml,
   # `output.table`), with the schema of its `setup.bigquery` statement

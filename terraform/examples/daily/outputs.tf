@@ -18,6 +18,11 @@ output "ledger_table" {
   value       = module.phasegate.ledger_table
 }
 
+output "firestore_database" {
+  description = "The Firestore database of the claims and leases (id and resource name)."
+  value       = module.phasegate.firestore_database
+}
+
 output "image_repository" {
   description = "Where deploy/deploy.sh pushes the images (REGION-docker.pkg.dev/PROJECT/REPO)."
   value       = module.phasegate.image_repository

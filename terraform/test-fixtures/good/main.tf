@@ -1,5 +1,5 @@
 locals {
-  apis    = toset(["bigquery.googleapis.com", "pubsub.googleapis.com", "cloudscheduler.googleapis.com"])
+  apis    = toset(["bigquery.googleapis.com", "pubsub.googleapis.com", "cloudscheduler.googleapis.com", "firestore.googleapis.com", "cloudresourcemanager.googleapis.com"])
   project = one(distinct([for s in google_project_service.api : s.project]))
 }
 
