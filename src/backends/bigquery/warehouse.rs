@@ -404,10 +404,13 @@ impl Warehouse for BigQuery {
     }
 
     async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
+        let kind = self
+            .date_kind(&reference.table, &reference.date_column)
+            .await;
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)",
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
             self.table(&reference.table),
-            reference.date_column
+            any_day(kind, &reference.date_column)
         );
         let rows = self.query(&sql, Vec::new()).await.map_err(WarehouseError)?;
         Ok(parse_bool(
@@ -463,6 +466,21 @@ pub(super) fn on_days(kind: DateKind, column: &str, from: &str, to: &str) -> Str
     }
 }
 
+/// `column` holds a date at all (is not NULL), as a constant comparison on the column itself:
+/// a filter BigQuery can eliminate partitions with, which a table with
+/// `require_partition_filter` demands of every query
+/// (<https://cloud.google.com/bigquery/docs/querying-partitioned-tables>). It keeps every
+/// partition but the NULL one: the same rows as `IS NOT NULL`, since no value is earlier.
+pub(super) fn any_day(kind: DateKind, column: &str) -> String {
+    match kind {
+        DateKind::Date => format!("{column} >= DATE '0001-01-01'"),
+        DateKind::Datetime => format!("{column} >= DATETIME '0001-01-01 00:00:00'"),
+        DateKind::Timestamp => format!("{column} >= TIMESTAMP '0001-01-01 00:00:00+00'"),
+        // Text cannot partition a table.
+        DateKind::Other => format!("{column} IS NOT NULL"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +523,34 @@ mod tests {
             }
         }
         assert_eq!(on_days(DateKind::Other, "s", "@d", "@d"), "DATE(s) = @d");
+    }
+
+    #[test]
+    fn whether_a_reference_lists_any_date_is_asked_with_a_partition_filter() {
+        assert_eq!(
+            any_day(DateKind::Date, "game_date"),
+            "game_date >= DATE '0001-01-01'"
+        );
+        assert_eq!(
+            any_day(DateKind::Datetime, "dt"),
+            "dt >= DATETIME '0001-01-01 00:00:00'"
+        );
+        assert_eq!(
+            any_day(DateKind::Timestamp, "ts"),
+            "ts >= TIMESTAMP '0001-01-01 00:00:00+00'"
+        );
+        // The partitioning column compared with a constant of its own type, nothing around
+        // the column, no IS NOT NULL (not a pruning filter).
+        for (kind, literal) in [
+            (DateKind::Date, "DATE '"),
+            (DateKind::Datetime, "DATETIME '"),
+            (DateKind::Timestamp, "TIMESTAMP '"),
+        ] {
+            let sql = any_day(kind, "c");
+            assert!(sql.starts_with("c >= "), "{sql}");
+            assert!(sql["c >= ".len()..].starts_with(literal), "{sql}");
+            assert!(!sql.contains("NULL"), "{sql}");
+        }
+        assert_eq!(any_day(DateKind::Other, "s"), "s IS NOT NULL");
     }
 }
