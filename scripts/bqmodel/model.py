@@ -35,7 +35,8 @@ Admin API (not BigQuery's):
   GET    /phasegate-model/health
 RULE: {"dataset": D?, "match": SQL substring (case-insensitive)?, "endpoint": "query" |
 "insert" | "getQueryResults" | "get" | "cancel" | "jobs" (query and insert, the default) |
-"any", "kind": "http" (default) | "serialize" | "delay", "nth": [ordinals of matching
+"any", "kind": "http" (default) | "serialize" | "delay" | "warning" (the job succeeds, its
+answers carry `errors` without an errorResult), "nth": [ordinals of matching
 requests, 1-based]?, "every": N?, "times": max faults?, "status": 503, "reason":
 "backendError", "message": ..., "phase": "before" | "after" (http: the job runs, its answer
 is replaced by the error), "ms": delay, "wait_ms": how long jobs.query waits for a delayed
@@ -165,6 +166,7 @@ class Job:
     result: dict[str, Any] | None = None
     error: JobError | None = None
     upstream_job: str | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -173,6 +175,11 @@ class Job:
         if self.error is not None:
             s["errorResult"] = self.error.proto()
             s["errors"] = [self.error.proto()]
+        elif self.warnings and self.state == "DONE":
+            # https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobStatus : errors
+            # "do not necessarily mean that the job has completed or was unsuccessful"; only
+            # errorResult says it failed.
+            s["errors"] = list(self.warnings)
         return s
 
     def reference(self) -> dict[str, str]:
@@ -437,6 +444,10 @@ class Model:
             return JSONResponse(error_body(job.error.status, job.error.reason,
                                            job.error.message), job.error.status)
         body = dict(job.result or {})
+        if job.warnings:
+            # QueryResponse/GetQueryResultsResponse.errors: "the first errors or warnings
+            # encountered during the running of the job" (REST reference, jobs.query).
+            body["errors"] = list(job.warnings)
         body["kind"] = kind
         body["jobReference"] = job.reference()
         body["jobComplete"] = True
@@ -486,6 +497,7 @@ async def start_job(project: str, job_id: str, q: dict[str, Any], location: str 
         return JSONResponse(error_body(404, "notFound", f"Not found: Dataset {project}:"
                                        f"{dataset} was not found in location {location}"), 404)
     delay = m.fault(endpoint, dataset, sql, {"delay"})
+    warning = m.fault(endpoint, dataset, sql, {"warning"})
     forward = {k: v for k, v in q.items()
                if k in ("query", "useLegacySql", "parameterMode", "queryParameters",
                         "defaultDataset", "maxResults", "dryRun")}
@@ -494,6 +506,11 @@ async def start_job(project: str, job_id: str, q: dict[str, Any], location: str 
               sql=sql, forward=forward, latency_ms=m.job_latency(int((delay or {}).get("ms", 0))),
               timeout_ms=timeout_ms, config=config, labels=labels,
               wait_ms=(delay or {}).get("wait_ms"))
+    if warning is not None:
+        m.count(dataset, "warnings")
+        job.warnings = [{"reason": warning.get("reason", "invalid"), "location": "",
+                         "message": warning.get("message", "a warning of a job that succeeded"),
+                         "debugInfo": ""}]
     m.jobs[job_id] = job
     m.count(dataset, "jobs")
     if labels:

@@ -602,3 +602,32 @@ async fn the_outbox_sweep_reads_only_the_recent_dates_of_the_ledger() {
     let owed: Vec<_> = owed.iter().map(|r| r.data_date).collect();
     assert_eq!(owed, [recent], "only dates inside the window are read");
 }
+
+#[tokio::test]
+async fn jobs_that_succeed_with_warnings_are_successes() {
+    let Some(host) = model().await else { return };
+    let days = dates("2024-01-01", 2);
+    let clean = env_with("", "").await;
+    let warned = env_with("", "").await;
+    for env in [&clean, &warned] {
+        env.season(&days).await;
+    }
+    let ds = dataset(&warned);
+    // Every job of this dataset (jobs.query and jobs.insert) succeeds with a warning: its
+    // answers and its status carry `errors`, its status no `errorResult`.
+    add_faults(&host, json!([{ "dataset": ds, "kind": "warning" }])).await;
+    for env in [&clean, &warned] {
+        for day in &days {
+            env.trigger(*day, false).await;
+        }
+    }
+    let s = stats(&host, &ds).await;
+    println!("warnings on every job: {s}");
+    assert!(stat(&s, "warnings") >= 20, "{s}");
+    let warned_ledger = ledger(&warned, &days).await;
+    for (p, day, h) in &warned_ledger {
+        assert_eq!(h.as_slice(), [RunStatus::Success], "{p} {day}");
+    }
+    assert_eq!(ledger(&clean, &days).await, warned_ledger);
+    assert_eq!(outputs(&clean).await, outputs(&warned).await);
+}

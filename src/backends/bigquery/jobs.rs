@@ -32,6 +32,7 @@ use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsPar
 use gcp_bigquery_client::model::job::Job;
 use gcp_bigquery_client::model::job_configuration::JobConfiguration;
 use gcp_bigquery_client::model::job_configuration_query::JobConfigurationQuery;
+use gcp_bigquery_client::model::job_status::JobStatus;
 use gcp_bigquery_client::model::job_reference::JobReference;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 
@@ -141,6 +142,20 @@ fn classify_job(errors: &[ErrorProto]) -> Retry {
             _ => Retry::NewJob,
         });
     if errors.is_empty() { Retry::No } else { worst }
+}
+
+/// The errors of a job that failed: its status has an `errorResult`. `errors` without one
+/// are warnings of a job that succeeded: "Errors here do not necessarily mean that the job
+/// has completed or was unsuccessful" (JobStatus, QueryResponse and GetQueryResultsResponse
+/// in <https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobStatus>).
+fn failure(status: JobStatus) -> Option<Vec<ErrorProto>> {
+    let result = status.error_result?;
+    Some(
+        status
+            .errors
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| vec![result]),
+    )
 }
 
 fn messages(errors: &[ErrorProto]) -> String {
@@ -425,8 +440,10 @@ impl BigQuery {
             .query(&self.project, req)
             .await
             .map_err(|e| (classify_request(&e), e.to_string()))?;
-        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
-            return Err((classify_job(&errors), messages(&errors)));
+        let complete = resp.job_complete.unwrap_or(true);
+        let job_id = resp.job_reference.and_then(|j| j.job_id);
+        if let Some(errors) = resp.errors.filter(|e| !e.is_empty() && complete) {
+            self.confirm_failure(job_id.as_deref(), errors).await?;
         }
         let rows: Vec<Row> = resp
             .rows
@@ -434,8 +451,6 @@ impl BigQuery {
             .into_iter()
             .map(cells)
             .collect();
-        let complete = resp.job_complete.unwrap_or(true);
-        let job_id = resp.job_reference.and_then(|j| j.job_id);
         if complete && resp.page_token.is_none() {
             return Ok(rows);
         }
@@ -451,6 +466,34 @@ impl BigQuery {
         let out = self.poll(&job_id, rows, page_token, complete).await;
         guard.disarm();
         out
+    }
+
+    /// A finished job answered 2xx with `errors`: they are warnings unless the job's status
+    /// has an `errorResult` (a failed job is normally answered with an HTTP error instead), so
+    /// ask for the status (with the location). Without a job id to ask about, the errors
+    /// stand.
+    async fn confirm_failure(
+        &self,
+        job_id: Option<&str>,
+        errors: Vec<ErrorProto>,
+    ) -> Result<(), (Retry, String)> {
+        let Some(job_id) = job_id else {
+            return Err((classify_job(&errors), messages(&errors)));
+        };
+        let job = self
+            .client
+            .job()
+            .get_job(&self.project, job_id, self.location.as_deref())
+            .await
+            .map_err(|e| (classify_request(&e), e.to_string()))?;
+        match failure(job.status.unwrap_or_default()) {
+            Some(errors) => Err((classify_job(&errors), messages(&errors))),
+            None => {
+                tracing::warn!(job_id, warnings = %messages(&errors),
+                    "BigQuery job succeeded with warnings");
+                Ok(())
+            }
+        }
     }
 
     fn cancel_guard(&self, job_id: Option<String>) -> CancelOnDrop {
@@ -506,10 +549,10 @@ impl BigQuery {
                     }
                 },
             };
-            if let Some(errors) = page.errors.filter(|e| !e.is_empty()) {
-                return Err((classify_job(&errors), messages(&errors)));
-            }
             complete = page.job_complete.unwrap_or(true);
+            if let Some(errors) = page.errors.filter(|e| !e.is_empty() && complete) {
+                self.confirm_failure(Some(job_id), errors).await?;
+            }
             if complete {
                 rows.extend(page.rows.unwrap_or_default().into_iter().map(cells));
                 page_token = page.page_token;
@@ -642,9 +685,7 @@ impl BigQuery {
         };
         match self.client.job().insert(&self.project, job).await {
             Ok(job) => {
-                let status = job.status.unwrap_or_default();
-                if let Some(e) = status.error_result {
-                    let errors = status.errors.unwrap_or_else(|| vec![e]);
+                if let Some(errors) = failure(job.status.unwrap_or_default()) {
                     return Err((classify_job(&errors), messages(&errors)));
                 }
             }
@@ -747,6 +788,36 @@ mod tests {
             Retry::No
         );
         assert_eq!(classify_job(&[]), Retry::No);
+    }
+
+    #[test]
+    fn a_job_with_errors_but_no_error_result_succeeded() {
+        let e = |reason: &str| ErrorProto {
+            reason: Some(reason.into()),
+            message: Some(format!("{reason} message")),
+            ..Default::default()
+        };
+        let warned = JobStatus {
+            error_result: None,
+            errors: Some(vec![e("invalid")]),
+            state: Some("DONE".into()),
+        };
+        assert!(failure(warned).is_none(), "warnings are not a failure");
+        let failed = JobStatus {
+            error_result: Some(e("invalidQuery")),
+            errors: Some(vec![e("invalidQuery"), e("backendError")]),
+            state: Some("DONE".into()),
+        };
+        let errors = failure(failed).expect("a failed job");
+        assert_eq!(messages(&errors), "invalidQuery message; backendError message");
+        // errorResult alone is the failure.
+        let bare = JobStatus {
+            error_result: Some(e("bytesBilledLimitExceeded")),
+            errors: None,
+            state: Some("DONE".into()),
+        };
+        let errors = failure(bare).expect("a failed job");
+        assert_eq!(classify_job(&errors), Retry::No);
     }
 
     #[test]
