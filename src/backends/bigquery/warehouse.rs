@@ -88,6 +88,13 @@ impl BigQuery {
     /// A processor run as one script in one transaction (one job): the claim must still be
     /// this run's, then its statements, the post-condition, and its outcome row (status and
     /// row count computed in the script). A raised error rolls every statement back.
+    ///
+    /// The output's rows for the date are counted once, inside the transaction after the
+    /// statements (its snapshot plus its own writes: this run's rows), into the script
+    /// variable [`ROWS_VARIABLE`]; the post-condition, the ledger row and the job's answer
+    /// (the `SELECT` after `COMMIT`) all read that variable. A count read after the commit
+    /// would see the table as it is by then: another run of the same date committing in
+    /// between (a takeover) would be counted as this run's.
     fn run_script(
         &self,
         job: &ProcessorRun<'_>,
@@ -95,15 +102,18 @@ impl BigQuery {
         kinds: (DateKind, DateKind),
     ) -> String {
         let d = job.date;
-        let mut steps = vec![
-            "BEGIN TRANSACTION".to_string(),
-            format!(
-                "SELECT IF({holder} = {id}, 0, ERROR('{lost}'))",
-                holder = self.holder_sql(&template.processor, d),
-                id = script::string(Some(&template.run_id)),
-                lost = script::CLAIM_LOST
-            ),
-        ];
+        let mut steps = Vec::new();
+        if job.output.is_some() {
+            // DECLARE comes first in a script, before the transaction.
+            steps.push(format!("DECLARE {ROWS_VARIABLE} INT64"));
+        }
+        steps.push("BEGIN TRANSACTION".to_string());
+        steps.push(format!(
+            "SELECT IF({holder} = {id}, 0, ERROR('{lost}'))",
+            holder = self.holder_sql(&template.processor, d),
+            id = script::string(Some(&template.run_id)),
+            lost = script::CLAIM_LOST
+        ));
         steps.extend(
             job.statements
                 .iter()
@@ -113,26 +123,27 @@ impl BigQuery {
         let mut rows = "SELECT CAST(NULL AS INT64)".to_string();
         if let Some(out) = job.output {
             let count = self.count_sql(&out.table, &out.date_column, kinds.0, d);
+            steps.push(format!("SET {ROWS_VARIABLE} = ({count})"));
             if let Some(r) = job.require_rows {
                 let scheduled = self.count_sql(&r.table, &r.date_column, kinds.1, d);
                 steps.push(format!(
-                    "SELECT IF(({count}) = 0 AND ({scheduled}) > 0, \
+                    "SELECT IF({ROWS_VARIABLE} = 0 AND ({scheduled}) > 0, \
                      ERROR(CONCAT('{pc} ', CAST(({scheduled}) AS STRING))), 0)",
                     pc = script::POST_CONDITION
                 ));
             }
-            outcome = format!(
-                "{} FROM ({count}) AS o",
-                script::ledger_row_select(
-                    template,
-                    &self.pipeline,
-                    &[
-                        ("status", "IF(o.n = 0, 'no_data', 'success')".to_string()),
-                        ("rows_affected", "o.n".to_string()),
-                    ],
-                )
+            outcome = script::ledger_row_select(
+                template,
+                &self.pipeline,
+                &[
+                    (
+                        "status",
+                        format!("IF({ROWS_VARIABLE} = 0, 'no_data', 'success')"),
+                    ),
+                    ("rows_affected", ROWS_VARIABLE.to_string()),
+                ],
             );
-            rows = count;
+            rows = format!("SELECT {ROWS_VARIABLE}");
         }
         // At commit, not only at the start: the claim must still be this run's and the run
         // not released (a delivery that gave up writes its release only after this job has
@@ -155,6 +166,10 @@ impl BigQuery {
         steps.join(";\n")
     }
 }
+
+/// The run script's variable holding the output's row count for the date, as counted inside
+/// its transaction.
+const ROWS_VARIABLE: &str = "phasegate_output_rows";
 
 /// What a script's raised error means (`None`: a real failure).
 fn scripted_outcome(error: &str, job: &ProcessorRun<'_>) -> Option<Committed> {
@@ -523,6 +538,100 @@ mod tests {
             }
         }
         assert_eq!(on_days(DateKind::Other, "s", "@d", "@d"), "DATE(s) = @d");
+    }
+
+    /// A handle whose client is never called (an emulator address nothing listens on).
+    async fn offline() -> BigQuery {
+        let cfg = crate::config::BackendConfig {
+            kind: crate::config::BackendKind::Bigquery,
+            project: Some("p".into()),
+            dataset: Some("d".into()),
+            emulator_host: Some("127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        BigQuery::connect(&cfg)
+            .await
+            .expect("no request is sent")
+            .for_pipeline("nba")
+    }
+
+    #[tokio::test]
+    async fn the_run_script_counts_its_output_once_inside_its_transaction_and_answers_that_count()
+    {
+        let bq = offline().await;
+        let day = NaiveDate::from_ymd_opt(2024, 1, 5).expect("date");
+        let output = crate::config::Output {
+            table: "raw".into(),
+            date_column: "game_date".into(),
+            expected: Some("schedule".into()),
+            require_rows_setting: None,
+            require_rows: true,
+        };
+        let schedule = Reference {
+            table: "schedule".into(),
+            date_column: "game_date".into(),
+            entity_column: None,
+        };
+        let statements = [
+            "DELETE FROM {dataset}.raw WHERE game_date = @data_date".to_string(),
+            "INSERT INTO {dataset}.raw SELECT * FROM {dataset}.feed WHERE game_date = @data_date"
+                .to_string(),
+        ];
+        let job = ProcessorRun {
+            statements: &statements,
+            date: day,
+            output: Some(&output),
+            require_rows: Some(&schedule),
+            deadline: std::time::Instant::now(),
+        };
+        let template = RunRecord::start(
+            "ingest",
+            "raw",
+            day,
+            crate::ledger::TriggerKind::Cli,
+            None,
+            false,
+        );
+        let sql = bq.run_script(&job, &template, (DateKind::Date, DateKind::Date));
+        let steps: Vec<&str> = sql.split(";\n").collect();
+        let at = |prefix: &str| {
+            steps
+                .iter()
+                .position(|s| s.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no `{prefix}…` step in:\n{sql}"))
+        };
+        let count_of_raw = "SELECT COUNT(*) AS n FROM `p`.d.raw WHERE game_date = DATE '2024-01-05'";
+        assert_eq!(steps[0], "DECLARE phasegate_output_rows INT64");
+        assert_eq!(steps[1], "BEGIN TRANSACTION");
+        assert_eq!(
+            steps[at("DELETE")],
+            "DELETE FROM `p`.d.raw WHERE game_date = DATE '2024-01-05'"
+        );
+        let set = at("SET phasegate_output_rows");
+        assert_eq!(
+            steps[set],
+            format!("SET phasegate_output_rows = ({count_of_raw})")
+        );
+        assert_eq!(sql.matches(count_of_raw).count(), 1, "counted once:\n{sql}");
+        let (insert, commit) = (at("INSERT INTO `p`.d.processor_run_history"), at("COMMIT"));
+        assert!(at("INSERT INTO `p`.d.raw") < set && set < insert && insert < commit);
+        assert!(
+            steps[insert].contains("IF(phasegate_output_rows = 0, 'no_data', 'success')")
+                && steps[insert].contains(", phasegate_output_rows,"),
+            "the ledger row records the counted rows: {}",
+            steps[insert]
+        );
+        assert!(at("SELECT IF(phasegate_output_rows = 0 AND") < insert);
+        // The job's answer: the variable, read after COMMIT, never the table again.
+        assert_eq!(commit, steps.len() - 2, "{sql}");
+        assert_eq!(steps[steps.len() - 1], "SELECT phasegate_output_rows");
+
+        // Without an output there is nothing to count (and no variable).
+        let job = ProcessorRun { output: None, require_rows: None, ..job };
+        let sql = bq.run_script(&job, &template, (DateKind::Other, DateKind::Other));
+        assert!(sql.starts_with("BEGIN TRANSACTION;\n"), "{sql}");
+        assert!(sql.ends_with("COMMIT TRANSACTION;\nSELECT CAST(NULL AS INT64)"), "{sql}");
+        assert!(!sql.contains("phasegate_output_rows"), "{sql}");
     }
 
     #[test]
