@@ -1,5 +1,6 @@
 //! BigQuery jobs per processor run, counted on bqemulator: every job is latency and a
-//! billed minimum, and every DML statement counts against the table's daily quota.
+//! billed minimum, and every DML statement counts against the table's daily quota; and the
+//! layout that bounds what each job reads (tables partitioned by their date column).
 //!
 //! Runs in the emulator stage (`PHASEGATE_TEST_BACKEND=bigquery`); on SQLite there are no
 //! jobs to count and the test returns at once.
@@ -52,4 +53,55 @@ async fn a_date_through_four_phases_costs_at_most_four_jobs_per_processor_run_an
         "{jobs} jobs for {} processor runs and {events} events",
         processors.len()
     );
+}
+
+/// The table's `timePartitioning` as the BigQuery API reports it (the emulator's `tables.get`).
+async fn time_partitioning(env: &TestEnv, table: &str) -> serde_json::Value {
+    let host = std::env::var("BIGQUERY_EMULATOR_HOST").expect("BIGQUERY_EMULATOR_HOST");
+    let backend = &env.app.config.backend;
+    let (project, dataset) = (
+        backend.project.as_deref().expect("project"),
+        backend.dataset.as_deref().expect("dataset"),
+    );
+    let table: serde_json::Value = reqwest::get(format!(
+        "http://{host}/bigquery/v2/projects/{project}/datasets/{dataset}/tables/{table}"
+    ))
+    .await
+    .expect("tables.get")
+    .json()
+    .await
+    .expect("a table resource");
+    table["timePartitioning"].clone()
+}
+
+#[tokio::test]
+async fn the_example_and_fixture_tables_are_created_partitioned_by_their_date_column() {
+    if backend() != Backend::BigQuery {
+        return;
+    }
+    // The NBA example as `init` creates it on the emulators (Terraform in production).
+    let env = TestEnv::with_pipeline(&crate::off_season::nba_pipeline()).await;
+    for (table, column) in [
+        ("team_schedule", "game_date"),
+        ("source_player_boxscores", "game_date"),
+        ("raw_player_boxscores", "game_date"),
+        ("player_game_summary", "game_date"),
+        ("player_daily_cache", "cache_date"),
+        ("player_points_predictions", "game_date"),
+    ] {
+        assert_eq!(
+            time_partitioning(&env, table).await,
+            serde_json::json!({ "type": "DAY", "field": column }),
+            "{table}"
+        );
+    }
+    // The shared suite's fixture, on which the BigQuery tests run.
+    let env = TestEnv::new("strict").await;
+    for table in ["schedule", "feed", "raw", "summary", "features", "preds"] {
+        assert_eq!(
+            time_partitioning(&env, table).await["field"],
+            "game_date",
+            "{table}"
+        );
+    }
 }
