@@ -19,13 +19,18 @@ forwards everything else (datasets, tables) to bqemulator unchanged:
   the US or EU multi-region ("Not found: Job ...");
 - transient errors (500/503 backendError, 403 rateLimitExceeded / jobRateLimitExceeded, ...)
   injected on a schedule by count, before a job runs or after it ran (the answer is lost),
-  set by the admin API below or PHASEGATE_BQ_MODEL_FAULTS (the same JSON).
+  set by the admin API below or PHASEGATE_BQ_MODEL_FAULTS (the same JSON);
+- bytes billed: each job is billed BigQuery's on-demand minimum, 10 MB per table each of its
+  statements reads (bqemulator reports 0 bytes), reported as the job's totalBytesBilled and
+  the `bytes_billed` counter, and a job whose maximumBytesBilled is below that fails with
+  bytesBilledLimitExceeded before it runs.
 
 What it cannot model: partition-level conflicts (conflicts are per table: stricter than
 BigQuery on partitioned tables, the same on unpartitioned ones), the INSERT DML queue (1,500
 immediate INSERTs per table per day, then 10 running / 100 queued), snapshot isolation inside
-a transaction (bqemulator executes one job at a time), bytes billed (bqemulator reports 0),
-statement-level failures part-way through a script without a transaction (a model error
+a transaction (bqemulator executes one job at a time), bytes beyond the billing minimum
+(bqemulator reports 0: partition pruning cannot be seen in a bytes figure; dry runs are
+forwarded and report 0), statement-level failures part-way through a script without a transaction (a model error
 fails the whole job before any statement runs).
 
 Admin API (not BigQuery's):
@@ -87,6 +92,19 @@ MUTATING = re.compile(
 NOT_A_TABLE = {"set", "where", "when", "from", "using"}
 BEGIN_TXN = re.compile(r"\bBEGIN(\s+TRANSACTION)?\s*;", re.IGNORECASE)
 QUALIFIED = re.compile(r"`([^`]+)`\s*\.\s*([A-Za-z_][\w]*)\s*\.")
+# https://cloud.google.com/bigquery/pricing#on_demand_pricing : "You are charged a minimum of
+# 10 MB data processed per table referenced by the query, and with a minimum 10 MB data
+# processed per query." bqemulator reports 0 bytes for every job, so the model bills each
+# statement this minimum per table it reads — what BigQuery bills for tables whose scanned
+# columns and partitions hold less than 10 MB, and a lower bound otherwise.
+MIN_BILLED_PER_TABLE = 10 * 1024 * 1024
+# A table as phasegate writes it: `project`.dataset.table or `project.dataset.table`.
+TABLE_REF = (r"(?:`[^`.]+`\s*\.\s*[A-Za-z_]\w*\s*\.\s*[A-Za-z_]\w*"
+             r"|`[^`.]+\.[^`.]+\.[^`.]+`)")
+TABLES = re.compile(TABLE_REF)
+# Tables a statement writes without reading them: an INSERT's target, a created table.
+WRITTEN = re.compile(r"\b(?:INSERT\s+(?:INTO\s+)?|CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP\w*\s+)?"
+                     r"TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)(" + TABLE_REF + ")", re.IGNORECASE)
 
 
 def now_ms() -> int:
@@ -136,6 +154,21 @@ def strip_literals(sql: str) -> str:
     return re.sub(r"'(?:[^'\\]|\\.)*'", "''", sql)
 
 
+def table_key(ref: str) -> str:
+    return re.sub(r"[`\s]", "", ref).lower()
+
+
+def billed_floor(sql: str) -> int:
+    """The bytes BigQuery bills the job at least: per statement, the 10 MB minimum for each
+    table it reads (MIN_BILLED_PER_TABLE); DDL and transaction control read none."""
+    total = 0
+    for statement in strip_literals(sql).split(";"):
+        read = {table_key(t) for t in TABLES.findall(statement)}
+        read -= {table_key(m.group(1)) for m in WRITTEN.finditer(statement)}
+        total += MIN_BILLED_PER_TABLE * len(read)
+    return total
+
+
 @dataclass
 class TableState:
     running: int = 0
@@ -155,6 +188,7 @@ class Job:
     forward: dict[str, Any]  # the jobs.query body sent to bqemulator
     latency_ms: int
     timeout_ms: int | None
+    max_bytes_billed: int | None
     config: dict[str, Any]
     labels: dict[str, str]
     wait_ms: int | None = None
@@ -167,6 +201,7 @@ class Job:
     error: JobError | None = None
     upstream_job: str | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
+    billed: int = 0
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -193,6 +228,8 @@ class Job:
             stats["endTime"] = str(self.ended)
         if self.result is not None:
             stats["totalBytesProcessed"] = self.result.get("totalBytesProcessed", "0")
+            stats["query"] = {"totalBytesProcessed": stats["totalBytesProcessed"],
+                              "totalBytesBilled": str(self.billed)}
         return {"kind": "bigquery#job", "id": f"{self.project}:{self.location}.{self.id}",
                 "jobReference": self.reference(), "configuration": self.config,
                 "status": self.status(), "statistics": stats}
@@ -298,6 +335,9 @@ class Model:
             job.error = e
         except Exception as e:  # noqa: BLE001 — a model bug must still end the job
             job.error = JobError(500, "internalError", f"model: {e!r}")
+        if job.error is None:
+            job.billed = billed_floor(job.sql)
+            self.count(job.dataset, "bytes_billed", job.billed)
         job.state = "DONE"
         job.ended = now_ms()
         job.done.set()
@@ -305,6 +345,19 @@ class Model:
     async def execute(self, job: Job, targets: list[str], txn: bool) -> None:
         job.state = "RUNNING"
         job.started = now_ms()
+        billed = billed_floor(job.sql)
+        if job.max_bytes_billed is not None and billed > job.max_bytes_billed:
+            # https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobConfigurationQuery
+            # maximumBytesBilled: "Queries that will have bytes billed beyond this limit will
+            # fail (without incurring a charge)." The reason and message as BigQuery gives
+            # them, as an HTTP 500 on the job's look-up as Google's client reference shows it
+            # ("InternalServerError: 500 Query exceeded limit for bytes billed: 500. 10485760
+            # or higher required.", bigframes ComputeOptions.maximum_bytes_billed): the
+            # reason, not the status, says it is no transient error.
+            self.count(job.dataset, "bytes_limit_refusals")
+            raise JobError(500, "bytesBilledLimitExceeded",
+                           f"Query exceeded limit for bytes billed: {job.max_bytes_billed}. "
+                           f"{billed} or higher required.")
         if txn:
             await self.run_transaction(job, targets)
         elif targets:
@@ -498,13 +551,15 @@ async def start_job(project: str, job_id: str, q: dict[str, Any], location: str 
                                        f"{dataset} was not found in location {location}"), 404)
     delay = m.fault(endpoint, dataset, sql, {"delay"})
     warning = m.fault(endpoint, dataset, sql, {"warning"})
+    limit = q.get("maximumBytesBilled")
     forward = {k: v for k, v in q.items()
                if k in ("query", "useLegacySql", "parameterMode", "queryParameters",
                         "defaultDataset", "maxResults", "dryRun")}
     forward.setdefault("useLegacySql", False)
     job = Job(id=job_id, project=project, location=location or ds_location, dataset=dataset,
               sql=sql, forward=forward, latency_ms=m.job_latency(int((delay or {}).get("ms", 0))),
-              timeout_ms=timeout_ms, config=config, labels=labels,
+              timeout_ms=timeout_ms, max_bytes_billed=int(limit) if limit else None,
+              config=config, labels=labels,
               wait_ms=(delay or {}).get("wait_ms"))
     if warning is not None:
         m.count(dataset, "warnings")

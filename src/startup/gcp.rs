@@ -30,10 +30,16 @@ mod with_gcp {
     }
 
     pub async fn connect_bigquery(config: &Config) -> Result<BigQuery, StartupError> {
+        let processor_limits = config
+            .phases
+            .iter()
+            .flat_map(|phase| &phase.processors)
+            .filter_map(|p| Some((p.name.clone(), p.maximum_bytes_billed?)));
         Ok(BigQuery::connect(&config.backend)
             .await
             .map_err(StartupError::Backend)?
-            .for_pipeline(&config.pipeline.name))
+            .for_pipeline(&config.pipeline.name)
+            .with_processor_bytes_billed(processor_limits))
     }
 
     pub fn ledger_and_warehouse(bq: &BigQuery) -> (Arc<dyn Ledger>, Arc<dyn Warehouse>) {

@@ -44,12 +44,17 @@ async fn env_with(backend_lines: &str, sections: &str) -> TestEnv {
 /// [`env_with`] with the bus's redelivery backoff (the fixture's is 1 ms; Pub/Sub's
 /// minimum is 10 s).
 async fn env_with_backoff(backend_lines: &str, sections: &str, backoff_ms: u64) -> TestEnv {
+    env_of(PIPELINE, backend_lines, sections, backoff_ms).await
+}
+
+/// `pipeline` (the shared fixture, or a variant of it) on a fresh dataset of the model.
+async fn env_of(pipeline: &str, backend_lines: &str, sections: &str, backoff_ms: u64) -> TestEnv {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = std::env::var("BIGQUERY_EMULATOR_HOST").expect("BIGQUERY_EMULATOR_HOST");
     let project =
         std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
     let dataset = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let text = PIPELINE
+    let text = pipeline
         .replace("{MODE}", "strict")
         .replace("sql.sqlite", "sql.bigquery");
     let text = text.replacen(
@@ -630,4 +635,61 @@ async fn jobs_that_succeed_with_warnings_are_successes() {
     }
     assert_eq!(ledger(&clean, &days).await, warned_ledger);
     assert_eq!(outputs(&clean).await, outputs(&warned).await);
+}
+
+#[tokio::test]
+async fn a_processor_whose_bytes_limit_is_too_small_fails_once_with_bytes_billed_limit_exceeded() {
+    let Some(host) = model().await else { return };
+    let day = dates("2024-01-01", 1)[0];
+    // summary's run job may bill 10 MB: BigQuery's minimum for one table read, while its
+    // script reads several (claims, ledger, its input and output). No backend-wide limit.
+    let summary = "name = \"summary\"\nkind = \"sql\"\n";
+    assert!(PIPELINE.contains(summary));
+    let pipeline = PIPELINE.replacen(
+        summary,
+        &format!("{summary}maximum_bytes_billed = 10485760\n"),
+        1,
+    );
+    let env = env_of(&pipeline, "", "", 1).await;
+    env.season(&[day]).await;
+    let ds = dataset(&env);
+    let Store::BigQuery(bq) = &env.app.store else {
+        panic!("the BigQuery suite runs on BigQuery");
+    };
+    let retries = bq.retries();
+    // Each phase run here, once, without its completion event (no cascade, no redelivery).
+    let run = |phase: &str| phasegate::worker::RunRequest {
+        skip_downstream: true,
+        ..phasegate::worker::RunRequest::new(phase, day, phasegate::ledger::TriggerKind::Cli)
+    };
+    let raw = env.app.worker.run_phase(&run("raw")).await.expect("raw");
+    assert!(
+        matches!(raw, phasegate::worker::PhaseOutcome::Done { .. }),
+        "no limit of its own: {raw:?}"
+    );
+    let analytics = env.app.worker.run_phase(&run("analytics")).await;
+    assert!(
+        matches!(analytics, Ok(phasegate::worker::PhaseOutcome::Failed { .. })),
+        "{analytics:?}"
+    );
+    let s = stats(&host, &ds).await;
+    println!("a run job over its bytes limit: {s}");
+    // Refused once, before it ran: not retried (the model answers it as an HTTP 500, whose
+    // reason says it is no transient error).
+    assert_eq!(stat(&s, "bytes_limit_refusals"), 1, "{s}");
+    assert_eq!(bq.retries(), retries, "nothing was retried");
+    let h = env
+        .app
+        .ledger()
+        .history("summary", day)
+        .await
+        .expect("history");
+    assert_eq!(statuses(&h), [RunStatus::Failed], "{h:#?}");
+    let errors = h[0].errors.as_deref().unwrap_or_default();
+    assert!(
+        errors.contains("Query exceeded limit for bytes billed: 10485760"),
+        "{errors}"
+    );
+    assert_eq!(env.count("summary", "game_date", day).await, 0, "no output");
+    assert_eq!(env.status("ingest", day).await, Some(RunStatus::Success));
 }

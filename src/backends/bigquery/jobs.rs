@@ -334,6 +334,24 @@ impl BigQuery {
             .build()
     }
 
+    /// Set each processor's `maximumBytesBilled` (`processors[].maximum_bytes_billed`): its
+    /// run job's limit instead of the backend-wide one.
+    pub fn with_processor_bytes_billed(
+        mut self,
+        limits: impl IntoIterator<Item = (String, u64)>,
+    ) -> BigQuery {
+        self.processor_bytes_billed = Arc::new(limits.into_iter().collect());
+        self
+    }
+
+    /// The `maximumBytesBilled` of `processor`'s run job: its own, else the backend's.
+    pub(super) fn run_bytes_billed(&self, processor: &str) -> Option<u64> {
+        self.processor_bytes_billed
+            .get(processor)
+            .copied()
+            .or(self.maximum_bytes_billed)
+    }
+
     /// The labels of every job: the pipeline, the configured ones, then `extra`.
     pub(super) fn labels(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = self.job_labels.as_ref().clone();
@@ -604,6 +622,7 @@ impl BigQuery {
         &self,
         sql: &str,
         labels: HashMap<String, String>,
+        maximum_bytes_billed: Option<u64>,
         deadline: Instant,
         settle: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<Vec<Row>, JobError> {
@@ -633,7 +652,10 @@ impl BigQuery {
                     id.clone()
                 };
                 let labels = labels.clone();
-                async move { self.insert_once(sql, &id, labels, deadline).await }
+                async move {
+                    self.insert_once(sql, &id, labels, maximum_bytes_billed, deadline)
+                        .await
+                }
             })
             .await;
         // Done, or failed on its own: the job has ended. Exhausted: the last attempt's job
@@ -649,6 +671,7 @@ impl BigQuery {
         sql: &str,
         job_id: &str,
         labels: HashMap<String, String>,
+        maximum_bytes_billed: Option<u64>,
         deadline: Instant,
     ) -> Attempt {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -670,7 +693,10 @@ impl BigQuery {
                 query: Some(JobConfigurationQuery {
                     query: sql.to_string(),
                     use_legacy_sql: Some(false),
-                    maximum_bytes_billed: self.maximum_bytes_billed.map(|n| n.to_string()),
+                    // https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobConfigurationQuery
+                    // maximumBytesBilled: "Queries that will have bytes billed beyond this
+                    // limit will fail (without incurring a charge)."
+                    maximum_bytes_billed: maximum_bytes_billed.map(|n| n.to_string()),
                     default_dataset: Some(
                         gcp_bigquery_client::model::dataset_reference::DatasetReference {
                             dataset_id: self.dataset.clone(),
@@ -818,6 +844,32 @@ mod tests {
         };
         let errors = failure(bare).expect("a failed job");
         assert_eq!(classify_job(&errors), Retry::No);
+    }
+
+    #[tokio::test]
+    async fn a_processors_bytes_limit_replaces_the_backend_wide_one_for_its_run_job() {
+        let cfg = |limit: Option<u64>| crate::config::BackendConfig {
+            kind: crate::config::BackendKind::Bigquery,
+            project: Some("p".into()),
+            dataset: Some("d".into()),
+            // Nothing listens there; no request is sent.
+            emulator_host: Some("127.0.0.1:9".into()),
+            maximum_bytes_billed: limit,
+            ..Default::default()
+        };
+        let limits = [("summary".to_string(), 20 << 20)];
+        let bq = BigQuery::connect(&cfg(Some(1 << 30)))
+            .await
+            .expect("offline")
+            .with_processor_bytes_billed(limits.clone());
+        assert_eq!(bq.run_bytes_billed("summary"), Some(20 << 20));
+        assert_eq!(bq.run_bytes_billed("ingest"), Some(1 << 30));
+        let bq = BigQuery::connect(&cfg(None))
+            .await
+            .expect("offline")
+            .with_processor_bytes_billed(limits);
+        assert_eq!(bq.run_bytes_billed("summary"), Some(20 << 20));
+        assert_eq!(bq.run_bytes_billed("ingest"), None);
     }
 
     #[test]

@@ -232,7 +232,13 @@ impl Warehouse for BigQuery {
         // waits for it (`Ledger::complete`).
         let settle = self.run_job_lock(&template.run_id).lock_owned().await;
         let rows = match self
-            .insert_job(&sql, labels, job.deadline, Some(settle))
+            .insert_job(
+                &sql,
+                labels,
+                self.run_bytes_billed(&template.processor),
+                job.deadline,
+                Some(settle),
+            )
             .await
         {
             Ok(rows) => rows,
