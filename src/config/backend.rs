@@ -94,7 +94,10 @@ pub fn maximum_bytes_billed_problem(n: u64) -> Option<String> {
 impl BackendConfig {
     /// The key and the problem of a setting that cannot work.
     pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
-        match self.maximum_bytes_billed.and_then(maximum_bytes_billed_problem) {
+        match self
+            .maximum_bytes_billed
+            .and_then(maximum_bytes_billed_problem)
+        {
             Some(problem) => Err(("backend.maximum_bytes_billed", problem)),
             None => Ok(()),
         }

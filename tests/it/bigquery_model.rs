@@ -669,7 +669,10 @@ async fn a_processor_whose_bytes_limit_is_too_small_fails_once_with_bytes_billed
     );
     let analytics = env.app.worker.run_phase(&run("analytics")).await;
     assert!(
-        matches!(analytics, Ok(phasegate::worker::PhaseOutcome::Failed { .. })),
+        matches!(
+            analytics,
+            Ok(phasegate::worker::PhaseOutcome::Failed { .. })
+        ),
         "{analytics:?}"
     );
     let s = stats(&host, &ds).await;

@@ -305,8 +305,14 @@ fn maximum_bytes_billed_is_refused_where_it_cannot_work() {
             .flat_map(|p| &p.processors)
             .map(|p| (p.name.as_str(), p.maximum_bytes_billed))
             .collect();
-        assert!(limits.contains(&("player_game_summary", Some(n))), "{limits:?}");
-        assert!(limits.contains(&("raw_player_boxscores", None)), "{limits:?}");
+        assert!(
+            limits.contains(&("player_game_summary", Some(n))),
+            "{limits:?}"
+        );
+        assert!(
+            limits.contains(&("raw_player_boxscores", None)),
+            "{limits:?}"
+        );
     }
     let cases = [
         (

@@ -32,8 +32,8 @@ use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsPar
 use gcp_bigquery_client::model::job::Job;
 use gcp_bigquery_client::model::job_configuration::JobConfiguration;
 use gcp_bigquery_client::model::job_configuration_query::JobConfigurationQuery;
-use gcp_bigquery_client::model::job_status::JobStatus;
 use gcp_bigquery_client::model::job_reference::JobReference;
+use gcp_bigquery_client::model::job_status::JobStatus;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 
 use super::{BigQuery, Row, cells};
@@ -835,7 +835,10 @@ mod tests {
             state: Some("DONE".into()),
         };
         let errors = failure(failed).expect("a failed job");
-        assert_eq!(messages(&errors), "invalidQuery message; backendError message");
+        assert_eq!(
+            messages(&errors),
+            "invalidQuery message; backendError message"
+        );
         // errorResult alone is the failure.
         let bare = JobStatus {
             error_result: Some(e("bytesBilledLimitExceeded")),

@@ -184,7 +184,10 @@ mod tests {
         // `$` marks where the parameter is bound; every other `@data_date` must stay.
         for (sql, want) in [
             // Literals of every quoting BigQuery has, escaped quotes inside them.
-            (r#"SELECT '@data_date', @data_date"#, r#"SELECT '@data_date', $"#),
+            (
+                r#"SELECT '@data_date', @data_date"#,
+                r#"SELECT '@data_date', $"#,
+            ),
             (r#"SELECT "@data_date" AS x"#, r#"SELECT "@data_date" AS x"#),
             (
                 r#"SELECT 'it\'s @data_date', @data_date"#,

@@ -36,6 +36,15 @@ impl BigQuery {
         )
     }
 
+    /// `table` as SQL with its date column and that column's type.
+    async fn dated<'a>(&self, table: &str, column: &'a str) -> Dated<'a> {
+        Dated {
+            table: self.table(table),
+            column,
+            kind: self.date_kind(table, column).await,
+        }
+    }
+
     /// The type of `table.column` (from the table's schema, looked up once per process;
     /// `Other` when it cannot be read).
     pub(super) async fn date_kind(&self, table: &str, column: &str) -> DateKind {
@@ -289,12 +298,7 @@ impl Warehouse for BigQuery {
         date_column: &str,
         date: NaiveDate,
     ) -> Result<u64, WarehouseError> {
-        let kind = self.date_kind(t, date_column).await;
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE {}",
-            self.table(t),
-            on_days(kind, date_column, "@d", "@d")
-        );
+        let sql = count_rows_sql(&self.dated(t, date_column).await);
         let rows = self
             .query(&sql, vec![date_param("d", date)])
             .await
@@ -314,31 +318,11 @@ impl Warehouse for BigQuery {
         to: NaiveDate,
         expected: Option<&Reference>,
     ) -> Result<Vec<DatePresence>, WarehouseError> {
-        let expected_cte = match expected {
-            None => {
-                "expected AS (SELECT d FROM UNNEST(GENERATE_DATE_ARRAY(@f, @t)) AS d)".to_string()
-            }
-            Some(r) => format!(
-                "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {w})",
-                c = day(&r.date_column),
-                t = self.table(&r.table),
-                w = on_days(
-                    self.date_kind(&r.table, &r.date_column).await,
-                    &r.date_column,
-                    "@f",
-                    "@t"
-                ),
-            ),
+        let expected = match expected {
+            Some(r) => Some(self.dated(&r.table, &r.date_column).await),
+            None => None,
         };
-        let sql = format!(
-            "WITH {expected_cte},
-             actual AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {w})
-             SELECT CAST(e.d AS STRING), a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
-             ORDER BY e.d",
-            c = day(date_column),
-            t = self.table(t),
-            w = on_days(self.date_kind(t, date_column).await, date_column, "@f", "@t"),
-        );
+        let sql = date_presence_sql(&self.dated(t, date_column).await, expected.as_ref());
         let rows = self
             .query(&sql, vec![date_param("f", from), date_param("t", to)])
             .await
@@ -362,36 +346,16 @@ impl Warehouse for BigQuery {
         date: NaiveDate,
     ) -> Result<Vec<EntityCount>, WarehouseError> {
         let window = crate::warehouse::entity_window(spec, reference, date)?;
-        let sql = format!(
-            "WITH ref AS (
-                SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}
-                WHERE {rw}),
-             ranked AS (
-                SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn FROM ref),
-             expected AS (SELECT entity, d FROM ranked WHERE rn <= @max_dates),
-             actual AS (
-                SELECT DISTINCT CAST({ue} AS STRING) AS entity, {ud} AS d FROM {ut}
-                WHERE {uw})
-             SELECT e.entity, COUNT(*), COUNT(a.d)
-             FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
-             GROUP BY e.entity ORDER BY e.entity",
-            re = window.entity_column,
-            rd = day(&reference.date_column),
-            rt = self.table(&reference.table),
-            ue = spec.upstream_entity_column,
-            ud = day(&spec.upstream_date_column),
-            ut = self.table(&spec.upstream_table),
-            rw = on_days(
-                self.date_kind(&reference.table, &reference.date_column).await,
-                &reference.date_column,
-                "@floor",
-                "@last"
+        let sql = entity_counts_sql(
+            (
+                &self.dated(&reference.table, &reference.date_column).await,
+                window.entity_column,
             ),
-            uw = on_days(
-                self.date_kind(&spec.upstream_table, &spec.upstream_date_column).await,
-                &spec.upstream_date_column,
-                "@floor",
-                "@last"
+            (
+                &self
+                    .dated(&spec.upstream_table, &spec.upstream_date_column)
+                    .await,
+                &spec.upstream_entity_column,
             ),
         );
         let rows = self
@@ -425,14 +389,7 @@ impl Warehouse for BigQuery {
     }
 
     async fn reference_in_use(&self, reference: &Reference) -> Result<bool, WarehouseError> {
-        let kind = self
-            .date_kind(&reference.table, &reference.date_column)
-            .await;
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
-            self.table(&reference.table),
-            any_day(kind, &reference.date_column)
-        );
+        let sql = reference_in_use_sql(&self.dated(&reference.table, &reference.date_column).await);
         let rows = self.query(&sql, Vec::new()).await.map_err(WarehouseError)?;
         Ok(parse_bool(
             rows.first()
@@ -440,6 +397,80 @@ impl Warehouse for BigQuery {
                 .and_then(Option::as_ref),
         ))
     }
+}
+
+/// A table (as SQL) and its date column, which the gate's queries filter on.
+struct Dated<'a> {
+    table: String,
+    column: &'a str,
+    kind: DateKind,
+}
+
+/// The rows of one day (`@d`).
+fn count_rows_sql(t: &Dated<'_>) -> String {
+    format!(
+        "SELECT COUNT(*) FROM {} WHERE {}",
+        t.table,
+        on_days(t.kind, t.column, "@d", "@d")
+    )
+}
+
+/// Each expected day of `@f ..= @t` (every calendar day, or the reference's) and whether `t`
+/// has rows on it.
+fn date_presence_sql(t: &Dated<'_>, expected: Option<&Dated<'_>>) -> String {
+    let expected_cte = match expected {
+        None => "expected AS (SELECT d FROM UNNEST(GENERATE_DATE_ARRAY(@f, @t)) AS d)".to_string(),
+        Some(r) => format!(
+            "expected AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {w})",
+            c = day(r.column),
+            t = r.table,
+            w = on_days(r.kind, r.column, "@f", "@t"),
+        ),
+    };
+    format!(
+        "WITH {expected_cte},
+         actual AS (SELECT DISTINCT {c} AS d FROM {t} WHERE {w})
+         SELECT CAST(e.d AS STRING), a.d IS NOT NULL FROM expected e LEFT JOIN actual a ON a.d = e.d
+         ORDER BY e.d",
+        c = day(t.column),
+        t = t.table,
+        w = on_days(t.kind, t.column, "@f", "@t"),
+    )
+}
+
+/// Per entity of the reference: its last `@max_dates` dates within `@floor ..= @last`, and
+/// how many of them the upstream table has (each table with its entity column).
+fn entity_counts_sql(reference: (&Dated<'_>, &str), upstream: (&Dated<'_>, &str)) -> String {
+    let ((r, re), (u, ue)) = (reference, upstream);
+    format!(
+        "WITH ref AS (
+            SELECT DISTINCT CAST({re} AS STRING) AS entity, {rd} AS d FROM {rt}
+            WHERE {rw}),
+         ranked AS (
+            SELECT entity, d, ROW_NUMBER() OVER (PARTITION BY entity ORDER BY d DESC) AS rn FROM ref),
+         expected AS (SELECT entity, d FROM ranked WHERE rn <= @max_dates),
+         actual AS (
+            SELECT DISTINCT CAST({ue} AS STRING) AS entity, {ud} AS d FROM {ut}
+            WHERE {uw})
+         SELECT e.entity, COUNT(*), COUNT(a.d)
+         FROM expected e LEFT JOIN actual a ON a.entity = e.entity AND a.d = e.d
+         GROUP BY e.entity ORDER BY e.entity",
+        rd = day(r.column),
+        rt = r.table,
+        rw = on_days(r.kind, r.column, "@floor", "@last"),
+        ud = day(u.column),
+        ut = u.table,
+        uw = on_days(u.kind, u.column, "@floor", "@last"),
+    )
+}
+
+/// Whether the reference lists any date at all.
+fn reference_in_use_sql(r: &Dated<'_>) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+        r.table,
+        any_day(r.kind, r.column)
+    )
 }
 
 /// What a date column holds, for a predicate BigQuery can prune partitions with.
@@ -562,8 +593,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_run_script_counts_its_output_once_inside_its_transaction_and_answers_that_count()
-    {
+    async fn the_run_script_counts_its_output_once_inside_its_transaction_and_answers_that_count() {
         let bq = offline().await;
         let day = NaiveDate::from_ymd_opt(2024, 1, 5).expect("date");
         let output = crate::config::Output {
@@ -606,7 +636,8 @@ mod tests {
                 .position(|s| s.starts_with(prefix))
                 .unwrap_or_else(|| panic!("no `{prefix}…` step in:\n{sql}"))
         };
-        let count_of_raw = "SELECT COUNT(*) AS n FROM `p`.d.raw WHERE game_date = DATE '2024-01-05'";
+        let count_of_raw =
+            "SELECT COUNT(*) AS n FROM `p`.d.raw WHERE game_date = DATE '2024-01-05'";
         assert_eq!(steps[0], "DECLARE phasegate_output_rows INT64");
         assert_eq!(steps[1], "BEGIN TRANSACTION");
         assert_eq!(
@@ -633,11 +664,83 @@ mod tests {
         assert_eq!(steps[steps.len() - 1], "SELECT phasegate_output_rows");
 
         // Without an output there is nothing to count (and no variable).
-        let job = ProcessorRun { output: None, require_rows: None, ..job };
+        let job = ProcessorRun {
+            output: None,
+            require_rows: None,
+            ..job
+        };
         let sql = bq.run_script(&job, &template, (DateKind::Other, DateKind::Other));
         assert!(sql.starts_with("BEGIN TRANSACTION;\n"), "{sql}");
-        assert!(sql.ends_with("COMMIT TRANSACTION;\nSELECT CAST(NULL AS INT64)"), "{sql}");
+        assert!(
+            sql.ends_with("COMMIT TRANSACTION;\nSELECT CAST(NULL AS INT64)"),
+            "{sql}"
+        );
         assert!(!sql.contains("phasegate_output_rows"), "{sql}");
+    }
+
+    #[test]
+    fn every_gate_query_filters_each_table_on_its_date_column_itself() {
+        let dated = |table: &str, column: &'static str, kind| Dated {
+            table: format!("`p`.d.{table}"),
+            column,
+            kind,
+        };
+        for kind in [DateKind::Date, DateKind::Timestamp] {
+            let out = dated("raw", "game_date", kind);
+            let schedule = dated("schedule", "day", kind);
+            let queries = [
+                (
+                    count_rows_sql(&out),
+                    vec![on_days(kind, "game_date", "@d", "@d")],
+                ),
+                (
+                    date_presence_sql(&out, None),
+                    vec![on_days(kind, "game_date", "@f", "@t")],
+                ),
+                (
+                    date_presence_sql(&out, Some(&schedule)),
+                    vec![
+                        on_days(kind, "game_date", "@f", "@t"),
+                        on_days(kind, "day", "@f", "@t"),
+                    ],
+                ),
+                (
+                    entity_counts_sql((&schedule, "team"), (&out, "team")),
+                    vec![
+                        on_days(kind, "game_date", "@floor", "@last"),
+                        on_days(kind, "day", "@floor", "@last"),
+                    ],
+                ),
+                (reference_in_use_sql(&schedule), vec![any_day(kind, "day")]),
+            ];
+            for (sql, filters) in queries {
+                // One WHERE per table read, each the column compared as itself.
+                assert_eq!(
+                    sql.matches("WHERE ").count() - sql.matches("WHERE rn").count(),
+                    filters.len(),
+                    "{sql}"
+                );
+                for filter in filters {
+                    assert!(
+                        sql.contains(&format!("WHERE {filter}")),
+                        "{filter} in {sql}"
+                    );
+                }
+                assert!(!sql.contains("WHERE DATE("), "{sql}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_run_scripts_ledger_and_claims_reads_are_bounded_by_the_date() {
+        let bq = offline().await;
+        let day = NaiveDate::from_ymd_opt(2024, 1, 5).expect("date");
+        for sql in [
+            bq.holder_sql("ingest", day),
+            bq.still_running_sql("run-1", "ingest", day),
+        ] {
+            assert!(sql.contains("AND data_date = DATE '2024-01-05'"), "{sql}");
+        }
     }
 
     #[test]
