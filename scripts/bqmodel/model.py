@@ -338,6 +338,11 @@ class Model:
         if job.error is None:
             job.billed = billed_floor(job.sql)
             self.count(job.dataset, "bytes_billed", job.billed)
+            # What each kind of job bills, by phasegate's label (a processor's run script is
+            # `phasegate_job: run`; gate, claim and ledger jobs carry none).
+            kind = job.labels.get("phasegate_job", "other")
+            self.count(job.dataset, f"bytes_billed_{kind}", job.billed)
+            self.count(job.dataset, f"jobs_{kind}")
         job.state = "DONE"
         job.ended = now_ms()
         job.done.set()
