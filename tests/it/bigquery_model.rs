@@ -102,6 +102,27 @@ async fn add_faults(host: &str, rules: Value) {
     assert!(resp.status().is_success(), "{resp:?}");
 }
 
+/// Two fresh datasets with the same season, the second with the fault `rules` made for its
+/// dataset name; each date then triggered on both. Returns (clean, faulty).
+async fn clean_and_faulty(
+    host: &str,
+    days: &[chrono::NaiveDate],
+    rules: impl FnOnce(&str) -> Value,
+) -> (TestEnv, TestEnv) {
+    let clean = env_with("", "").await;
+    let faulty = env_with("", "").await;
+    for env in [&clean, &faulty] {
+        env.season(days).await;
+    }
+    add_faults(host, rules(&dataset(&faulty))).await;
+    for env in [&clean, &faulty] {
+        for day in days {
+            env.trigger(*day, false).await;
+        }
+    }
+    (clean, faulty)
+}
+
 async fn stats(host: &str, dataset: &str) -> Value {
     reqwest::get(format!(
         "http://{host}/phasegate-model/stats?dataset={dataset}"
@@ -226,19 +247,12 @@ async fn a_parallel_backfill_of_eight_dates_through_four_phases_fails_no_run_and
 async fn transient_errors_and_conflicts_on_every_kind_of_job_change_nothing() {
     let Some(host) = model().await else { return };
     let days = dates("2024-01-01", 2);
-    let clean = env_with("", "").await;
-    let faulty = env_with("", "").await;
-    for env in [&clean, &faulty] {
-        env.season(&days).await;
-    }
-    let ds = dataset(&faulty);
-    // By count, on this dataset only: every 3rd jobs.query refused before it runs (503),
-    // every 5th run and its answer lost (500: the retry's requestId finds the job), run
-    // scripts refused (403 rateLimitExceeded) and one run with its answer lost (the retried
-    // insert finds the job: 409), look-ups throttled (403 jobRateLimitExceeded), and the
-    // first claim MERGE failing with a serialisation conflict.
-    add_faults(
-        &host,
+    // By count, on the faulty dataset only: every 3rd jobs.query refused before it runs
+    // (503), every 5th run and its answer lost (500: the retry's requestId finds the job),
+    // run scripts refused (403 rateLimitExceeded) and one run with its answer lost (the
+    // retried insert finds the job: 409), look-ups throttled (403 jobRateLimitExceeded), and
+    // the first claim MERGE failing with a serialisation conflict.
+    let (clean, faulty) = clean_and_faulty(&host, &days, |ds| {
         json!([
             { "dataset": ds, "endpoint": "query", "every": 3, "status": 503, "reason": "backendError" },
             { "dataset": ds, "endpoint": "query", "every": 5, "phase": "after", "status": 500, "reason": "internalError" },
@@ -246,14 +260,10 @@ async fn transient_errors_and_conflicts_on_every_kind_of_job_change_nothing() {
             { "dataset": ds, "endpoint": "insert", "nth": [2], "phase": "after", "status": 503, "reason": "backendError" },
             { "dataset": ds, "endpoint": "getQueryResults", "every": 2, "status": 403, "reason": "jobRateLimitExceeded" },
             { "dataset": ds, "kind": "serialize", "match": "MERGE", "nth": [1] },
-        ]),
-    )
+        ])
+    })
     .await;
-    for env in [&clean, &faulty] {
-        for day in &days {
-            env.trigger(*day, false).await;
-        }
-    }
+    let ds = dataset(&faulty);
     let s = stats(&host, &ds).await;
     println!("fault injection on the model: {s}");
     assert!(stat(&s, "faults_injected") >= 10, "{s}");
@@ -612,20 +622,15 @@ async fn the_outbox_sweep_reads_only_the_recent_dates_of_the_ledger() {
 async fn jobs_that_succeed_with_warnings_are_successes() {
     let Some(host) = model().await else { return };
     let days = dates("2024-01-01", 2);
-    let clean = env_with("", "").await;
-    let warned = env_with("", "").await;
-    for env in [&clean, &warned] {
-        env.season(&days).await;
-    }
+    // Every job of the second dataset (jobs.query and jobs.insert) succeeds with a warning:
+    // its answers and its status carry `errors`, its status no `errorResult`.
+    let (clean, warned) = clean_and_faulty(
+        &host,
+        &days,
+        |ds| json!([{ "dataset": ds, "kind": "warning" }]),
+    )
+    .await;
     let ds = dataset(&warned);
-    // Every job of this dataset (jobs.query and jobs.insert) succeeds with a warning: its
-    // answers and its status carry `errors`, its status no `errorResult`.
-    add_faults(&host, json!([{ "dataset": ds, "kind": "warning" }])).await;
-    for env in [&clean, &warned] {
-        for day in &days {
-            env.trigger(*day, false).await;
-        }
-    }
     let s = stats(&host, &ds).await;
     println!("warnings on every job: {s}");
     assert!(stat(&s, "warnings") >= 20, "{s}");
