@@ -39,8 +39,9 @@ Asserts what the deployment relies on and what a reviewer would otherwise check 
   collection group; every roles/datastore.* grant carries the documented per-database
   condition resource.name == "projects/…/databases/<a database this module creates>";
 - every table the workers use is created by Terraform (ledger, claims, output and source
-  tables, DAY-partitioned and clustered), and the example's schemas agree with the
-  example pipeline's setup.bigquery statements; the example's [trigger] agrees with the
+  tables, DAY-partitioned and clustered), and the example's schemas, partitioning and
+  clustering agree with the example pipeline's setup.bigquery statements; the example's
+  [trigger] agrees with the
   example root module's schedule_time_zone, read both by tomllib and by the regular
   expressions Terraform uses;
 - alerts: dead letters, oldest unacked message age per push subscription, blocked/failed,
@@ -701,29 +702,57 @@ for grant in ("worker_ledger_writer", "worker_claims_writer", "worker_output_wri
     check(grant in resources("google_bigquery_table_iam_member"), f"google_bigquery_table_iam_member.{grant} is missing")
 
 
-def setup_columns(statements):
-    """{table: [(column, TYPE, REQUIRED|NULLABLE)]} from CREATE TABLE statements."""
+def setup_tables(statements):
+    """{table: (columns, partition column, clustering)} from CREATE TABLE statements:
+    columns as [(column, TYPE, REQUIRED|NULLABLE)], then what follows the column list
+    (`PARTITION BY col`, `CLUSTER BY a, b`, `OPTIONS(...)`)."""
     out = {}
     for st in statements:
-        m = re.match(r"\s*CREATE TABLE IF NOT EXISTS \{dataset\}\.(\w+)\s*\((.*)\)\s*$", st, re.S)
+        m = re.match(r"\s*CREATE TABLE IF NOT EXISTS \{dataset\}\.(\w+)\s*\(", st)
         if not m:
             continue
+        depth, i = 1, m.end()
+        while i < len(st) and depth:
+            depth += {"(": 1, ")": -1}.get(st[i], 0)
+            i += 1
+        body, tail = st[m.end():i - 1], st[i:]
         cols = []
-        for col in m.group(2).split(","):
+        for col in body.split(","):
             words = col.split()
             cols.append((words[0], words[1].upper(), "REQUIRED" if "NOT NULL" in col.upper() else "NULLABLE"))
-        out[m.group(1)] = cols
+        layout = re.match(r"\s*(?:PARTITION BY (\w+))?\s*(?:CLUSTER BY ([\w\s,]+?))?\s*(?:OPTIONS\s*\(.*\))?\s*$",
+                          tail, re.S | re.I)
+        check(layout is not None, f"setup.bigquery: cannot read what follows {m.group(1)}'s columns: {tail!r}")
+        partition = layout.group(1) if layout else None
+        clustering = [c.strip() for c in (layout.group(2) or "").split(",") if c.strip()] if layout else []
+        out[m.group(1)] = (cols, partition, clustering)
     return out
 
 
-example_setup = setup_columns(pipeline.get("setup", {}).get("bigquery", []))
+example_setup = setup_tables(pipeline.get("setup", {}).get("bigquery", []))
 schema_dir = root / "terraform/examples/daily/schemas"
 example_main = (root / "terraform/examples/daily/main.tf").read_text()
 for f in sorted(schema_dir.glob("*.json")):
     declared = [(c["name"], c["type"].upper(), c.get("mode", "NULLABLE").upper()) for c in json.loads(f.read_text())]
-    check(example_setup.get(f.stem) == declared,
-          f"example schema {f.name} {declared} differs from pipeline.toml setup.bigquery {example_setup.get(f.stem)}")
+    columns = example_setup.get(f.stem, (None, None, None))[0]
+    check(columns == declared,
+          f"example schema {f.name} {declared} differs from pipeline.toml setup.bigquery {columns}")
     check(f"schemas/{f.name}" in example_main, f"terraform/examples/daily/main.tf does not declare {f.name}")
+# The tables `init` creates on the emulators are laid out as Terraform creates them: the same
+# DAY-partitioning column and clustering columns.
+laid_out = set()
+for m in re.finditer(r'(\w+)\s*=\s*\{\s*schema_file\s*=\s*"[^"]*",\s*partition_field\s*=\s*"(\w+)"'
+                     r'(?:,\s*clustering\s*=\s*\[([^\]]*)\])?', example_main):
+    table, partition = m.group(1), m.group(2)
+    laid_out.add(table)
+    clustering = re.findall(r'"(\w+)"', m.group(3) or "")
+    _, setup_partition, setup_clustering = example_setup.get(table, (None, None, None))
+    check((setup_partition, setup_clustering) == (partition, clustering),
+          f"pipeline.toml setup.bigquery lays {table} out as PARTITION BY {setup_partition} CLUSTER BY "
+          f"{setup_clustering}; terraform/examples/daily/main.tf as {partition}, {clustering}")
+check(laid_out == {f.stem for f in schema_dir.glob("*.json")},
+      f"terraform/examples/daily/main.tf: tables with a partition_field {sorted(laid_out)}, schemas "
+      f"{sorted(f.stem for f in schema_dir.glob('*.json'))}")
 output_table_names = {p.get("output", {}).get("table") for ph in pipeline["phases"] for p in ph.get("processors", []) if p.get("output")}
 for t in sorted(t for t in output_table_names if t):
     check((schema_dir / f"{t}.json").exists(), f"output table {t} of the example pipeline has no schema in the example root module")

@@ -78,34 +78,67 @@ fn controls_transaction(words: &[&str]) -> bool {
 fn bigquery_words(sql: &str) -> Vec<&str> {
     let b = sql.as_bytes();
     let mut words = Vec::new();
-    let (mut i, mut after_dot) = (0, false);
-    while i < b.len() {
-        let c = b[i];
-        let start = i;
-        i = match c {
-            b'-' if b.get(i + 1) == Some(&b'-') => line_end(b, i),
-            b'#' => line_end(b, i),
-            b'/' if b.get(i + 1) == Some(&b'*') => find(b, i + 2, b"*/").map_or(b.len(), |e| e + 2),
-            b'\'' | b'"' | b'`' => quoted_end(b, i),
-            b';' => {
-                words.push(";");
-                i + 1
-            }
-            c if c.is_ascii_alphanumeric() || c == b'_' => {
-                let end = b[i..]
-                    .iter()
-                    .position(|c| !c.is_ascii_alphanumeric() && *c != b'_')
-                    .map_or(b.len(), |n| i + n);
-                if !after_dot {
-                    words.push(&sql[start..end]);
+    for code in bigquery_code_spans(sql) {
+        let (mut i, mut after_dot) = (code.start, false);
+        while i < code.end {
+            let c = b[i];
+            let start = i;
+            i = match c {
+                b';' => {
+                    words.push(";");
+                    i + 1
                 }
-                end
-            }
-            _ => i + 1,
-        };
-        after_dot = c == b'.';
+                c if c.is_ascii_alphanumeric() || c == b'_' => {
+                    let end = b[i..code.end]
+                        .iter()
+                        .position(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+                        .map_or(code.end, |n| i + n);
+                    if !after_dot {
+                        words.push(&sql[start..end]);
+                    }
+                    end
+                }
+                _ => i + 1,
+            };
+            after_dot = c == b'.';
+        }
     }
     words
+}
+
+/// The byte ranges of a BigQuery statement that are code: everything outside string
+/// literals (`'…'`, `"…"`, their triple-quoted forms, raw and bytes literals, backslash
+/// escapes), quoted identifiers (`` `…` ``) and comments (`--` and `#` to the line's end,
+/// `/* */`). Text after an unterminated literal or comment is not code.
+pub fn bigquery_code_spans(sql: &str) -> Vec<std::ops::Range<usize>> {
+    let b = sql.as_bytes();
+    let mut spans = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    while i < b.len() {
+        let skip_to = match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => Some(line_end(b, i)),
+            b'#' => Some(line_end(b, i)),
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                Some(find(b, i + 2, b"*/").map_or(b.len(), |e| e + 2))
+            }
+            b'\'' | b'"' | b'`' => Some(quoted_end(b, i)),
+            _ => None,
+        };
+        match skip_to {
+            Some(end) => {
+                if start < i {
+                    spans.push(start..i);
+                }
+                i = end;
+                start = end;
+            }
+            None => i += 1,
+        }
+    }
+    if start < b.len() {
+        spans.push(start..b.len());
+    }
+    spans
 }
 
 /// Where the comment starting at `i` ends (at its line's end).

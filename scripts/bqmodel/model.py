@@ -19,13 +19,18 @@ forwards everything else (datasets, tables) to bqemulator unchanged:
   the US or EU multi-region ("Not found: Job ...");
 - transient errors (500/503 backendError, 403 rateLimitExceeded / jobRateLimitExceeded, ...)
   injected on a schedule by count, before a job runs or after it ran (the answer is lost),
-  set by the admin API below or PHASEGATE_BQ_MODEL_FAULTS (the same JSON).
+  set by the admin API below or PHASEGATE_BQ_MODEL_FAULTS (the same JSON);
+- bytes billed: each job is billed BigQuery's on-demand minimum, 10 MB per table each of its
+  statements reads (bqemulator reports 0 bytes), reported as the job's totalBytesBilled and
+  the `bytes_billed` counter, and a job whose maximumBytesBilled is below that fails with
+  bytesBilledLimitExceeded before it runs.
 
 What it cannot model: partition-level conflicts (conflicts are per table: stricter than
 BigQuery on partitioned tables, the same on unpartitioned ones), the INSERT DML queue (1,500
 immediate INSERTs per table per day, then 10 running / 100 queued), snapshot isolation inside
-a transaction (bqemulator executes one job at a time), bytes billed (bqemulator reports 0),
-statement-level failures part-way through a script without a transaction (a model error
+a transaction (bqemulator executes one job at a time), bytes beyond the billing minimum
+(bqemulator reports 0: partition pruning cannot be seen in a bytes figure; dry runs are
+forwarded and report 0), statement-level failures part-way through a script without a transaction (a model error
 fails the whole job before any statement runs).
 
 Admin API (not BigQuery's):
@@ -35,7 +40,8 @@ Admin API (not BigQuery's):
   GET    /phasegate-model/health
 RULE: {"dataset": D?, "match": SQL substring (case-insensitive)?, "endpoint": "query" |
 "insert" | "getQueryResults" | "get" | "cancel" | "jobs" (query and insert, the default) |
-"any", "kind": "http" (default) | "serialize" | "delay", "nth": [ordinals of matching
+"any", "kind": "http" (default) | "serialize" | "delay" | "warning" (the job succeeds, its
+answers carry `errors` without an errorResult), "nth": [ordinals of matching
 requests, 1-based]?, "every": N?, "times": max faults?, "status": 503, "reason":
 "backendError", "message": ..., "phase": "before" | "after" (http: the job runs, its answer
 is replaced by the error), "ms": delay, "wait_ms": how long jobs.query waits for a delayed
@@ -86,6 +92,19 @@ MUTATING = re.compile(
 NOT_A_TABLE = {"set", "where", "when", "from", "using"}
 BEGIN_TXN = re.compile(r"\bBEGIN(\s+TRANSACTION)?\s*;", re.IGNORECASE)
 QUALIFIED = re.compile(r"`([^`]+)`\s*\.\s*([A-Za-z_][\w]*)\s*\.")
+# https://cloud.google.com/bigquery/pricing#on_demand_pricing : "You are charged a minimum of
+# 10 MB data processed per table referenced by the query, and with a minimum 10 MB data
+# processed per query." bqemulator reports 0 bytes for every job, so the model bills each
+# statement this minimum per table it reads — what BigQuery bills for tables whose scanned
+# columns and partitions hold less than 10 MB, and a lower bound otherwise.
+MIN_BILLED_PER_TABLE = 10 * 1024 * 1024
+# A table as phasegate writes it: `project`.dataset.table or `project.dataset.table`.
+TABLE_REF = (r"(?:`[^`.]+`\s*\.\s*[A-Za-z_]\w*\s*\.\s*[A-Za-z_]\w*"
+             r"|`[^`.]+\.[^`.]+\.[^`.]+`)")
+TABLES = re.compile(TABLE_REF)
+# Tables a statement writes without reading them: an INSERT's target, a created table.
+WRITTEN = re.compile(r"\b(?:INSERT\s+(?:INTO\s+)?|CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP\w*\s+)?"
+                     r"TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)(" + TABLE_REF + ")", re.IGNORECASE)
 
 
 def now_ms() -> int:
@@ -135,6 +154,21 @@ def strip_literals(sql: str) -> str:
     return re.sub(r"'(?:[^'\\]|\\.)*'", "''", sql)
 
 
+def table_key(ref: str) -> str:
+    return re.sub(r"[`\s]", "", ref).lower()
+
+
+def billed_floor(sql: str) -> int:
+    """The bytes BigQuery bills the job at least: per statement, the 10 MB minimum for each
+    table it reads (MIN_BILLED_PER_TABLE); DDL and transaction control read none."""
+    total = 0
+    for statement in strip_literals(sql).split(";"):
+        read = {table_key(t) for t in TABLES.findall(statement)}
+        read -= {table_key(m.group(1)) for m in WRITTEN.finditer(statement)}
+        total += MIN_BILLED_PER_TABLE * len(read)
+    return total
+
+
 @dataclass
 class TableState:
     running: int = 0
@@ -154,6 +188,7 @@ class Job:
     forward: dict[str, Any]  # the jobs.query body sent to bqemulator
     latency_ms: int
     timeout_ms: int | None
+    max_bytes_billed: int | None
     config: dict[str, Any]
     labels: dict[str, str]
     wait_ms: int | None = None
@@ -165,6 +200,8 @@ class Job:
     result: dict[str, Any] | None = None
     error: JobError | None = None
     upstream_job: str | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    billed: int = 0
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -173,6 +210,11 @@ class Job:
         if self.error is not None:
             s["errorResult"] = self.error.proto()
             s["errors"] = [self.error.proto()]
+        elif self.warnings and self.state == "DONE":
+            # https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobStatus : errors
+            # "do not necessarily mean that the job has completed or was unsuccessful"; only
+            # errorResult says it failed.
+            s["errors"] = list(self.warnings)
         return s
 
     def reference(self) -> dict[str, str]:
@@ -186,6 +228,8 @@ class Job:
             stats["endTime"] = str(self.ended)
         if self.result is not None:
             stats["totalBytesProcessed"] = self.result.get("totalBytesProcessed", "0")
+            stats["query"] = {"totalBytesProcessed": stats["totalBytesProcessed"],
+                              "totalBytesBilled": str(self.billed)}
         return {"kind": "bigquery#job", "id": f"{self.project}:{self.location}.{self.id}",
                 "jobReference": self.reference(), "configuration": self.config,
                 "status": self.status(), "statistics": stats}
@@ -291,6 +335,14 @@ class Model:
             job.error = e
         except Exception as e:  # noqa: BLE001 — a model bug must still end the job
             job.error = JobError(500, "internalError", f"model: {e!r}")
+        if job.error is None:
+            job.billed = billed_floor(job.sql)
+            self.count(job.dataset, "bytes_billed", job.billed)
+            # What each kind of job bills, by phasegate's label (a processor's run script is
+            # `phasegate_job: run`; gate, claim and ledger jobs carry none).
+            kind = job.labels.get("phasegate_job", "other")
+            self.count(job.dataset, f"bytes_billed_{kind}", job.billed)
+            self.count(job.dataset, f"jobs_{kind}")
         job.state = "DONE"
         job.ended = now_ms()
         job.done.set()
@@ -298,6 +350,19 @@ class Model:
     async def execute(self, job: Job, targets: list[str], txn: bool) -> None:
         job.state = "RUNNING"
         job.started = now_ms()
+        billed = billed_floor(job.sql)
+        if job.max_bytes_billed is not None and billed > job.max_bytes_billed:
+            # https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobConfigurationQuery
+            # maximumBytesBilled: "Queries that will have bytes billed beyond this limit will
+            # fail (without incurring a charge)." The reason and message as BigQuery gives
+            # them, as an HTTP 500 on the job's look-up as Google's client reference shows it
+            # ("InternalServerError: 500 Query exceeded limit for bytes billed: 500. 10485760
+            # or higher required.", bigframes ComputeOptions.maximum_bytes_billed): the
+            # reason, not the status, says it is no transient error.
+            self.count(job.dataset, "bytes_limit_refusals")
+            raise JobError(500, "bytesBilledLimitExceeded",
+                           f"Query exceeded limit for bytes billed: {job.max_bytes_billed}. "
+                           f"{billed} or higher required.")
         if txn:
             await self.run_transaction(job, targets)
         elif targets:
@@ -437,6 +502,10 @@ class Model:
             return JSONResponse(error_body(job.error.status, job.error.reason,
                                            job.error.message), job.error.status)
         body = dict(job.result or {})
+        if job.warnings:
+            # QueryResponse/GetQueryResultsResponse.errors: "the first errors or warnings
+            # encountered during the running of the job" (REST reference, jobs.query).
+            body["errors"] = list(job.warnings)
         body["kind"] = kind
         body["jobReference"] = job.reference()
         body["jobComplete"] = True
@@ -486,14 +555,22 @@ async def start_job(project: str, job_id: str, q: dict[str, Any], location: str 
         return JSONResponse(error_body(404, "notFound", f"Not found: Dataset {project}:"
                                        f"{dataset} was not found in location {location}"), 404)
     delay = m.fault(endpoint, dataset, sql, {"delay"})
+    warning = m.fault(endpoint, dataset, sql, {"warning"})
+    limit = q.get("maximumBytesBilled")
     forward = {k: v for k, v in q.items()
                if k in ("query", "useLegacySql", "parameterMode", "queryParameters",
                         "defaultDataset", "maxResults", "dryRun")}
     forward.setdefault("useLegacySql", False)
     job = Job(id=job_id, project=project, location=location or ds_location, dataset=dataset,
               sql=sql, forward=forward, latency_ms=m.job_latency(int((delay or {}).get("ms", 0))),
-              timeout_ms=timeout_ms, config=config, labels=labels,
+              timeout_ms=timeout_ms, max_bytes_billed=int(limit) if limit else None,
+              config=config, labels=labels,
               wait_ms=(delay or {}).get("wait_ms"))
+    if warning is not None:
+        m.count(dataset, "warnings")
+        job.warnings = [{"reason": warning.get("reason", "invalid"), "location": "",
+                         "message": warning.get("message", "a warning of a job that succeeded"),
+                         "debugInfo": ""}]
     m.jobs[job_id] = job
     m.count(dataset, "jobs")
     if labels:

@@ -145,6 +145,35 @@ impl BackendConfig {
     }
 }
 
+/// The least bytes BigQuery bills a query that reads a table: 10 MB per table it references
+/// (<https://cloud.google.com/bigquery/pricing#on_demand_pricing>). A `maximumBytesBilled`
+/// below it refuses every such query ("Query exceeded limit for bytes billed: … 10485760 or
+/// higher required").
+pub const MIN_MAXIMUM_BYTES_BILLED: u64 = 10 * 1024 * 1024;
+
+/// Why a `maximum_bytes_billed` setting cannot work (`None`: it can).
+pub fn maximum_bytes_billed_problem(n: u64) -> Option<String> {
+    (n < MIN_MAXIMUM_BYTES_BILLED).then(|| {
+        format!(
+            "{n} is below {MIN_MAXIMUM_BYTES_BILLED} (10 MB), the least BigQuery bills a query \
+             that reads a table: every such job would fail with bytesBilledLimitExceeded"
+        )
+    })
+}
+
+impl BackendConfig {
+    /// The key and the problem of a setting that cannot work.
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self
+            .maximum_bytes_billed
+            .and_then(maximum_bytes_billed_problem)
+        {
+            Some(problem) => Err(("backend.maximum_bytes_billed", problem)),
+            None => Ok(()),
+        }
+    }
+}
+
 fn default_owed_events_window_days() -> u32 {
     35
 }

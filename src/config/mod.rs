@@ -142,6 +142,9 @@ impl Config {
                 check_ident(self, &format!("{key}.entity_column"), e)?;
             }
         }
+        if let Err((key, message)) = self.backend.validate() {
+            return Err(self.invalid(key, message));
+        }
         if let Err((key, message)) = self.server.validate(&self.backend.kind) {
             return Err(self.invalid(key, message));
         }

@@ -57,6 +57,12 @@ pub struct Processor {
     pub output: Option<Output>,
     #[serde(default)]
     pub checks: Checks,
+    /// BigQuery, `sql` processors: `maximumBytesBilled` of the processor's run job (its
+    /// statements, the output count and the outcome row: one script), in place of
+    /// `backend.maximum_bytes_billed`. A run that would bill more fails without charge
+    /// (`bytesBilledLimitExceeded`) and is recorded `failed`. Ignored on SQLite.
+    #[serde(default)]
+    pub maximum_bytes_billed: Option<u64>,
 }
 
 fn default_command_timeout_secs() -> u64 {
@@ -260,6 +266,19 @@ impl Config {
                         "a command processor needs a program to run",
                     ));
                 }
+            }
+        }
+        if let Some(n) = p.maximum_bytes_billed {
+            let bkey = format!("{key}.maximum_bytes_billed");
+            if p.kind == ProcessorKind::Command {
+                return Err(self.invalid(
+                    bkey,
+                    "a command processor's work runs outside BigQuery: maximum_bytes_billed caps \
+                     a sql processor's run job (set backend.maximum_bytes_billed for every job)",
+                ));
+            }
+            if let Some(problem) = super::backend::maximum_bytes_billed_problem(n) {
+                return Err(self.invalid(bkey, problem));
             }
         }
         if let Some(o) = &p.output {

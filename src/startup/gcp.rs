@@ -31,10 +31,16 @@ mod with_gcp {
     }
 
     pub async fn connect_bigquery(config: &Config) -> Result<BigQuery, StartupError> {
+        let processor_limits = config
+            .phases
+            .iter()
+            .flat_map(|phase| &phase.processors)
+            .filter_map(|p| Some((p.name.clone(), p.maximum_bytes_billed?)));
         Ok(BigQuery::connect(&config.backend)
             .await
             .map_err(StartupError::Backend)?
-            .for_pipeline(&config.pipeline.name))
+            .for_pipeline(&config.pipeline.name)
+            .with_processor_bytes_billed(processor_limits))
     }
 
     /// BigQuery is the warehouse and the ledger of record; claims and leases live in

@@ -42,12 +42,12 @@ sqlite = [
   "CREATE TABLE IF NOT EXISTS {dataset}.preds (game_date TEXT NOT NULL, team TEXT NOT NULL)",
 ]
 bigquery = [
-  "CREATE TABLE IF NOT EXISTS {dataset}.schedule (game_date DATE NOT NULL, team STRING NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS {dataset}.feed (game_date DATE NOT NULL, team STRING NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date DATE NOT NULL, team STRING NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS {dataset}.summary (game_date DATE NOT NULL, team STRING NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS {dataset}.features (game_date DATE NOT NULL, team STRING NOT NULL, games INT64 NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS {dataset}.preds (game_date DATE NOT NULL, team STRING NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS {dataset}.schedule (game_date DATE NOT NULL, team STRING NOT NULL) PARTITION BY game_date CLUSTER BY team",
+  "CREATE TABLE IF NOT EXISTS {dataset}.feed (game_date DATE NOT NULL, team STRING NOT NULL) PARTITION BY game_date CLUSTER BY team",
+  "CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date DATE NOT NULL, team STRING NOT NULL) PARTITION BY game_date CLUSTER BY team",
+  "CREATE TABLE IF NOT EXISTS {dataset}.summary (game_date DATE NOT NULL, team STRING NOT NULL) PARTITION BY game_date CLUSTER BY team",
+  "CREATE TABLE IF NOT EXISTS {dataset}.features (game_date DATE NOT NULL, team STRING NOT NULL, games INT64 NOT NULL) PARTITION BY game_date CLUSTER BY team",
+  "CREATE TABLE IF NOT EXISTS {dataset}.preds (game_date DATE NOT NULL, team STRING NOT NULL) PARTITION BY game_date CLUSTER BY team",
 ]
 
 [[phases]]

@@ -44,12 +44,17 @@ async fn env_with(backend_lines: &str, sections: &str) -> TestEnv {
 /// [`env_with`] with the bus's redelivery backoff (the fixture's is 1 ms; Pub/Sub's
 /// minimum is 10 s).
 async fn env_with_backoff(backend_lines: &str, sections: &str, backoff_ms: u64) -> TestEnv {
+    env_of(PIPELINE, backend_lines, sections, backoff_ms).await
+}
+
+/// `pipeline` (the shared fixture, or a variant of it) on a fresh dataset of the model.
+async fn env_of(pipeline: &str, backend_lines: &str, sections: &str, backoff_ms: u64) -> TestEnv {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = std::env::var("BIGQUERY_EMULATOR_HOST").expect("BIGQUERY_EMULATOR_HOST");
     let project =
         std::env::var("PHASEGATE_EMULATOR_PROJECT").unwrap_or_else(|_| "phasegate-test".into());
     let dataset = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let text = PIPELINE
+    let text = pipeline
         .replace("{MODE}", "strict")
         .replace("sql.sqlite", "sql.bigquery");
     let text = text.replacen(
@@ -96,6 +101,27 @@ async fn add_faults(host: &str, rules: Value) {
         .await
         .expect("model admin");
     assert!(resp.status().is_success(), "{resp:?}");
+}
+
+/// Two fresh datasets with the same season, the second with the fault `rules` made for its
+/// dataset name; each date then triggered on both. Returns (clean, faulty).
+async fn clean_and_faulty(
+    host: &str,
+    days: &[chrono::NaiveDate],
+    rules: impl FnOnce(&str) -> Value,
+) -> (TestEnv, TestEnv) {
+    let clean = env_with("", "").await;
+    let faulty = env_with("", "").await;
+    for env in [&clean, &faulty] {
+        env.season(days).await;
+    }
+    add_faults(host, rules(&dataset(&faulty))).await;
+    for env in [&clean, &faulty] {
+        for day in days {
+            env.trigger(*day, false).await;
+        }
+    }
+    (clean, faulty)
 }
 
 async fn stats(host: &str, dataset: &str) -> Value {
@@ -222,19 +248,12 @@ async fn a_parallel_backfill_of_eight_dates_through_four_phases_fails_no_run_and
 async fn transient_errors_and_conflicts_on_every_kind_of_job_change_nothing() {
     let Some(host) = model().await else { return };
     let days = dates("2024-01-01", 2);
-    let clean = env_with("", "").await;
-    let faulty = env_with("", "").await;
-    for env in [&clean, &faulty] {
-        env.season(&days).await;
-    }
-    let ds = dataset(&faulty);
-    // By count, on this dataset only: every 3rd jobs.query refused before it runs (503),
-    // every 5th run and its answer lost (500: the retry's requestId finds the job), run
-    // scripts refused (403 rateLimitExceeded) and one run with its answer lost (the retried
-    // insert finds the job: 409), look-ups throttled (403 jobRateLimitExceeded), and the
-    // first claim MERGE failing with a serialisation conflict.
-    add_faults(
-        &host,
+    // By count, on the faulty dataset only: every 3rd jobs.query refused before it runs
+    // (503), every 5th run and its answer lost (500: the retry's requestId finds the job),
+    // run scripts refused (403 rateLimitExceeded) and one run with its answer lost (the
+    // retried insert finds the job: 409), look-ups throttled (403 jobRateLimitExceeded), and
+    // the first claim MERGE failing with a serialisation conflict.
+    let (clean, faulty) = clean_and_faulty(&host, &days, |ds| {
         json!([
             { "dataset": ds, "endpoint": "query", "every": 3, "status": 503, "reason": "backendError" },
             { "dataset": ds, "endpoint": "query", "every": 5, "phase": "after", "status": 500, "reason": "internalError" },
@@ -242,14 +261,10 @@ async fn transient_errors_and_conflicts_on_every_kind_of_job_change_nothing() {
             { "dataset": ds, "endpoint": "insert", "nth": [2], "phase": "after", "status": 503, "reason": "backendError" },
             { "dataset": ds, "endpoint": "getQueryResults", "every": 2, "status": 403, "reason": "jobRateLimitExceeded" },
             { "dataset": ds, "kind": "serialize", "match": "MERGE", "nth": [1] },
-        ]),
-    )
+        ])
+    })
     .await;
-    for env in [&clean, &faulty] {
-        for day in &days {
-            env.trigger(*day, false).await;
-        }
-    }
+    let ds = dataset(&faulty);
     let s = stats(&host, &ds).await;
     println!("fault injection on the model: {s}");
     assert!(stat(&s, "faults_injected") >= 10, "{s}");
@@ -602,4 +617,88 @@ async fn the_outbox_sweep_reads_only_the_recent_dates_of_the_ledger() {
         .expect("owed events");
     let owed: Vec<_> = owed.iter().map(|r| r.data_date).collect();
     assert_eq!(owed, [recent], "only dates inside the window are read");
+}
+
+#[tokio::test]
+async fn jobs_that_succeed_with_warnings_are_successes() {
+    let Some(host) = model().await else { return };
+    let days = dates("2024-01-01", 2);
+    // Every job of the second dataset (jobs.query and jobs.insert) succeeds with a warning:
+    // its answers and its status carry `errors`, its status no `errorResult`.
+    let (clean, warned) = clean_and_faulty(
+        &host,
+        &days,
+        |ds| json!([{ "dataset": ds, "kind": "warning" }]),
+    )
+    .await;
+    let ds = dataset(&warned);
+    let s = stats(&host, &ds).await;
+    println!("warnings on every job: {s}");
+    assert!(stat(&s, "warnings") >= 20, "{s}");
+    let warned_ledger = ledger(&warned, &days).await;
+    for (p, day, h) in &warned_ledger {
+        assert_eq!(h.as_slice(), [RunStatus::Success], "{p} {day}");
+    }
+    assert_eq!(ledger(&clean, &days).await, warned_ledger);
+    assert_eq!(outputs(&clean).await, outputs(&warned).await);
+}
+
+#[tokio::test]
+async fn a_processor_whose_bytes_limit_is_too_small_fails_once_with_bytes_billed_limit_exceeded() {
+    let Some(host) = model().await else { return };
+    let day = dates("2024-01-01", 1)[0];
+    // summary's run job may bill 10 MB: BigQuery's minimum for one table read, while its
+    // script reads several (claims, ledger, its input and output). No backend-wide limit.
+    let summary = "name = \"summary\"\nkind = \"sql\"\n";
+    assert!(PIPELINE.contains(summary));
+    let pipeline = PIPELINE.replacen(
+        summary,
+        &format!("{summary}maximum_bytes_billed = 10485760\n"),
+        1,
+    );
+    let env = env_of(&pipeline, "", "", 1).await;
+    env.season(&[day]).await;
+    let ds = dataset(&env);
+    let Store::BigQuery(bq) = &env.app.store else {
+        panic!("the BigQuery suite runs on BigQuery");
+    };
+    let retries = bq.retries();
+    // Each phase run here, once, without its completion event (no cascade, no redelivery).
+    let run = |phase: &str| phasegate::worker::RunRequest {
+        skip_downstream: true,
+        ..phasegate::worker::RunRequest::new(phase, day, phasegate::ledger::TriggerKind::Cli)
+    };
+    let raw = env.app.worker.run_phase(&run("raw")).await.expect("raw");
+    assert!(
+        matches!(raw, phasegate::worker::PhaseOutcome::Done { .. }),
+        "no limit of its own: {raw:?}"
+    );
+    let analytics = env.app.worker.run_phase(&run("analytics")).await;
+    assert!(
+        matches!(
+            analytics,
+            Ok(phasegate::worker::PhaseOutcome::Failed { .. })
+        ),
+        "{analytics:?}"
+    );
+    let s = stats(&host, &ds).await;
+    println!("a run job over its bytes limit: {s}");
+    // Refused once, before it ran: not retried (the model answers it as an HTTP 500, whose
+    // reason says it is no transient error).
+    assert_eq!(stat(&s, "bytes_limit_refusals"), 1, "{s}");
+    assert_eq!(bq.retries(), retries, "nothing was retried");
+    let h = env
+        .app
+        .ledger()
+        .history("summary", day)
+        .await
+        .expect("history");
+    assert_eq!(statuses(&h), [RunStatus::Failed], "{h:#?}");
+    let errors = h[0].errors.as_deref().unwrap_or_default();
+    assert!(
+        errors.contains("Query exceeded limit for bytes billed: 10485760"),
+        "{errors}"
+    );
+    assert_eq!(env.count("summary", "game_date", day).await, 0, "no output");
+    assert_eq!(env.status("ingest", day).await, Some(RunStatus::Success));
 }

@@ -281,3 +281,67 @@ fn sqlite_clauses_that_roll_back_the_whole_transaction_are_refused_at_load() {
     let mut c = Config::parse(&fine, Path::new("ok.toml")).expect("parses");
     c.validate().expect("OR IGNORE and a string are fine");
 }
+
+#[test]
+fn maximum_bytes_billed_is_refused_where_it_cannot_work() {
+    let summary = "name = \"player_game_summary\"\nkind = \"sql\"\n";
+    let raw = "name = \"raw_player_boxscores\"\nkind = \"sql\"\n";
+    assert!(GOOD.contains(summary) && GOOD.contains(raw));
+    let with_limit = |n: u64| {
+        GOOD.replacen(
+            summary,
+            &format!("{summary}maximum_bytes_billed = {n}\n"),
+            1,
+        )
+    };
+    // BigQuery's least bill for a query that reads a table (10 MB) and above: accepted, for
+    // that processor only.
+    for n in [10_485_760, 5_000_000_000] {
+        let mut c = Config::parse(&with_limit(n), Path::new("p.toml")).unwrap();
+        c.validate().unwrap();
+        let limits: Vec<_> = c
+            .phases
+            .iter()
+            .flat_map(|p| &p.processors)
+            .map(|p| (p.name.as_str(), p.maximum_bytes_billed))
+            .collect();
+        assert!(
+            limits.contains(&("player_game_summary", Some(n))),
+            "{limits:?}"
+        );
+        assert!(
+            limits.contains(&("raw_player_boxscores", None)),
+            "{limits:?}"
+        );
+    }
+    let cases = [
+        (
+            with_limit(10_485_759),
+            "phases[1].processors[0].maximum_bytes_billed",
+            "below 10485760",
+        ),
+        (
+            GOOD.replacen(
+                raw,
+                "name = \"raw_player_boxscores\"\nkind = \"command\"\ncommand = [\"true\"]\nmaximum_bytes_billed = 20000000\n",
+                1,
+            ),
+            "phases[0].processors[0].maximum_bytes_billed",
+            "outside BigQuery",
+        ),
+        (
+            GOOD.replacen(
+                "dataset = \"nba\"\n",
+                "dataset = \"nba\"\nmaximum_bytes_billed = 1000\n",
+                1,
+            ),
+            "backend.maximum_bytes_billed",
+            "below 10485760",
+        ),
+    ];
+    for (text, key, what) in cases {
+        let e = error_of(&text);
+        assert!(e.contains(key), "expected key {key} in: {e}");
+        assert!(e.contains(what), "expected {what:?} in: {e}");
+    }
+}

@@ -21,7 +21,7 @@ const TEAMS: [(&str, &str); 2] = [("BOS", "NYK"), ("LAL", "GSW")];
 /// `examples/nba/pipeline.toml` as shipped, minus its `[backend]` section (the suite picks
 /// the backend) and, on BigQuery, minus the SQLite statements (the fixture loader renames
 /// `sql.sqlite` keys, and the example already has both dialects).
-fn nba_pipeline() -> String {
+pub(crate) fn nba_pipeline() -> String {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/nba/pipeline.toml"

@@ -14,7 +14,7 @@ use serde_json::json;
 /// The fixture with a second raw processor that fails while `poison` has a row.
 fn two_processor_raw() -> String {
     let setup_sqlite = "  \"CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date TEXT NOT NULL, team TEXT NOT NULL)\",\n";
-    let setup_bigquery = "  \"CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date DATE NOT NULL, team STRING NOT NULL)\",\n";
+    let setup_bigquery = "  \"CREATE TABLE IF NOT EXISTS {dataset}.raw (game_date DATE NOT NULL, team STRING NOT NULL) PARTITION BY game_date CLUSTER BY team\",\n";
     let second = r#"
 [[phases.processors]]
 name = "ingest_odds"
@@ -24,6 +24,8 @@ sql.sqlite = [
   "INSERT INTO {dataset}.odds (game_date, team) SELECT @data_date, (SELECT CASE WHEN COUNT(*) > 0 THEN NULL ELSE 'ok' END FROM {dataset}.poison)",
 ]
 "#;
+    // The fixture's statements as written there (a silent miss would drop the new tables).
+    assert!(PIPELINE.contains(setup_sqlite) && PIPELINE.contains(setup_bigquery));
     let text = PIPELINE
         .replace("{MODE}", "strict")
         .replace(
@@ -35,7 +37,7 @@ sql.sqlite = [
         .replace(
             setup_bigquery,
             &format!(
-                "{setup_bigquery}  \"CREATE TABLE IF NOT EXISTS {{dataset}}.odds (game_date DATE NOT NULL, team STRING NOT NULL)\",\n  \"CREATE TABLE IF NOT EXISTS {{dataset}}.poison (x STRING)\",\n"
+                "{setup_bigquery}  \"CREATE TABLE IF NOT EXISTS {{dataset}}.odds (game_date DATE NOT NULL, team STRING NOT NULL) PARTITION BY game_date CLUSTER BY team\",\n  \"CREATE TABLE IF NOT EXISTS {{dataset}}.poison (x STRING)\",\n"
             ),
         );
     let at = text

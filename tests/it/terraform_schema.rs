@@ -68,6 +68,8 @@ fn the_worker_environment_terraform_sets_is_a_valid_production_config() {
     let computed = |name: &str| match name {
         "GOOGLE_CLOUD_PROJECT" => "my-project",
         "PHASEGATE_BIGQUERY_DATASET" => "nba",
+        // A reference to the database resource: known after apply.
+        "PHASEGATE_FIRESTORE_DATABASE" => "phasegate",
         "PHASEGATE_AUTH_AUDIENCE" => "phasegate-nba-raw",
         "PHASEGATE_AUTH_ALLOWED_EMAILS" => "pg-nba-pusher@my-project.iam.gserviceaccount.com",
         _ => "/etc/phasegate/pipeline.toml",

@@ -33,6 +33,7 @@ use gcp_bigquery_client::model::job::Job;
 use gcp_bigquery_client::model::job_configuration::JobConfiguration;
 use gcp_bigquery_client::model::job_configuration_query::JobConfigurationQuery;
 use gcp_bigquery_client::model::job_reference::JobReference;
+use gcp_bigquery_client::model::job_status::JobStatus;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 
 use super::{BigQuery, Row, cells};
@@ -141,6 +142,20 @@ fn classify_job(errors: &[ErrorProto]) -> Retry {
             _ => Retry::NewJob,
         });
     if errors.is_empty() { Retry::No } else { worst }
+}
+
+/// The errors of a job that failed: its status has an `errorResult`. `errors` without one
+/// are warnings of a job that succeeded: "Errors here do not necessarily mean that the job
+/// has completed or was unsuccessful" (JobStatus, QueryResponse and GetQueryResultsResponse
+/// in <https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobStatus>).
+fn failure(status: JobStatus) -> Option<Vec<ErrorProto>> {
+    let result = status.error_result?;
+    Some(
+        status
+            .errors
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| vec![result]),
+    )
 }
 
 fn messages(errors: &[ErrorProto]) -> String {
@@ -319,6 +334,24 @@ impl BigQuery {
             .build()
     }
 
+    /// Set each processor's `maximumBytesBilled` (`processors[].maximum_bytes_billed`): its
+    /// run job's limit instead of the backend-wide one.
+    pub fn with_processor_bytes_billed(
+        mut self,
+        limits: impl IntoIterator<Item = (String, u64)>,
+    ) -> BigQuery {
+        self.processor_bytes_billed = Arc::new(limits.into_iter().collect());
+        self
+    }
+
+    /// The `maximumBytesBilled` of `processor`'s run job: its own, else the backend's.
+    pub(super) fn run_bytes_billed(&self, processor: &str) -> Option<u64> {
+        self.processor_bytes_billed
+            .get(processor)
+            .copied()
+            .or(self.maximum_bytes_billed)
+    }
+
     /// The labels of every job: the pipeline, the configured ones, then `extra`.
     pub(super) fn labels(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = self.job_labels.as_ref().clone();
@@ -425,8 +458,10 @@ impl BigQuery {
             .query(&self.project, req)
             .await
             .map_err(|e| (classify_request(&e), e.to_string()))?;
-        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
-            return Err((classify_job(&errors), messages(&errors)));
+        let complete = resp.job_complete.unwrap_or(true);
+        let job_id = resp.job_reference.and_then(|j| j.job_id);
+        if let Some(errors) = resp.errors.filter(|e| !e.is_empty() && complete) {
+            self.confirm_failure(job_id.as_deref(), errors).await?;
         }
         let rows: Vec<Row> = resp
             .rows
@@ -434,8 +469,6 @@ impl BigQuery {
             .into_iter()
             .map(cells)
             .collect();
-        let complete = resp.job_complete.unwrap_or(true);
-        let job_id = resp.job_reference.and_then(|j| j.job_id);
         if complete && resp.page_token.is_none() {
             return Ok(rows);
         }
@@ -451,6 +484,34 @@ impl BigQuery {
         let out = self.poll(&job_id, rows, page_token, complete).await;
         guard.disarm();
         out
+    }
+
+    /// A finished job answered 2xx with `errors`: they are warnings unless the job's status
+    /// has an `errorResult` (a failed job is normally answered with an HTTP error instead), so
+    /// ask for the status (with the location). Without a job id to ask about, the errors
+    /// stand.
+    async fn confirm_failure(
+        &self,
+        job_id: Option<&str>,
+        errors: Vec<ErrorProto>,
+    ) -> Result<(), (Retry, String)> {
+        let Some(job_id) = job_id else {
+            return Err((classify_job(&errors), messages(&errors)));
+        };
+        let job = self
+            .client
+            .job()
+            .get_job(&self.project, job_id, self.location.as_deref())
+            .await
+            .map_err(|e| (classify_request(&e), e.to_string()))?;
+        match failure(job.status.unwrap_or_default()) {
+            Some(errors) => Err((classify_job(&errors), messages(&errors))),
+            None => {
+                tracing::warn!(job_id, warnings = %messages(&errors),
+                    "BigQuery job succeeded with warnings");
+                Ok(())
+            }
+        }
     }
 
     fn cancel_guard(&self, job_id: Option<String>) -> CancelOnDrop {
@@ -506,10 +567,10 @@ impl BigQuery {
                     }
                 },
             };
-            if let Some(errors) = page.errors.filter(|e| !e.is_empty()) {
-                return Err((classify_job(&errors), messages(&errors)));
-            }
             complete = page.job_complete.unwrap_or(true);
+            if let Some(errors) = page.errors.filter(|e| !e.is_empty() && complete) {
+                self.confirm_failure(Some(job_id), errors).await?;
+            }
             if complete {
                 rows.extend(page.rows.unwrap_or_default().into_iter().map(cells));
                 page_token = page.page_token;
@@ -561,6 +622,7 @@ impl BigQuery {
         &self,
         sql: &str,
         labels: HashMap<String, String>,
+        maximum_bytes_billed: Option<u64>,
         deadline: Instant,
         settle: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<Vec<Row>, JobError> {
@@ -590,7 +652,10 @@ impl BigQuery {
                     id.clone()
                 };
                 let labels = labels.clone();
-                async move { self.insert_once(sql, &id, labels, deadline).await }
+                async move {
+                    self.insert_once(sql, &id, labels, maximum_bytes_billed, deadline)
+                        .await
+                }
             })
             .await;
         // Done, or failed on its own: the job has ended. Exhausted: the last attempt's job
@@ -606,6 +671,7 @@ impl BigQuery {
         sql: &str,
         job_id: &str,
         labels: HashMap<String, String>,
+        maximum_bytes_billed: Option<u64>,
         deadline: Instant,
     ) -> Attempt {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -627,7 +693,10 @@ impl BigQuery {
                 query: Some(JobConfigurationQuery {
                     query: sql.to_string(),
                     use_legacy_sql: Some(false),
-                    maximum_bytes_billed: self.maximum_bytes_billed.map(|n| n.to_string()),
+                    // https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobConfigurationQuery
+                    // maximumBytesBilled: "Queries that will have bytes billed beyond this
+                    // limit will fail (without incurring a charge)."
+                    maximum_bytes_billed: maximum_bytes_billed.map(|n| n.to_string()),
                     default_dataset: Some(
                         gcp_bigquery_client::model::dataset_reference::DatasetReference {
                             dataset_id: self.dataset.clone(),
@@ -642,9 +711,7 @@ impl BigQuery {
         };
         match self.client.job().insert(&self.project, job).await {
             Ok(job) => {
-                let status = job.status.unwrap_or_default();
-                if let Some(e) = status.error_result {
-                    let errors = status.errors.unwrap_or_else(|| vec![e]);
+                if let Some(errors) = failure(job.status.unwrap_or_default()) {
                     return Err((classify_job(&errors), messages(&errors)));
                 }
             }
@@ -747,6 +814,65 @@ mod tests {
             Retry::No
         );
         assert_eq!(classify_job(&[]), Retry::No);
+    }
+
+    #[test]
+    fn a_job_with_errors_but_no_error_result_succeeded() {
+        let e = |reason: &str| ErrorProto {
+            reason: Some(reason.into()),
+            message: Some(format!("{reason} message")),
+            ..Default::default()
+        };
+        let warned = JobStatus {
+            error_result: None,
+            errors: Some(vec![e("invalid")]),
+            state: Some("DONE".into()),
+        };
+        assert!(failure(warned).is_none(), "warnings are not a failure");
+        let failed = JobStatus {
+            error_result: Some(e("invalidQuery")),
+            errors: Some(vec![e("invalidQuery"), e("backendError")]),
+            state: Some("DONE".into()),
+        };
+        let errors = failure(failed).expect("a failed job");
+        assert_eq!(
+            messages(&errors),
+            "invalidQuery message; backendError message"
+        );
+        // errorResult alone is the failure.
+        let bare = JobStatus {
+            error_result: Some(e("bytesBilledLimitExceeded")),
+            errors: None,
+            state: Some("DONE".into()),
+        };
+        let errors = failure(bare).expect("a failed job");
+        assert_eq!(classify_job(&errors), Retry::No);
+    }
+
+    #[tokio::test]
+    async fn a_processors_bytes_limit_replaces_the_backend_wide_one_for_its_run_job() {
+        let cfg = |limit: Option<u64>| crate::config::BackendConfig {
+            kind: crate::config::BackendKind::Bigquery,
+            project: Some("p".into()),
+            dataset: Some("d".into()),
+            // Nothing listens there; no request is sent.
+            emulator_host: Some("127.0.0.1:9".into()),
+            maximum_bytes_billed: limit,
+            ..Default::default()
+        };
+        let limits = [("summary".to_string(), 20 << 20)];
+        let bq = BigQuery::connect(&cfg(Some(1 << 30)))
+            .await
+            .expect("offline")
+            .with_processor_bytes_billed(limits.clone());
+        assert_eq!(bq.run_bytes_billed("summary"), Some(20 << 20));
+        assert_eq!(bq.run_bytes_billed("ingest"), Some(1 << 30));
+        let bq = BigQuery::connect(&cfg(None))
+            .await
+            .expect("offline")
+            .with_processor_bytes_billed(limits);
+        assert_eq!(bq.run_bytes_billed("summary"), Some(20 << 20));
+        assert_eq!(bq.run_bytes_billed("ingest"), None);
     }
 
     #[test]

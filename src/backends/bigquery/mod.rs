@@ -101,6 +101,8 @@ pub struct BigQuery {
     job_labels: Arc<HashMap<String, String>>,
     /// `maximumBytesBilled` of every job (`backend.maximum_bytes_billed`).
     maximum_bytes_billed: Option<u64>,
+    /// Per processor, `maximumBytesBilled` of its run job instead ([`jobs`]).
+    processor_bytes_billed: Arc<HashMap<String, u64>>,
     /// Days back the outbox sweep reads the ledger (`backend.owed_events_window_days`).
     owed_events_window_days: u32,
     /// One run script at a time per output table in this process ([`warehouse`]).
@@ -258,6 +260,7 @@ impl BigQuery {
                     .collect(),
             ),
             maximum_bytes_billed: cfg.maximum_bytes_billed,
+            processor_bytes_billed: Arc::default(),
             owed_events_window_days: cfg.owed_events_window_days,
             turns: Arc::default(),
             run_jobs: Arc::default(),

@@ -49,27 +49,35 @@ pub(super) fn boolean(b: bool) -> String {
     if b { "TRUE" } else { "FALSE" }.to_string()
 }
 
-/// `sql` with every `@data_date` parameter replaced by the date's literal (an identifier
-/// that merely starts with `data_date`, like `@data_date_utc`, is left alone).
+/// `sql` with every `@data_date` query parameter replaced by the date's literal. Only the
+/// parameter itself is bound: text inside string literals, quoted identifiers and comments
+/// is left as written ([`crate::sql_lint::bigquery_code_spans`]; after an unterminated
+/// literal or comment nothing is bound), and so are names that merely start with it
+/// (`@data_date_utc`) and the system-variable form (`@@data_date`).
 pub(super) fn bind_data_date(sql: &str, d: NaiveDate) -> String {
     const PARAM: &str = "@data_date";
+    let literal = date(d);
     let mut out = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(i) = rest.find(PARAM) {
-        let after = &rest[i + PARAM.len()..];
-        let continues = after
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-        out.push_str(&rest[..i]);
-        if continues {
-            out.push_str(PARAM);
-        } else {
-            out.push_str(&date(d));
+    let mut copied = 0;
+    for code in crate::sql_lint::bigquery_code_spans(sql) {
+        let mut from = code.start;
+        while let Some(n) = sql[from..code.end].find(PARAM) {
+            let at = from + n;
+            let end = at + PARAM.len();
+            let continues = sql[end..code.end]
+                .bytes()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_');
+            let system_variable = at > code.start && sql.as_bytes()[at - 1] == b'@';
+            if !continues && !system_variable {
+                out.push_str(&sql[copied..at]);
+                out.push_str(&literal);
+                copied = end;
+            }
+            from = end;
         }
-        rest = after;
     }
-    out.push_str(rest);
+    out.push_str(&sql[copied..]);
     out
 }
 
@@ -168,5 +176,84 @@ mod tests {
             ),
             "WHERE a = DATE '2024-01-05' AND b = @data_date_utc OR c=DATE '2024-01-05'"
         );
+    }
+
+    #[test]
+    fn the_parameter_inside_strings_identifiers_and_comments_is_left_as_written() {
+        let d = NaiveDate::from_ymd_opt(2024, 1, 5).expect("date");
+        // `$` marks where the parameter is bound; every other `@data_date` must stay.
+        for (sql, want) in [
+            // Literals of every quoting BigQuery has, escaped quotes inside them.
+            (
+                r#"SELECT '@data_date', @data_date"#,
+                r#"SELECT '@data_date', $"#,
+            ),
+            (r#"SELECT "@data_date" AS x"#, r#"SELECT "@data_date" AS x"#),
+            (
+                r#"SELECT 'it\'s @data_date', @data_date"#,
+                r#"SELECT 'it\'s @data_date', $"#,
+            ),
+            (
+                r#"SELECT "say \"@data_date\" \\", @data_date"#,
+                r#"SELECT "say \"@data_date\" \\", $"#,
+            ),
+            (
+                r#"SELECT '''a ' @data_date '' b''', @data_date"#,
+                r#"SELECT '''a ' @data_date '' b''', $"#,
+            ),
+            (
+                r#"SELECT """x "@data_date" y""", @data_date"#,
+                r#"SELECT """x "@data_date" y""", $"#,
+            ),
+            (
+                r#"SELECT r'@data_date', b"@data_date", rb'''@data_date'''"#,
+                r#"SELECT r'@data_date', b"@data_date", rb'''@data_date'''"#,
+            ),
+            // A quoted identifier.
+            (
+                "SELECT `@data_date` FROM t WHERE d = @data_date",
+                "SELECT `@data_date` FROM t WHERE d = $",
+            ),
+            // Comments of all three kinds.
+            (
+                "SELECT @data_date -- was @data_date\n, @data_date",
+                "SELECT $ -- was @data_date\n, $",
+            ),
+            (
+                "SELECT 1 # @data_date\nFROM t WHERE d=@data_date",
+                "SELECT 1 # @data_date\nFROM t WHERE d=$",
+            ),
+            (
+                "SELECT /* @data_date */ @data_date /**/",
+                "SELECT /* @data_date */ $ /**/",
+            ),
+            // Unterminated: nothing after the opening is bound.
+            (
+                "SELECT @data_date, 'oops @data_date",
+                "SELECT $, 'oops @data_date",
+            ),
+            (
+                "SELECT /* @data_date, @data_date",
+                "SELECT /* @data_date, @data_date",
+            ),
+            (
+                "SELECT '''@data_date'' @data_date",
+                "SELECT '''@data_date'' @data_date",
+            ),
+            (r#"SELECT 'a\'"#, r#"SELECT 'a\'"#),
+            // A system variable and a longer name are not the parameter.
+            (
+                "SELECT @@data_date, @data_dates, @data_date",
+                "SELECT @@data_date, @data_dates, $",
+            ),
+            // Text around it, non-ASCII included, is kept byte for byte.
+            (
+                "SELECT 'é', @data_date, \"ü\" -- ñ\nFROM t",
+                "SELECT 'é', $, \"ü\" -- ñ\nFROM t",
+            ),
+        ] {
+            let want = want.replace('$', "DATE '2024-01-05'");
+            assert_eq!(bind_data_date(sql, d), want, "{sql}");
+        }
     }
 }
