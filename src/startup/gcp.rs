@@ -9,6 +9,12 @@
 
 #[cfg(feature = "gcp")]
 pub use with_gcp::*;
+
+/// The ledger and the warehouse a backend gives the worker.
+pub type Stores = (
+    std::sync::Arc<dyn crate::ledger::Ledger>,
+    std::sync::Arc<dyn crate::warehouse::Warehouse>,
+);
 #[cfg(not(feature = "gcp"))]
 pub use without_gcp::*;
 
@@ -21,9 +27,8 @@ mod with_gcp {
     use crate::backends::pubsub::{PubSubAdmin, PubSubBus};
     use crate::bus::Publisher;
     use crate::config::{Config, Coordination};
-    use crate::ledger::Ledger;
+    use super::Stores;
     use crate::startup::StartupError;
-    use crate::warehouse::Warehouse;
 
     /// Every backend is built in.
     pub fn require(_config: &Config) -> Result<(), StartupError> {
@@ -48,7 +53,7 @@ mod with_gcp {
     pub fn ledger_and_warehouse(
         config: &Config,
         bq: &BigQuery,
-    ) -> Result<(Arc<dyn Ledger>, Arc<dyn Warehouse>), StartupError> {
+    ) -> Result<Stores, StartupError> {
         let backend = &config.backend;
         match backend.coordination {
             Coordination::Bigquery => Ok((Arc::new(bq.clone()), Arc::new(bq.clone()))),
@@ -116,9 +121,8 @@ mod without_gcp {
 
     use crate::bus::Publisher;
     use crate::config::{BackendKind, BusKind, Config};
-    use crate::ledger::Ledger;
+    use super::Stores;
     use crate::startup::StartupError;
-    use crate::warehouse::Warehouse;
 
     /// Not in this build: no value of this type exists, so `Store::BigQuery` never occurs.
     #[derive(Clone)]
@@ -143,7 +147,7 @@ mod without_gcp {
     pub fn ledger_and_warehouse(
         _config: &Config,
         bq: &BigQuery,
-    ) -> Result<(Arc<dyn Ledger>, Arc<dyn Warehouse>), StartupError> {
+    ) -> Result<Stores, StartupError> {
         match *bq {}
     }
 
