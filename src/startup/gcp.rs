@@ -22,12 +22,12 @@ pub use without_gcp::*;
 mod with_gcp {
     use std::sync::Arc;
 
+    use super::Stores;
     pub use crate::backends::bigquery::BigQuery;
     use crate::backends::firestore::{Coordinated, Firestore};
     use crate::backends::pubsub::{PubSubAdmin, PubSubBus};
     use crate::bus::Publisher;
     use crate::config::{Config, Coordination};
-    use super::Stores;
     use crate::startup::StartupError;
 
     /// Every backend is built in.
@@ -50,10 +50,7 @@ mod with_gcp {
 
     /// BigQuery is the warehouse and the ledger of record; claims and leases live in
     /// Firestore unless `backend.coordination = "bigquery"`.
-    pub fn ledger_and_warehouse(
-        config: &Config,
-        bq: &BigQuery,
-    ) -> Result<Stores, StartupError> {
+    pub fn ledger_and_warehouse(config: &Config, bq: &BigQuery) -> Result<Stores, StartupError> {
         let backend = &config.backend;
         match backend.coordination {
             Coordination::Bigquery => Ok((Arc::new(bq.clone()), Arc::new(bq.clone()))),
@@ -119,9 +116,9 @@ mod with_gcp {
 mod without_gcp {
     use std::sync::Arc;
 
+    use super::Stores;
     use crate::bus::Publisher;
     use crate::config::{BackendKind, BusKind, Config};
-    use super::Stores;
     use crate::startup::StartupError;
 
     /// Not in this build: no value of this type exists, so `Store::BigQuery` never occurs.
@@ -144,10 +141,7 @@ mod without_gcp {
         Err(StartupError::NoGcp("backend.kind = \"bigquery\""))
     }
 
-    pub fn ledger_and_warehouse(
-        _config: &Config,
-        bq: &BigQuery,
-    ) -> Result<Stores, StartupError> {
+    pub fn ledger_and_warehouse(_config: &Config, bq: &BigQuery) -> Result<Stores, StartupError> {
         match *bq {}
     }
 

@@ -256,8 +256,10 @@ impl Firestore {
             .unwrap_or_default())
     }
 
-    /// POST `…/documents:{method}`, retrying transient failures with backoff.
-    async fn call(&self, method: &str, body: &Value) -> Result<Value, FirestoreError> {
+    /// POST `…/documents:{method}`, retrying transient failures with backoff; timed into
+    /// `phasegate_store_call_duration_seconds{store="firestore"}` (the coordination time).
+    async fn call(&self, method: &'static str, body: &Value) -> Result<Value, FirestoreError> {
+        let _t = crate::metrics::StoreTimer::start("firestore", method);
         let mut delays = [50u64, 100, 200, 400, 800, 1600]
             .into_iter()
             .map(Duration::from_millis);
