@@ -161,9 +161,10 @@ trap finish EXIT
 # a filter is a substring of `module::test`, and `gate::` does not match `gate_truth::`), at
 # once, each on its own bqemulator, their lines prefixed [bq1] / [bq2]. Together: the shared
 # behavioural suite (gate, gate_truth, cascade, lineage, backfill, exactly_once, off_season,
-# publication, relay), the BigQuery model's suite (bigquery_model: conflicts, transient errors,
-# deadlines, location on scripts/bqmodel), the jobs count and the two end-to-end tests. The
-# BigQuery hosts are the model in front of each bqemulator (scripts/emulators.sh).
+# publication, relay) with claims in Firestore (the default), exactly_once again on BigQuery's
+# claims table (`coordination = "bigquery"`), the BigQuery model's suite (bigquery_model:
+# conflicts, transient errors, deadlines, location on scripts/bqmodel), the jobs count and the
+# end-to-end tests (a 10-day `backfill --all --via-pubsub` among them). The BigQuery hosts are the model in front of each bqemulator (scripts/emulators.sh).
 emulator_suite() {
   await_background "bqemulator venv"
   # shellcheck disable=SC2016 # expanded by the inner bash
@@ -179,7 +180,8 @@ emulator_suite() {
           cargo test --locked --test it -- --ignored e2e_emulators::
       else
         cargo test --locked --test it -- backfill:: exactly_once:: lineage:: gate_truth:: off_season:: publication:: relay:: &&
-          cargo test --locked --test it -- --nocapture bigquery_jobs::
+          cargo test --locked --test it -- --nocapture bigquery_jobs:: &&
+          PHASEGATE_TEST_COORDINATION=bigquery cargo test --locked --test it -- exactly_once::
       fi 2>&1 | sed -u "s/^/[bq$1] /"
     }
     shard 1 &

@@ -702,3 +702,47 @@ async fn a_processor_whose_bytes_limit_is_too_small_fails_once_with_bytes_billed
     assert_eq!(env.count("summary", "game_date", day).await, 0, "no output");
     assert_eq!(env.status("ingest", day).await, Some(RunStatus::Success));
 }
+
+/// Issue 26: a claim granted by the coordination store whose `running` row cannot be
+/// appended to the ledger is given back at once — the redelivery runs the date without
+/// waiting out the lease (push deadline + 60 s), and the ledger holds no row of the claim
+/// that was never recorded.
+#[tokio::test]
+async fn a_claim_the_ledger_could_not_record_is_given_back_and_the_redelivery_runs_at_once() {
+    let Some(host) = model().await else { return };
+    if env_coordination() != "firestore" {
+        return;
+    }
+    let day = dates("2024-01-01", 1)[0];
+    let env = env_with("", "").await;
+    env.season(&[day]).await;
+    let ds = dataset(&env);
+    // The claim's append (the only job writing a `running` row literal) fails once, finally.
+    add_faults(
+        &host,
+        json!([{ "dataset": ds, "endpoint": "any", "match": "FROM_BASE64('cnVubmluZw==')",
+                 "status": 400, "reason": "invalidQuery", "times": 1 }]),
+    )
+    .await;
+    let req = phasegate::worker::RunRequest::new("raw", day, phasegate::ledger::TriggerKind::Cli);
+    let first = env.app.worker.run_phase(&req).await;
+    assert!(first.is_err(), "answered as unavailable (503): {first:?}");
+    let started = std::time::Instant::now();
+    let second = env.app.worker.run_phase(&req).await.expect("redelivery");
+    assert!(
+        matches!(second, phasegate::worker::PhaseOutcome::Done { .. }),
+        "the redelivery ran at once: {second:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let h = env
+        .app
+        .ledger()
+        .history("ingest", day)
+        .await
+        .expect("history");
+    assert_eq!(statuses(&h), [RunStatus::Success], "{h:#?}");
+}
+
+fn env_coordination() -> String {
+    std::env::var("PHASEGATE_TEST_COORDINATION").unwrap_or_else(|_| "firestore".into())
+}

@@ -92,6 +92,8 @@ struct Cloud {
     admin: PubSubAdmin,
     prefix: String,
     workers: Workers,
+    /// Each worker's base URL (its `/metrics`).
+    bases: Vec<String>,
 }
 
 impl Cloud {
@@ -129,6 +131,7 @@ impl Cloud {
             admin,
             prefix,
             workers: Workers(Vec::new()),
+            bases: Vec::new(),
         }
     }
 
@@ -147,6 +150,7 @@ impl Cloud {
             .expect("spawn worker");
         self.workers.0.push(child);
         let base = format!("http://127.0.0.1:{port}");
+        self.bases.push(base.clone());
         eventually(&self.env, &format!("worker {phase} up"), 30, || {
             let url = format!("{base}/healthz");
             async move {
@@ -424,4 +428,106 @@ async fn backfill_via_pubsub_waits_for_the_run_that_replaces_a_stale_one() {
         .map(|u| u.run_id)
         .collect();
     assert_eq!(consumed, [corrected], "{text}");
+}
+
+/// The year-long backfill of issue 26, as a benchmark with its guarantees asserted:
+/// `backfill --all --via-pubsub --parallel 8` over `PHASEGATE_BENCH_DAYS` days (default 10,
+/// as scripts/test.sh runs it; scripts/bench-coordination.sh runs 365) × 4 phases through the push workers, claims in
+/// Firestore. Prints the wall time, the coordination time (every worker's Firestore calls,
+/// from their `/metrics`) and its share, and asserts 0 failed and 0 duplicate runs.
+#[tokio::test]
+#[ignore = "needs the Pub/Sub, BigQuery and Firestore emulators: scripts/emulators.sh"]
+async fn a_long_backfill_through_the_push_workers_has_no_failed_or_duplicate_run() {
+    let days: i64 = std::env::var("PHASEGATE_BENCH_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut cloud = Cloud::new("yr").await;
+    let from = d("2023-01-01");
+    let to = from + chrono::Duration::days(days - 1);
+    // One statement per table for the whole range: a job per date would dominate the run.
+    for table in ["schedule", "feed"] {
+        cloud
+            .env
+            .app
+            .warehouse()
+            .run_statements(
+                &[format!(
+                    "INSERT INTO {{dataset}}.{table} (game_date, team) SELECT g, t \
+                     FROM UNNEST(GENERATE_DATE_ARRAY(DATE '{from}', DATE '{to}')) AS g \
+                     CROSS JOIN UNNEST(['A', 'B']) AS t"
+                )],
+                from,
+            )
+            .await
+            .expect("season");
+    }
+    for phase in ["raw", "analytics", "precompute", "predictions"] {
+        cloud.start_worker(phase).await;
+    }
+    let env = &cloud.env;
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args([
+            "backfill",
+            "--all",
+            "--yes",
+            "--via-pubsub",
+            "--parallel",
+            "8",
+        ])
+        .args(["--from", &from.to_string(), "--to", &to.to_string()])
+        .args(["--timeout-secs", "3600"])
+        .output()
+        .expect("backfill");
+    let wall = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        worker_logs(env.dir.path())
+    );
+    let (mut failed, mut duplicates, mut runs) = (0, 0, 0);
+    for p in ["ingest", "summary", "features", "preds"] {
+        let mut day = from;
+        while day <= to {
+            let history = env.app.ledger().history(p, day).await.expect("history");
+            runs += history.len();
+            failed += history
+                .iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count();
+            let done = history.iter().filter(|r| r.status.is_done()).count();
+            duplicates += done.saturating_sub(1);
+            assert_eq!(done, 1, "{p} {day}: {history:?}");
+            day += chrono::Duration::days(1);
+        }
+    }
+    let mut coordination = 0.0;
+    for base in &cloud.bases {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        coordination += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("phasegate_store_call_duration_seconds_sum")
+                    && l.contains("store=\"firestore\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    println!(
+        "backfill --all --via-pubsub --parallel 8: {days} days x 4 phases, {runs} runs in \
+         {wall:.1} s; failed {failed}, duplicate {duplicates}; coordination (Firestore calls, \
+         all workers) {coordination:.1} s = {:.1} % of wall time x 8 lanes",
+        100.0 * coordination / (wall * 8.0)
+    );
+    assert_eq!((failed, duplicates), (0, 0));
 }

@@ -64,6 +64,11 @@ impl Coordinated {
         &self.store
     }
 
+    /// The ledger of record (job counts for benchmarks).
+    pub fn of_record(&self) -> &BigQuery {
+        &self.record
+    }
+
     /// `pipelines/{dataset}.{pipeline}/claims/{processor}@{date}`: one document per
     /// processor and date. Names are validated identifiers; a `/` would nest a collection, so it is
     /// escaped all the same.
@@ -106,6 +111,11 @@ impl Coordinated {
         &self,
         keys: &[(String, NaiveDate)],
     ) -> Result<(Vec<Option<ClaimDoc>>, DateTime<Utc>), LedgerError> {
+        if keys.is_empty() {
+            // Nothing to read (a processor without upstream ones): no round trip, and no
+            // store time to judge anything by.
+            return Ok((Vec::new(), Utc::now()));
+        }
         let names: Vec<String> = keys.iter().map(|(p, d)| self.doc_name(p, *d)).collect();
         let snap = self.store.get(&names).await.map_err(err)?;
         let docs = names
@@ -122,6 +132,59 @@ impl Coordinated {
     ) -> Result<(Option<ClaimDoc>, DateTime<Utc>), LedgerError> {
         let (mut docs, at) = self.docs_of(&[(processor.to_string(), date)]).await?;
         Ok((docs.pop().flatten(), at))
+    }
+
+    /// The store's half of a claim: the document of `run`'s processor and date names `run`
+    /// (with its lease from the commit's time) if `seen` may be replaced
+    /// ([`ClaimDoc::claimable`]). Two round trips: read, then a commit guarded by what was
+    /// read. Nothing is written to the ledger.
+    pub async fn take(
+        &self,
+        run: &RunRecord,
+        seen: Option<&RunRecord>,
+    ) -> Result<Claim, LedgerError> {
+        let (p, d) = (run.processor.as_str(), run.data_date);
+        let name = self.doc_name(p, d);
+        let (current, now) = self.doc_of(p, d).await?;
+        if let Some(doc) = &current
+            && !doc.claimable(seen, now)
+        {
+            return Ok(Claim::Lost(Box::new(winner(run, doc))));
+        }
+        let write = Write {
+            name: name.clone(),
+            fields: claims::claim_fields(run, claims::secs_until(run.lease_until)),
+            server_time: vec!["renewed_at"],
+            expect: current
+                .as_ref()
+                .map_or(Expect::Absent, |c| Expect::At(c.update_time.clone())),
+        };
+        let update_time = match self.store.commit(&[write]).await {
+            Ok(times) => times.into_iter().next().unwrap_or_default(),
+            Err(FirestoreError::Precondition(_)) => {
+                // Someone wrote first — or our own retried commit had applied.
+                let (now_doc, _) = self.doc_of(p, d).await?;
+                match now_doc {
+                    Some(doc) if doc.holder == run.run_id => doc.update_time,
+                    Some(doc) => return Ok(Claim::Lost(Box::new(winner(run, &doc)))),
+                    None => return Ok(Claim::Lost(Box::new(run.clone()))),
+                }
+            }
+            Err(e) => return Err(err(e)),
+        };
+        self.remember(&run.run_id, &name, &update_time);
+        Ok(Claim::Won)
+    }
+
+    /// End `run`'s lease without announcing it (a claim whose ledger row could not be
+    /// written, a benchmark's release). False when another run holds the document now.
+    pub async fn give_back(&self, run: &RunRecord) -> Result<bool, LedgerError> {
+        let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
+        let given = self
+            .update_held(key, claims::finished_fields(run, 0), vec![])
+            .await;
+        self.forget(&run.run_id);
+        given
     }
 
     /// The update time of the document of `processor` and `date` if it names `run_id`.
@@ -200,50 +263,20 @@ impl Ledger for Coordinated {
     }
 
     async fn claim(&self, run: &RunRecord, seen: Option<&RunRecord>) -> Result<Claim, LedgerError> {
-        let (p, d) = (run.processor.as_str(), run.data_date);
-        let name = self.doc_name(p, d);
-        let (current, now) = self.doc_of(p, d).await?;
-        if let Some(doc) = &current
-            && !doc.claimable(seen, now)
-        {
-            return Ok(Claim::Lost(Box::new(winner(run, doc))));
+        let claim = self.take(run, seen).await?;
+        if claim != Claim::Won {
+            return Ok(claim);
         }
-        let write = Write {
-            name: name.clone(),
-            fields: claims::claim_fields(run, claims::secs_until(run.lease_until)),
-            server_time: vec!["renewed_at"],
-            expect: current
-                .as_ref()
-                .map_or(Expect::Absent, |c| Expect::At(c.update_time.clone())),
-        };
-        let update_time = match self.store.commit(&[write]).await {
-            Ok(times) => times.into_iter().next().unwrap_or_default(),
-            Err(FirestoreError::Precondition(_)) => {
-                // Someone wrote first — or our own retried commit had applied.
-                let (now_doc, _) = self.doc_of(p, d).await?;
-                match now_doc {
-                    Some(doc) if doc.holder == run.run_id => doc.update_time,
-                    Some(doc) => return Ok(Claim::Lost(Box::new(winner(run, &doc)))),
-                    None => return Ok(Claim::Lost(Box::new(run.clone()))),
-                }
-            }
-            Err(e) => return Err(err(e)),
-        };
-        self.remember(&run.run_id, &name, &update_time);
         // The run the claim replaced, if it was still running: taken over.
         let taken_over = seen
             .filter(|s| s.status == RunStatus::Running)
             .map(|s| s.run_id.as_str());
         if let Err(e) = self.record.append_claim(run, taken_over).await {
             // Give the claim back so the redelivery need not wait for the lease.
-            let released = self
-                .update_held((&run.run_id, p, d), claims::finished_fields(run, 0), vec![])
-                .await;
-            if !matches!(released, Ok(true)) {
+            if !matches!(self.give_back(run).await, Ok(true)) {
                 tracing::warn!(run_id = %run.run_id,
                     "claim not recorded and not given back; its lease will run out");
             }
-            self.forget(&run.run_id);
             return Err(e);
         }
         Ok(Claim::Won)
