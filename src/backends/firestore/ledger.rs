@@ -35,7 +35,15 @@ pub struct Coordinated {
     /// The last update time this process wrote or read of the document of each run it
     /// holds (or publishes): the precondition of its next write of it.
     held: Mutex<HashMap<String, Held>>,
+    /// The claim documents the last ledger reads saw (name → document, read time): a claim
+    /// right after its delivery's read commits against them without reading again (its
+    /// commit is guarded by the update time seen, so a stale entry only makes it re-read).
+    seen: Mutex<HashMap<String, (Option<ClaimDoc>, DateTime<Utc>)>>,
 }
+
+/// Documents kept in [`Coordinated::seen`] before it is cleared (a worker reads a few per
+/// delivery and claims right after; what is never claimed must not pile up).
+const SEEN_KEPT: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -56,6 +64,7 @@ impl Coordinated {
             record: record.with_claims_elsewhere(),
             scope: scope.to_string(),
             held: Mutex::default(),
+            seen: Mutex::default(),
         }
     }
 
@@ -145,7 +154,15 @@ impl Coordinated {
     ) -> Result<Claim, LedgerError> {
         let (p, d) = (run.processor.as_str(), run.data_date);
         let name = self.doc_name(p, d);
-        let (current, now) = self.doc_of(p, d).await?;
+        let cached = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
+        let (current, now) = match cached {
+            Some(read) => read,
+            None => self.doc_of(p, d).await?,
+        };
         if let Some(doc) = &current
             && !doc.claimable(seen, now)
         {
@@ -385,7 +402,16 @@ impl Ledger for Coordinated {
         // The ledger's rows and the store's leases, side by side: one extra round trip.
         let (rows, docs) =
             tokio::join!(self.record.latest_of(processors, date), self.docs_of(&keys));
-        let (mut rows, (docs, _)) = (rows?, docs?);
+        let (mut rows, (docs, read_time)) = (rows?, docs?);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > SEEN_KEPT {
+                seen.clear();
+            }
+            for ((p, d), doc) in keys.iter().zip(&docs) {
+                seen.insert(self.doc_name(p, *d), (doc.clone(), read_time));
+            }
+        }
         for (row, doc) in rows.iter_mut().zip(&docs) {
             if let (Some(row), Some(doc)) = (row.as_mut(), doc) {
                 doc.overlay(row);
@@ -447,14 +473,33 @@ impl Ledger for Coordinated {
         runs: &[RunRecord],
         at: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
+        // One commit for all of them when this process knows each document's state (it
+        // claimed or published them); one guarded write per run otherwise.
+        let held: Option<Vec<Write>> = runs
+            .iter()
+            .map(|run| {
+                self.held(&run.run_id).map(|h| Write {
+                    name: h.doc,
+                    fields: claims::published_fields(at),
+                    server_time: vec![],
+                    expect: Expect::At(h.update_time),
+                })
+            })
+            .collect();
+        let together = match held {
+            Some(writes) => self.store.commit(&writes).await.is_ok(),
+            None => false,
+        };
         for run in runs {
-            let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
-            if !self
-                .update_held(key, claims::published_fields(at), vec![])
-                .await?
-            {
-                tracing::warn!(run_id = %run.run_id,
-                    "published, but a newer run holds its claim document now");
+            if !together {
+                let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
+                if !self
+                    .update_held(key, claims::published_fields(at), vec![])
+                    .await?
+                {
+                    tracing::warn!(run_id = %run.run_id,
+                        "published, but a newer run holds its claim document now");
+                }
             }
             self.forget(&run.run_id);
         }
