@@ -312,8 +312,12 @@ pub trait Ledger: Send + Sync {
     /// behind a long write can land already expired, but the holder is not gone. Liveness
     /// is thus known without the writer. The default ignores it (leases alone decide).
     fn holding(&self, _run_id: &str, _alive: std::sync::Weak<()>) {}
-    /// Atomically take over the publication of done runs whose event is owed and whose
-    /// lease ran out (their owner is gone). True when every run was taken.
+    /// Atomically take the publication of done runs whose event is owed: the caller's own
+    /// runs (with the lease it wrote) and runs whose lease it saw run out (their owner is
+    /// gone) — never another holder's live lease. The lease a caller passes is its token:
+    /// whoever took a run's publication since changed it, so the caller loses. True when
+    /// every run was taken; then, and only then, the caller publishes. The holder, a
+    /// redelivery and the outbox sweep all publish through this one claim.
     async fn claim_publication(
         &self,
         runs: &[RunRecord],

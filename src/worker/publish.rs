@@ -43,22 +43,27 @@ impl Worker {
             self.release_own(runs, ran).await;
             return Ok(Publication::PendingElsewhere);
         }
-        let others: Vec<RunRecord> = others.into_iter().cloned().collect();
-        if !others.is_empty() {
-            let lease = self
-                .config
-                .server
-                .lease_policy(&self.config.backend.kind)
-                .lease;
-            let taken = self
-                .ledger
-                .claim_publication(&others, Utc::now() + lease)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !taken {
-                self.release_own(runs, ran).await;
-                return Ok(Publication::PendingElsewhere);
-            }
+        // Claimed after the run, not before: its own runs with the lease it wrote (a run
+        // that outlived its lease may have been taken over meanwhile), the others' with the
+        // expired lease it read.
+        let unpublished: Vec<RunRecord> = runs
+            .iter()
+            .filter(|r| r.published_at.is_none())
+            .cloned()
+            .collect();
+        let lease = self
+            .config
+            .server
+            .lease_policy(&self.config.backend.kind)
+            .lease;
+        let taken = self
+            .ledger
+            .claim_publication(&unpublished, Utc::now() + lease)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !taken {
+            self.release_own(runs, ran).await;
+            return Ok(Publication::PendingElsewhere);
         }
         let result = self.publish_and_mark(phase, runs).await;
         if result.is_err() {
@@ -179,7 +184,11 @@ impl Worker {
         };
         if runs.iter().all(|r| r.published_at.is_some())
             || runs.iter().any(|r| r.skip_downstream_trigger)
+            || runs
+                .iter()
+                .any(|r| r.published_at.is_none() && r.lease_alive(Utc::now()))
         {
+            // Out, not to be announced, or held by a live delivery.
             return;
         }
         let owed: Vec<RunRecord> = runs

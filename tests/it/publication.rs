@@ -81,3 +81,49 @@ async fn a_redelivery_after_a_later_processor_failed_publishes_the_event_itself(
     assert_eq!(third.http_status(), 200);
     assert_eq!(env.published_to("test-raw-done"), 1, "one event per run");
 }
+
+/// The one publication claim (issue 24, finding 3): the holder, a redelivery and the sweep
+/// all publish through `claim_publication`, and the lease a caller passes is its token. Once
+/// one publisher took an owed event, a caller still holding the older lease — a holder whose
+/// run outlived its lease — loses, so the event goes out once. Shared: SQLite (the lease
+/// compared in place), BigQuery's claims table and Firestore (the document's version).
+#[tokio::test]
+async fn a_publication_taken_over_is_lost_by_the_caller_with_the_older_lease() {
+    use chrono::{Duration, Utc};
+    use phasegate::ledger::TriggerKind;
+    use phasegate::worker::RunRequest;
+
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    env.season(&[day]).await;
+    let mut req = RunRequest::new("raw", day, TriggerKind::Cli);
+    req.skip_downstream = true;
+    env.app.worker.run_phase(&req).await.expect("run");
+    // Done, owed, its holder's lease over.
+    let mut run = env.latest("ingest", day).await.expect("run");
+    run.skip_downstream_trigger = false;
+    run.lease_until = Some(Utc::now() - Duration::seconds(1));
+    env.app.ledger().record(&run).await.expect("record");
+    let seen = env.latest("ingest", day).await.expect("run");
+    assert!(
+        seen.owes_event() && !seen.lease_alive(Utc::now()),
+        "{seen:?}"
+    );
+
+    let ledger = env.app.ledger();
+    let until = Utc::now() + Duration::seconds(60);
+    assert!(
+        ledger
+            .claim_publication(std::slice::from_ref(&seen), until)
+            .await
+            .expect("claim"),
+        "the first publisher takes it"
+    );
+    assert!(
+        !ledger
+            .claim_publication(std::slice::from_ref(&seen), until)
+            .await
+            .expect("claim"),
+        "a caller with the older lease loses: one event"
+    );
+}

@@ -75,11 +75,13 @@ impl ClaimDoc {
     }
 
     /// May the publication of `run`'s event be taken at `now`? When the document still
-    /// names `run`, the event is not out, and no live lease holds the publication.
-    pub fn publication_claimable(&self, run: &RunRecord, now: DateTime<Utc>) -> bool {
+    /// names `run` and the event is not out, and either no live lease holds the publication
+    /// or the caller says it holds it (`own`: the run is the caller's, and on this backend a
+    /// run's lease outlasts its delivery's deadline, so a live holder was never overtaken).
+    pub fn publication_claimable(&self, run: &RunRecord, own: bool, now: DateTime<Utc>) -> bool {
         let mut seen = run.clone();
         self.overlay(&mut seen);
-        self.holder == run.run_id && self.published_at.is_none() && !seen.lease_alive(now)
+        self.holder == run.run_id && self.published_at.is_none() && (own || !seen.lease_alive(now))
     }
 
     /// `record`, with the leases this document holds for it (store time), and its
@@ -248,28 +250,36 @@ mod tests {
         let mut a = run("a", RunStatus::Success);
         a.lease_until = Some(t0);
         assert!(
-            !d.publication_claimable(&a, t0 + Duration::seconds(10)),
+            !d.publication_claimable(&a, false, t0 + Duration::seconds(10)),
             "the run lease covers its holder's publication until a publisher is named"
         );
         let mut skipped = a.clone();
         skipped.lease_until = None;
         assert!(
-            d.publication_claimable(&skipped, t0 + Duration::seconds(10)),
+            d.publication_claimable(&skipped, false, t0 + Duration::seconds(10)),
             "a holder that will not announce (skip-flagged) does not keep it"
         );
         d.lease_secs = 0;
-        assert!(d.publication_claimable(&a, t0));
+        assert!(d.publication_claimable(&a, false, t0));
         assert!(
-            !d.publication_claimable(&run("old", RunStatus::Success), t0),
+            !d.publication_claimable(&run("old", RunStatus::Success), true, t0),
             "a superseded run"
         );
         d.publisher = Some("a".into());
         d.pub_renewed_at = Some(t0);
         d.pub_secs = 30;
-        assert!(!d.publication_claimable(&a, t0 + Duration::seconds(10)));
-        assert!(d.publication_claimable(&a, t0 + Duration::seconds(31)));
+        assert!(!d.publication_claimable(&a, false, t0 + Duration::seconds(10)));
+        assert!(d.publication_claimable(&a, false, t0 + Duration::seconds(31)));
+        assert!(
+            d.publication_claimable(&a, true, t0 + Duration::seconds(10)),
+            "its holder takes its own publication while its lease lives"
+        );
         d.published_at = Some(t0);
-        assert!(!d.publication_claimable(&a, t0 + Duration::seconds(31)));
+        assert!(!d.publication_claimable(&a, false, t0 + Duration::seconds(31)));
+        assert!(
+            !d.publication_claimable(&a, true, t0),
+            "never once it is out"
+        );
     }
 
     #[test]

@@ -49,7 +49,17 @@ const SEEN_KEPT: usize = 4096;
 struct Held {
     doc: String,
     update_time: String,
+    /// When this process last wrote it: entries older than any lease are dropped.
+    at: std::time::Instant,
 }
+
+/// Entries of [`Coordinated::held`] kept before the old ones are dropped (a skip-flagged SQL
+/// run is never written again after its claim, so nothing else removes it).
+const HELD_KEPT: usize = 4096;
+
+/// Older than this, a held entry's run is long over (leases last the push deadline + 60 s,
+/// at most an hour).
+const HELD_FOR: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 fn err(e: FirestoreError) -> LedgerError {
     LedgerError(e.to_string())
@@ -91,11 +101,16 @@ impl Coordinated {
     }
 
     fn remember(&self, run_id: &str, doc: &str, update_time: &str) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.len() > HELD_KEPT {
+            held.retain(|_, h| h.at.elapsed() < HELD_FOR);
+        }
+        held.insert(
             run_id.to_string(),
             Held {
                 doc: doc.to_string(),
                 update_time: update_time.to_string(),
+                at: std::time::Instant::now(),
             },
         );
     }
@@ -276,6 +291,8 @@ impl Ledger for Coordinated {
             expect: Expect::Anything,
         };
         self.store.commit(&[write]).await.map_err(err)?;
+        // Set outright: no delivery of this process holds it any more.
+        self.forget(&record.run_id);
         Ok(())
     }
 
@@ -343,14 +360,22 @@ impl Ledger for Coordinated {
         let (docs, now) = self.docs_of(&keys).await?;
         let secs = claims::secs_until(Some(until));
         let mut writes = Vec::with_capacity(runs.len());
+        let mut own = Vec::with_capacity(runs.len());
         for (run, doc) in runs.iter().zip(&docs) {
             let name = self.doc_name(&run.processor, run.data_date);
+            // The caller's own run (this process claimed it and wrote the document last):
+            // guarded by the update time it wrote, so a publication taken since — by the
+            // sweep or a redelivery, here or elsewhere — makes it lose. Others' runs: by the
+            // update time just read, their lease seen run out.
+            let held = self.held(&run.run_id);
             let write = match doc {
-                Some(doc) if doc.publication_claimable(run, now) => Write {
+                Some(doc) if doc.publication_claimable(run, held.is_some(), now) => Write {
                     name,
                     fields: claims::publication_fields(&run.run_id, secs),
                     server_time: vec!["pub_renewed_at"],
-                    expect: Expect::At(doc.update_time.clone()),
+                    expect: Expect::At(
+                        held.map_or_else(|| doc.update_time.clone(), |h| h.update_time),
+                    ),
                 },
                 Some(_) => return Ok(false),
                 // A run no delivery claimed here (written by a tool, or before the store
@@ -366,12 +391,17 @@ impl Ledger for Coordinated {
                     }
                 }
             };
+            own.push(self.held(&run.run_id).is_some());
             writes.push(write);
         }
         match self.store.commit(&writes).await {
             Ok(times) => {
-                for ((run, w), t) in runs.iter().zip(&writes).zip(times) {
-                    self.remember(&run.run_id, &w.name, &t);
+                // Only the caller's own runs stay remembered: a publication taken from
+                // someone else must not make their stale claim look like this caller's.
+                for (((run, w), t), own) in runs.iter().zip(&writes).zip(times).zip(own) {
+                    if own {
+                        self.remember(&run.run_id, &w.name, &t);
+                    }
                 }
                 Ok(true)
             }

@@ -163,19 +163,21 @@ fn claim_in(
     Ok(Claim::Won)
 }
 
+/// Take the publication of `runs`: each still unpublished, done, and with the lease the
+/// caller saw (or wrote, for its own runs) — the lease is the token: whoever took the
+/// publication since changed it, so of two publishers at most one gets every run.
 fn claim_publication_in(
     tx: &Connection,
-    run_ids: &[String],
+    runs: &[(String, Option<String>)],
     until: DateTime<Utc>,
 ) -> rusqlite::Result<bool> {
-    let now = ts(&Utc::now());
     let mut stmt = tx.prepare_cached(
         "UPDATE processor_run_history SET lease_until = ?2 WHERE run_id = ?1 \
          AND published_at IS NULL AND status IN ('success', 'no_data') \
-         AND (lease_until IS NULL OR lease_until < ?3)",
+         AND lease_until IS ?3",
     )?;
-    for id in run_ids {
-        if stmt.execute(params![id, ts(&until), now])? != 1 {
+    for (id, seen) in runs {
+        if stmt.execute(params![id, ts(&until), seen])? != 1 {
             return Ok(false);
         }
     }
@@ -263,7 +265,10 @@ impl Ledger for Sqlite {
         runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
-        let ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+        let ids: Vec<(String, Option<String>)> = runs
+            .iter()
+            .map(|r| (r.run_id.clone(), r.lease_until.as_ref().map(ts)))
+            .collect();
         self.grouped(Role::Plain, move |sp| {
             let won = claim_publication_in(&sp, &ids, until)?;
             if won {
