@@ -38,8 +38,11 @@ pub struct Coordinated {
     /// The claim documents the last ledger reads saw (name → document, read time): a claim
     /// right after its delivery's read commits against them without reading again (its
     /// commit is guarded by the update time seen, so a stale entry only makes it re-read).
-    seen: Mutex<HashMap<String, (Option<ClaimDoc>, DateTime<Utc>)>>,
+    seen: Mutex<HashMap<String, Seen>>,
 }
+
+/// A claim document as a read saw it (absent: `None`), and the read's time.
+type Seen = (Option<ClaimDoc>, DateTime<Utc>);
 
 /// Documents kept in [`Coordinated::seen`] before it is cleared (a worker reads a few per
 /// delivery and claims right after; what is never claimed must not pile up).
