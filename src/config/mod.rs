@@ -258,6 +258,14 @@ impl Config {
         i.checked_sub(1).map(|j| &self.phases[j])
     }
 
+    /// The processor of this name, in whichever phase.
+    pub fn processor(&self, name: &str) -> Option<&Processor> {
+        self.phases
+            .iter()
+            .flat_map(|phase| &phase.processors)
+            .find(|p| p.name == name)
+    }
+
     pub fn reference(&self, name: &str) -> Option<&Reference> {
         self.references.get(name)
     }
