@@ -1,7 +1,9 @@
 //! Push benchmark: N envelopes at one phase worker (the NBA example's `raw` phase) over HTTP,
 //! on the embedded default, with a number of concurrent senders.
 //!
-//! Run: `cargo bench --bench push -- --messages 2000 --concurrency 8`
+//! Run: `cargo bench --bench push -- --messages 2000 --concurrency 8` (add
+//! `--synchronous full` to measure SQLite's `synchronous = FULL` instead of the default
+//! NORMAL; `TMPDIR` decides the disk the database is on).
 //! Prints messages/s and p50/p99 latency for fresh dates (gate + SQL + ledger) and for
 //! redeliveries of the same messages (the de-duplication path).
 
@@ -81,7 +83,18 @@ async fn main() {
     let messages = arg("--messages", 2000);
     let concurrency = arg("--concurrency", 8);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = phasegate::example::example_config(&dir.path().join("bench.db")).expect("config");
+    let mut config =
+        phasegate::example::example_config(&dir.path().join("bench.db")).expect("config");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(v) = args
+        .iter()
+        .position(|a| a == "--synchronous")
+        .and_then(|i| args.get(i + 1))
+    {
+        config.backend.sqlite_synchronous =
+            phasegate::config::Synchronous::parse(v).expect("--synchronous full|normal");
+    }
+    let synchronous = config.backend.sqlite_synchronous.as_pragma();
     let app = phasegate::startup::build(config).await.expect("build");
     app.init_schema().await.expect("schema");
     let start = NaiveDate::from_ymd_opt(2000, 1, 1).expect("date");
@@ -118,7 +131,7 @@ async fn main() {
             .collect(),
     );
     println!(
-        "push benchmark: {messages} messages, {concurrency} concurrent senders, phase raw, SQLite"
+        "push benchmark: {messages} messages, {concurrency} concurrent senders, phase raw, SQLite (synchronous = {synchronous})"
     );
     let (rate, p50, p99) = blast(&url, bodies.clone(), concurrency).await;
     println!(

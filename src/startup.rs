@@ -134,12 +134,15 @@ pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, S
     let store = match config.backend.kind {
         BackendKind::Sqlite => {
             let path = &config.backend.sqlite_path;
-            Store::Sqlite(Sqlite::open(path, &config.pipeline.name).map_err(|e| {
-                StartupError::Sqlite {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                }
-            })?)
+            let sync = config.backend.sqlite_synchronous;
+            Store::Sqlite(
+                Sqlite::open_with(path, &config.pipeline.name, sync).map_err(|e| {
+                    StartupError::Sqlite {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    }
+                })?,
+            )
         }
         BackendKind::Bigquery => Store::BigQuery(gcp::connect_bigquery(&config).await?),
     };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{AuthMode, BackendKind, BusKind, Config, ConfigError, Coordination};
+use super::{AuthMode, BackendKind, BusKind, Config, ConfigError, Coordination, Synchronous};
 
 impl Config {
     /// The overrides `get` sets, as `(name, value)` in the order they are read: what a
@@ -36,6 +36,13 @@ impl Config {
         }
         if let Some(v) = get("PHASEGATE_SQLITE_PATH") {
             self.backend.sqlite_path = PathBuf::from(v);
+        }
+        if let Some(v) = get("PHASEGATE_SQLITE_SYNCHRONOUS") {
+            self.backend.sqlite_synchronous =
+                Synchronous::parse(&v).ok_or_else(|| ConfigError::Env {
+                    var: "PHASEGATE_SQLITE_SYNCHRONOUS".into(),
+                    message: format!("`{v}` is not a synchronous setting; use full or normal"),
+                })?;
         }
         if let Some(v) = get("PHASEGATE_BIGQUERY_PROJECT").or_else(|| get("GOOGLE_CLOUD_PROJECT")) {
             self.backend.project = Some(v);

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use names::{check_ident, check_table, check_topic};
 
 pub use auth::{AuthConfig, AuthMode};
-pub use backend::{BackendConfig, BackendKind, Coordination};
+pub use backend::{BackendConfig, BackendKind, Coordination, Synchronous};
 pub use bus::{BusConfig, BusKind};
 pub use processor::{
     Checks, DEFAULT_WINDOW_DAYS_PER_OCCURRENCE, EntityCompleteness, HistoricalGaps, Mode, Output,
@@ -256,6 +256,14 @@ impl Config {
     pub fn previous_phase(&self, name: &str) -> Option<&Phase> {
         let i = self.phases.iter().position(|p| p.name == name)?;
         i.checked_sub(1).map(|j| &self.phases[j])
+    }
+
+    /// The processor of this name, in whichever phase.
+    pub fn processor(&self, name: &str) -> Option<&Processor> {
+        self.phases
+            .iter()
+            .flat_map(|phase| &phase.processors)
+            .find(|p| p.name == name)
     }
 
     pub fn reference(&self, name: &str) -> Option<&Reference> {

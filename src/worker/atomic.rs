@@ -152,8 +152,8 @@ impl OneRun {
     fn decide_and_run(self, tx: &dyn InTransaction) -> Result<Settled, WorkerError> {
         let (phase, p) = self.processor()?;
         let (config, req) = (&*self.config, &self.req);
-        let read = tx.latest_of(&Seen::names(p), req.data_date)?;
-        let mut seen = Seen::new(p, read);
+        let read = tx.latest_of(&Seen::names(config, p), req.data_date)?;
+        let mut seen = Seen::new(config, p, read);
         let latest = match seen.decide(req) {
             Decision::Reuse(run) => return Ok(Settled::Reused(run)),
             Decision::Wait(run) => return Ok(Settled::InProgress(run)),

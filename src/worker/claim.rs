@@ -13,7 +13,7 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 
-use super::decide::{Decision, Seen};
+use super::decide::{Consumed, Decision, Seen};
 use super::{PhaseOutcome, RunRequest, Step, Worker, WorkerError};
 use crate::config::{LeasePolicy, Phase, Processor, ProcessorKind};
 use crate::gate::{self, GateError, GateReport};
@@ -120,7 +120,7 @@ pub(super) struct Claimed {
     /// Releases the claim on every path that does not finish it.
     pub held: Held,
     /// The done upstream runs the run saw when it claimed: the lineage it consumes.
-    pub consumed: Vec<RunRecord>,
+    pub consumed: Consumed,
     /// The gate's verdict, read while the claim was being written.
     pub report: Result<GateReport, GateError>,
 }
@@ -145,11 +145,12 @@ impl Worker {
                 .await;
         }
         let policy = self.config.server.lease_policy(&self.config.backend.kind);
-        // The processor's own latest run, then its upstream processors' (one ledger call).
-        let names = Seen::names(p);
+        // The processor's own latest run, its upstream processors' and theirs (one ledger
+        // call): the last ones tell whether an upstream run it would consume is stale.
+        let names = Seen::names(&self.config, p);
         for _ in 0..CLAIM_ROUNDS {
             let read = self.ledger.latest_of(&names, req.data_date).await?;
-            let mut seen = Seen::new(p, read);
+            let mut seen = Seen::new(&self.config, p, read);
             let latest = match seen.decide(req) {
                 Decision::Reuse(run) => return Ok(Step::Reused(Box::new(run))),
                 Decision::Wait(run) => {

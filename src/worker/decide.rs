@@ -5,7 +5,7 @@
 use chrono::Utc;
 
 use super::RunRequest;
-use crate::config::{Mode, Phase, Processor};
+use crate::config::{Config, Mode, Phase, Processor};
 use crate::gate::GateReport;
 use crate::ledger::{self, Findings, RunRecord, RunStatus, UpstreamRun};
 
@@ -18,33 +18,65 @@ pub(super) enum Decision {
 }
 
 /// One read of the ledger for a processor and a date: its latest run and its upstream
-/// processors' (in `checks.upstream` order), with the done upstream runs it would consume.
+/// processors' (in `checks.upstream` order), with the done upstream runs it would consume —
+/// and, in the same read, the latest runs of *their* upstream processors, which tell whether
+/// an upstream run it would consume is itself stale.
 pub(super) struct Seen {
     pub latest: Option<RunRecord>,
     pub upstream: Vec<Option<RunRecord>>,
     pub consumed: Vec<(UpstreamRun, RunRecord)>,
+    /// One sentence per consumed upstream run that is stale (a newer run of its own upstream
+    /// exists that it did not consume).
+    pub stale: Vec<String>,
+}
+
+/// The done upstream runs a run consumes, and which of them are stale.
+pub(super) struct Consumed {
+    pub runs: Vec<RunRecord>,
+    pub stale: Vec<String>,
 }
 
 impl Seen {
-    /// The processors one read asks for: `p`, then its upstream processors.
-    pub fn names(p: &Processor) -> Vec<String> {
-        std::iter::once(p.name.clone())
+    /// The processors one read asks for: `p`, then its upstream processors, then theirs
+    /// (each once).
+    pub fn names(config: &Config, p: &Processor) -> Vec<String> {
+        let mut names: Vec<String> = std::iter::once(p.name.clone())
             .chain(p.checks.upstream.iter().cloned())
-            .collect()
+            .collect();
+        for u in &p.checks.upstream {
+            let Some(up) = config.processor(u) else {
+                continue;
+            };
+            for name in &up.checks.upstream {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names
     }
 
     /// `read` answers [`Seen::names`], in order.
-    pub fn new(p: &Processor, mut read: Vec<Option<RunRecord>>) -> Seen {
-        let latest = if read.is_empty() {
-            None
-        } else {
-            read.remove(0)
-        };
-        let consumed = ledger::consumed(&p.checks.upstream, &read);
+    pub fn new(config: &Config, p: &Processor, read: Vec<Option<RunRecord>>) -> Seen {
+        let names = Seen::names(config, p);
+        let mut read = names.into_iter().zip(read);
+        let latest = read.next().and_then(|(_, r)| r);
+        let upstream: Vec<Option<RunRecord>> = read
+            .by_ref()
+            .take(p.checks.upstream.len())
+            .map(|(_, r)| r)
+            .collect();
+        let consumed = ledger::consumed(&p.checks.upstream, &upstream);
+        let beyond: Vec<(String, Option<RunRecord>)> = read.collect();
+        let stale = consumed
+            .iter()
+            .filter_map(|(_, run)| stale_upstream(config, p, run, &upstream, &beyond))
+            .collect();
         Seen {
             latest,
-            upstream: read,
+            upstream,
             consumed,
+            stale,
         }
     }
 
@@ -84,22 +116,75 @@ impl Seen {
         run
     }
 
-    /// The done upstream runs seen, without their lineage entries.
-    pub fn consumed_runs(self) -> Vec<RunRecord> {
-        self.consumed.into_iter().map(|(_, r)| r).collect()
+    /// The done upstream runs seen, without their lineage entries, and which are stale.
+    pub fn consumed_runs(self) -> Consumed {
+        Consumed {
+            runs: self.consumed.into_iter().map(|(_, r)| r).collect(),
+            stale: self.stale,
+        }
     }
+}
+
+/// Why `run` (an upstream run `p` would consume) is stale, if it is: a done run of one of
+/// its own upstream processors exists for the date that it did not consume. The latest runs
+/// of `p`'s upstream processors are in `upstream` (in `p.checks.upstream` order), those of
+/// their upstream processors in `beyond`.
+fn stale_upstream(
+    config: &Config,
+    p: &Processor,
+    run: &RunRecord,
+    upstream: &[Option<RunRecord>],
+    beyond: &[(String, Option<RunRecord>)],
+) -> Option<String> {
+    let its_upstream = &config.processor(&run.processor)?.checks.upstream;
+    let latest: Vec<Option<RunRecord>> = its_upstream
+        .iter()
+        .map(|name| {
+            let direct = p.checks.upstream.iter().position(|u| u == name);
+            match direct {
+                Some(i) => upstream.get(i).cloned().flatten(),
+                None => beyond
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, r)| r.clone()),
+            }
+        })
+        .collect();
+    let newer: Vec<UpstreamRun> = ledger::consumed(its_upstream, &latest)
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    if !run.is_stale(&newer) {
+        return None;
+    }
+    let consumed = run.upstream_runs.as_deref().unwrap_or_default();
+    let missed: Vec<String> = newer
+        .iter()
+        .filter(|u| !consumed.contains(u))
+        .map(|u| format!("{} (run {})", u.processor, u.run_id))
+        .collect();
+    Some(format!(
+        "upstream {} run {} for {} is stale: it did not consume the newer {}",
+        run.processor,
+        run.run_id,
+        run.data_date,
+        missed.join(", ")
+    ))
 }
 
 /// Mark `run` with the gate's verdict — its findings, and whether it is production-ready,
 /// counting the upstream runs it consumes — and close it `blocked` if the strict gate
-/// blocks it. Returns the verdict as recorded.
+/// blocks it. A stale upstream run is a failed upstream check: a problem, which blocks in
+/// strict mode and makes the run not production-ready in soft mode. Returns the verdict as
+/// recorded.
 pub(super) fn judge(
     run: &mut RunRecord,
-    report: GateReport,
+    mut report: GateReport,
     p: &Processor,
-    consumed: &[RunRecord],
+    consumed: &Consumed,
 ) -> GateReport {
-    let report = with_upstream_readiness(report, p, consumed);
+    report.problems.extend(consumed.stale.iter().cloned());
+    let report = with_upstream_readiness(report, p, &consumed.runs);
     if !p.checks.is_empty() {
         run.findings = Findings::of(&report);
     }

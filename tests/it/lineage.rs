@@ -180,3 +180,67 @@ async fn a_soft_run_made_before_its_upstream_existed_is_rerun_once_the_upstream_
     );
     assert!(rerun.production_ready, "{:?}", rerun.findings);
 }
+
+/// Raw is corrected with the skip flag, so summary's run for the day is stale; precompute is
+/// then forced on that day (as a backfill of one phase would). Returns the stale summary run.
+async fn precompute_on_a_stale_summary(env: &TestEnv, day: chrono::NaiveDate) -> String {
+    env.season(&[day]).await;
+    env.trigger(day, false).await;
+    env.exec_for(
+        "INSERT INTO {dataset}.feed (game_date, team) VALUES (@data_date, 'C')",
+        &[day],
+    )
+    .await;
+    run(env, "raw", day, true, true).await;
+    let summary = env.latest("summary", day).await.unwrap();
+    assert!(summary.is_stale(&latest_upstream(env, "ingest", day).await));
+    summary.run_id
+}
+
+#[tokio::test]
+async fn a_run_consuming_a_stale_upstream_run_is_not_production_ready_in_soft_mode() {
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    let stale = precompute_on_a_stale_summary(&env, day).await;
+    assert!(env.latest("features", day).await.unwrap().production_ready);
+
+    run(&env, "precompute", day, true, true).await;
+    let features = env.latest("features", day).await.unwrap();
+    assert_eq!(features.status, RunStatus::Success, "soft: processed");
+    assert!(!features.production_ready, "its upstream run is stale");
+    let findings = features.findings.unwrap().as_str().to_string();
+    assert!(
+        findings.contains(&format!("summary run {stale}")) && findings.contains("stale"),
+        "the finding names the stale upstream run: {findings}"
+    );
+
+    // Once analytics is re-run on the corrected raw run, precompute is production-ready.
+    run(&env, "analytics", day, false, true).await;
+    run(&env, "precompute", day, false, true).await;
+    let features = env.latest("features", day).await.unwrap();
+    assert!(features.production_ready, "{:?}", features.findings);
+}
+
+#[tokio::test]
+async fn a_strict_gate_blocks_a_run_consuming_a_stale_upstream_run() {
+    let env = TestEnv::new("strict").await;
+    let day = d("2024-01-01");
+    let stale = precompute_on_a_stale_summary(&env, day).await;
+
+    let mut req = RunRequest::new("precompute", day, TriggerKind::Cli);
+    req.force = true;
+    req.skip_downstream = true;
+    let outcome = env.app.worker.run_phase(&req).await.unwrap();
+    let PhaseOutcome::Blocked { report, .. } = outcome else {
+        panic!("strict gate must block on a stale upstream run: {outcome:?}");
+    };
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&format!("summary run {stale}")) && p.contains("stale")),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(env.status("features", day).await, Some(RunStatus::Blocked));
+}

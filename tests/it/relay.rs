@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{NaiveDate, Utc};
 use common::{TestEnv, d, dates};
 use phasegate::bus::{PublishError, Publisher};
-use phasegate::ledger::TriggerKind;
+use phasegate::ledger::{RunRecord, RunStatus, TriggerKind};
 use phasegate::server::{ServerState, serve};
 use phasegate::worker::{RunRequest, Worker};
 use serde_json::{Value, json};
@@ -202,4 +202,52 @@ async fn a_relay_out_of_budget_starts_no_event_and_counts_what_it_left() {
     assert!(bus.published().is_empty());
     let all = worker.relay(&[], std::time::Duration::from_secs(60)).await;
     assert_eq!((all.published, all.left), (3, 0), "{all:?}");
+}
+
+/// Six hundred owed runs that can never be published — each superseded by a newer,
+/// published run of its processor and date — are older than one genuinely owed run: more
+/// than a sweep reads at once (500). The sweep still publishes the live one (SQLite).
+#[tokio::test]
+async fn superseded_owed_runs_cannot_hide_a_live_owed_event_from_the_sweep() {
+    let env = TestEnv::new("strict").await;
+    let ledger = env.app.ledger();
+    let old = dates("2022-01-01", 600);
+    let start = Utc::now() - chrono::Duration::hours(1);
+    for (i, day) in old.iter().enumerate() {
+        let at = start + chrono::Duration::milliseconds(i as i64);
+        let mut dead = RunRecord::start("ingest", "raw", *day, TriggerKind::Cli, None, false);
+        dead.started_at = at;
+        dead.finish(RunStatus::Success, Some(2), None);
+        ledger.record(&dead).await.unwrap();
+        let mut newer = RunRecord::start("ingest", "raw", *day, TriggerKind::Cli, None, false);
+        newer.started_at = at + chrono::Duration::microseconds(1);
+        newer.finish(RunStatus::Success, Some(2), None);
+        newer.published_at = Some(Utc::now());
+        ledger.record(&newer).await.unwrap();
+    }
+    let live_day = d("2024-01-01");
+    let mut live = RunRecord::start("ingest", "raw", live_day, TriggerKind::Cli, None, false);
+    live.finish(RunStatus::Success, Some(2), None);
+    ledger.record(&live).await.unwrap();
+
+    let bus = Arc::new(Flaky::default());
+    let worker = Worker::new(
+        env.app.config.clone(),
+        env.app.ledger().clone(),
+        env.app.warehouse().clone(),
+        bus.clone(),
+    );
+    let report = worker
+        .relay(&["raw".to_string()], std::time::Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        (report.published, report.failed.len()),
+        (1, 0),
+        "{report:?}"
+    );
+    assert_eq!(
+        bus.published(),
+        [("test-raw-done".to_string(), live_day.to_string())]
+    );
+    assert!(published_at(&env, "ingest", live_day).await);
 }

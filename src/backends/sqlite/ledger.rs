@@ -362,15 +362,35 @@ impl Ledger for Sqlite {
         .map_err(LedgerError)
     }
 
+    /// Only runs that can still be published are read, so that runs which never will cannot
+    /// fill the sweep's `limit` and hide a live one: a run superseded by a newer run of its
+    /// processor and date is left out (its date's event is the newer run's), and so is a run
+    /// whose date has another processor of the phase whose latest run failed or was blocked
+    /// (the phase's event waits for that processor's re-run, whose delivery publishes it).
+    /// Runs of a phase no longer configured are never read: the sweep asks per configured
+    /// phase.
     async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let (pipeline, phase) = (self.pipeline.clone(), phase.to_string());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {LEDGER_COLUMNS} FROM processor_run_history
+                "SELECT {LEDGER_COLUMNS} FROM processor_run_history AS h
                  WHERE pipeline = ?1 AND phase = ?2 AND published_at IS NULL
                    AND skip_downstream_trigger = 0 AND status IN ('success', 'no_data')
                    AND (lease_until IS NULL OR lease_until < ?3)
+                   AND NOT EXISTS (
+                     SELECT 1 FROM processor_run_history AS n
+                     WHERE n.pipeline = h.pipeline AND n.processor_name = h.processor_name
+                       AND n.data_date = h.data_date AND n.started_at > h.started_at)
+                   AND NOT EXISTS (
+                     SELECT 1 FROM processor_run_history AS s
+                     WHERE s.pipeline = h.pipeline AND s.phase = h.phase
+                       AND s.data_date = h.data_date AND s.processor_name <> h.processor_name
+                       AND s.status IN ('failed', 'blocked')
+                       AND NOT EXISTS (
+                         SELECT 1 FROM processor_run_history AS t
+                         WHERE t.pipeline = s.pipeline AND t.processor_name = s.processor_name
+                           AND t.data_date = s.data_date AND t.started_at > s.started_at))
                  ORDER BY data_date, started_at LIMIT ?4"
             ))?;
             let now = ts(&Utc::now());

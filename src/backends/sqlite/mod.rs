@@ -9,6 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, Row};
 
+use crate::config::Synchronous;
 use crate::ledger::{Findings, RunRecord, RunStatus, TriggerKind, UpstreamRun};
 use crate::warehouse::WarehouseError;
 
@@ -144,9 +145,19 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
 
 impl Sqlite {
     /// Open (or create) the database file; its ledger reads and writes `pipeline`'s runs.
+    /// `synchronous` as `backend.sqlite_synchronous` defaults (NORMAL).
     pub fn open(path: &Path, pipeline: &str) -> Result<Sqlite, rusqlite::Error> {
+        Self::open_with(path, pipeline, Synchronous::default())
+    }
+
+    /// [`Sqlite::open`] with the given `synchronous` setting.
+    pub fn open_with(
+        path: &Path,
+        pipeline: &str,
+        synchronous: Synchronous,
+    ) -> Result<Sqlite, rusqlite::Error> {
         Ok(Sqlite {
-            conns: Connections::open(path)?,
+            conns: Connections::open(path, synchronous)?,
             pipeline: Arc::from(pipeline),
             holders: ledger::Holders::default(),
         })

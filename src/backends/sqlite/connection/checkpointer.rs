@@ -1,8 +1,9 @@
 //! The checkpointer: a thread with its own connection that copies the write-ahead log back
-//! into the database file, and asks the writer for a checkpoint of its own when the log grows
-//! long, so that the log starts over.
+//! into the database file, asks the writer for a checkpoint of its own when the log grows
+//! long, so that the log starts over, and for a TRUNCATE checkpoint when an idle log's file
+//! is left large (after a long reader), so that the file shrinks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use rusqlite::Connection;
 
 use super::super::file_sync;
 use super::job::Job;
-use super::{configure, thread_error};
+use super::{BUSY_TIMEOUT, configure, thread_error};
 
 /// How often the checkpointer copies the write-ahead log back into the database.
 #[cfg(not(test))]
@@ -41,6 +42,17 @@ pub(super) const RESTART_AFTER_PAGES: i64 = 4_096;
 #[cfg(test)]
 pub(super) const RESTART_AFTER_PAGES: i64 = 64;
 
+/// Bytes the log file is cut back to when the writer starts the log over (SQLite's
+/// `journal_size_limit`), and past which an idle log's file is truncated to nothing: a
+/// reader holding an old snapshot keeps the log from starting over, so it grows for as long
+/// as the reader lives, and the file would otherwise keep that size. Four times the log the
+/// checkpointer lets grow under load ([`RESTART_AFTER_PAGES`] of 4 KiB), so a busy log is
+/// not cut back on every restart.
+#[cfg(not(test))]
+pub(super) const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+#[cfg(test)]
+pub(super) const JOURNAL_SIZE_LIMIT: i64 = 512 * 1024;
+
 /// The checkpointer's requests for a checkpoint on the writer (see [`RESTART_AFTER_PAGES`]).
 pub(super) struct Restarts {
     /// Log pages past which to ask (`None`: never).
@@ -50,6 +62,8 @@ pub(super) struct Restarts {
     pub(super) pending: AtomicBool,
     /// Requests the writer ran.
     pub(super) done: AtomicU64,
+    /// TRUNCATE checkpoints the writer completed (the log file emptied).
+    pub(super) truncated: AtomicU64,
     /// Requests whose copied pages the checkpointer flushed first ([`flush_copied`]).
     pub(super) flushed: AtomicU64,
 }
@@ -60,6 +74,7 @@ impl Restarts {
             after_pages,
             pending: AtomicBool::new(false),
             done: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
         }
     }
@@ -72,6 +87,47 @@ impl Restarts {
         let idle = log == log_before && copied == log;
         self.after_pages.is_some_and(|n| log >= n && !idle)
             && !self.pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ask for a TRUNCATE checkpoint now? When the log is idle (nothing written since the
+    /// last pass) and all copied back, but its file (`file_bytes`) is larger than
+    /// [`JOURNAL_SIZE_LIMIT`]: no write is coming to start it over and cut it back. Only if
+    /// no request is queued yet (which this then marks).
+    pub(super) fn truncate_due(
+        &self,
+        (log, copied): (i64, i64),
+        log_before: i64,
+        file_bytes: u64,
+    ) -> bool {
+        let idle = log == log_before && copied == log;
+        let large = i64::try_from(file_bytes).unwrap_or(i64::MAX) > JOURNAL_SIZE_LIMIT;
+        idle && large && !self.pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// The writer's TRUNCATE checkpoint: it copies the log back and empties its file, if no
+    /// reader still holds an older snapshot. It waits for none (busy timeout 0 for its
+    /// duration: every write would wait behind it), so a reader still there makes it a
+    /// passive pass, and the checkpointer asks again on its next pass.
+    fn truncate_job(self: &Arc<Self>) -> Job {
+        let restarts = Arc::clone(self);
+        Job::Solo(Box::new(move |conn| {
+            let result = conn
+                .busy_timeout(Duration::ZERO)
+                .and_then(|()| truncate(conn));
+            if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+                tracing::warn!(error = %e, "sqlite writer busy timeout not restored");
+            }
+            match result {
+                Ok(true) => {
+                    restarts.truncated.fetch_add(1, Ordering::Release);
+                }
+                Ok(false) => {
+                    tracing::debug!("sqlite log not truncated: a reader holds an older snapshot");
+                }
+                Err(e) => tracing::warn!(error = %e, "sqlite writer truncate checkpoint failed"),
+            }
+            restarts.pending.store(false, Ordering::Release);
+        }))
     }
 
     /// The writer's checkpoint: between two writes, so it completes.
@@ -100,6 +156,7 @@ pub(super) fn spawn_checkpointer(
 ) -> rusqlite::Result<mpsc::Sender<()>> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
+    let wal = wal_path(path);
     let (stop, stopped) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("phasegate-sqlite-checkpointer".into())
@@ -116,6 +173,10 @@ pub(super) fn spawn_checkpointer(
                             if writer.send(restarts.job()).is_err() {
                                 return;
                             }
+                        } else if restarts.truncate_due(pages, log_before, file_len(&wal))
+                            && writer.send(restarts.truncate_job()).is_err()
+                        {
+                            return;
                         }
                         log_before = pages.0;
                     }
@@ -154,6 +215,26 @@ pub(super) fn flush_copied(conn: &Connection) -> bool {
         return false;
     }
     synced("after the second pass")
+}
+
+/// The log file of the database at `path` (`…-wal`).
+fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// A file's size; 0 when it is missing.
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A TRUNCATE checkpoint; `true` when it completed (the log copied back and its file
+/// emptied), `false` when a reader or writer kept it from completing.
+pub(super) fn truncate(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        Ok(r.get::<_, i64>(0)? == 0)
+    })
 }
 
 /// A PASSIVE checkpoint; returns the pages in the log and those copied back.

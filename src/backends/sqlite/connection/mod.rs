@@ -30,8 +30,10 @@ use chrono::NaiveDate;
 use rusqlite::Connection;
 
 use super::presence::PresenceCache;
+use crate::config::Synchronous;
 use checkpointer::{
-    RESTART_AFTER_PAGES, Restarts, WAL_LIMIT_PAGES, checkpoint, spawn_checkpointer,
+    JOURNAL_SIZE_LIMIT, RESTART_AFTER_PAGES, Restarts, WAL_LIMIT_PAGES, checkpoint,
+    spawn_checkpointer,
 };
 use job::Job;
 use writer::serve_writes;
@@ -40,6 +42,8 @@ pub(super) use job::Role;
 
 /// Prepared statements cached per connection (`prepare_cached`).
 const STATEMENT_CACHE: usize = 64;
+/// How long a connection waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) struct Connections {
     writer: mpsc::Sender<Job>,
@@ -63,24 +67,34 @@ pub(super) struct Connections {
 /// of writes the `munmap`s and the TLB shootdowns they cost took 9 % of the CPU; reading
 /// the pages again with `pread` is cheaper.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
 }
 
 impl Connections {
-    /// Open the file (WAL, synchronous = NORMAL) and start its writer and checkpointer
-    /// threads.
-    pub(super) fn open(path: &Path) -> rusqlite::Result<Arc<Connections>> {
-        Self::open_with(path, Some(RESTART_AFTER_PAGES))
+    /// Open the file (WAL, `synchronous` as given: see docs/guarantees.md) and start its
+    /// writer and checkpointer threads.
+    pub(super) fn open(
+        path: &Path,
+        synchronous: Synchronous,
+    ) -> rusqlite::Result<Arc<Connections>> {
+        Self::open_with(path, synchronous, Some(RESTART_AFTER_PAGES))
     }
 
     /// [`Connections::open`]; `restart_after`: log pages past which the checkpointer asks
     /// the writer for a checkpoint (`None`: never, which only a test wants).
-    fn open_with(path: &Path, restart_after: Option<i64>) -> rusqlite::Result<Arc<Connections>> {
+    fn open_with(
+        path: &Path,
+        synchronous: Synchronous,
+        restart_after: Option<i64>,
+    ) -> rusqlite::Result<Arc<Connections>> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
+        // The size the log file is cut back to when the writer starts it over (it otherwise
+        // keeps the largest size it ever reached, e.g. while a long reader held a snapshot).
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
         configure(&conn)?;
         let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
         let (tx, rx) = mpsc::channel::<Job>();
@@ -158,6 +172,12 @@ impl Connections {
     #[cfg(test)]
     fn writer_checkpoints(&self) -> u64 {
         self.restarts.done.load(Ordering::Acquire)
+    }
+
+    /// TRUNCATE checkpoints the writer completed at the checkpointer's request so far.
+    #[cfg(test)]
+    fn writer_truncations(&self) -> u64 {
+        self.restarts.truncated.load(Ordering::Acquire)
     }
 }
 

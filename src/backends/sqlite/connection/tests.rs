@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::checkpointer::{Restarts, flush_copied};
+use super::checkpointer::{JOURNAL_SIZE_LIMIT, Restarts, flush_copied};
 use super::job::SHARE_MARGIN;
 use super::*;
 
@@ -24,7 +24,7 @@ fn memory_dir() -> tempfile::TempDir {
 
 fn open() -> (tempfile::TempDir, Arc<Connections>) {
     let dir = memory_dir();
-    let conns = Connections::open(&dir.path().join("t.db")).expect("open");
+    let conns = Connections::open(&dir.path().join("t.db"), Synchronous::Full).expect("open");
     (dir, conns)
 }
 
@@ -126,7 +126,8 @@ async fn write_under_reads(dir: &tempfile::TempDir, conns: &Arc<Connections>, pa
 async fn the_write_ahead_log_stays_bounded_under_writes_and_reads_that_never_stop() {
     // The writer's own bound alone: the checkpointer asks nothing.
     let dir = memory_dir();
-    let conns = Connections::open_with(&dir.path().join("t.db"), None).expect("open");
+    let path = dir.path().join("t.db");
+    let conns = Connections::open_with(&path, Synchronous::Full, None).expect("open");
     // 40 times the bound.
     let wal = write_under_reads(&dir, &conns, 40 * WAL_LIMIT_PAGES as usize).await;
     let bound = (WAL_LIMIT_PAGES as u64 + 256) * 4096 * 2;
@@ -375,7 +376,7 @@ async fn a_log_left_by_a_process_that_never_closed_is_copied_back_at_open() {
     std::mem::forget(gone);
     assert!(std::fs::metadata(&wal).expect("log").len() > 200 * 4096);
 
-    let conns = Connections::open(&path).expect("open");
+    let conns = Connections::open(&path, Synchronous::Full).expect("open");
     insert(&conns, 1_000, false)
         .await
         .expect("task")
@@ -388,3 +389,67 @@ async fn a_log_left_by_a_process_that_never_closed_is_copied_back_at_open() {
     );
     assert_eq!(values(&conns).await.len(), 201);
 }
+
+/// A reader holds a snapshot while the log grows far past [`JOURNAL_SIZE_LIMIT`]; once it
+/// lets go and no write follows, the checkpointer has the writer truncate the log's file.
+#[tokio::test]
+async fn the_log_file_shrinks_once_a_long_reader_lets_go() {
+    let (dir, conns) = open();
+    setup(&conns).await;
+    insert(&conns, 0, false)
+        .await
+        .expect("task")
+        .expect("write");
+    let wal = dir.path().join("t.db-wal");
+    let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+
+    let reader = Connection::open(dir.path().join("t.db")).expect("reader");
+    reader.execute_batch("BEGIN").expect("begin");
+    let seen: i64 = reader
+        .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+        .expect("snapshot");
+    assert_eq!(seen, 1);
+    let page = "x".repeat(4000);
+    for _ in 0..64 {
+        let page = page.clone();
+        conns
+            .write_grouped(Role::Plain, move |sp| {
+                for _ in 0..16 {
+                    sp.execute("INSERT INTO t (v) VALUES (?1)", [&page])?;
+                }
+                sp.commit()
+            })
+            .await
+            .expect("write");
+    }
+    let grown = size();
+    let limit = JOURNAL_SIZE_LIMIT as u64;
+    assert!(
+        grown > 4 * limit,
+        "the reader kept the log growing: {grown} bytes"
+    );
+    // Still held: the log cannot be truncated however often it is asked.
+    tokio::time::sleep(CHECKPOINT_PASSES).await;
+    assert!(size() >= grown, "truncated under a live reader");
+
+    reader.execute_batch("COMMIT").expect("let go");
+    drop(reader);
+    let start = Instant::now();
+    while size() > limit && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        size() <= limit,
+        "the log file kept {} bytes after its reader left",
+        size()
+    );
+    assert!(conns.writer_truncations() > 0, "truncated by the writer");
+    let rows: i64 = conns
+        .read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)))
+        .await
+        .expect("count");
+    assert_eq!(rows, 1 + 64 * 16, "nothing lost");
+}
+
+/// Several of the checkpointer's passes (every 20 ms in the tests).
+const CHECKPOINT_PASSES: Duration = Duration::from_millis(200);
