@@ -46,19 +46,8 @@ impl Worker {
         // Claimed after the run, not before: its own runs with the lease it wrote (a run
         // that outlived its lease may have been taken over meanwhile), the others' with the
         // expired lease it read.
-        let unpublished: Vec<RunRecord> = runs
-            .iter()
-            .filter(|r| r.published_at.is_none())
-            .cloned()
-            .collect();
-        let lease = self
-            .config
-            .server
-            .lease_policy(&self.config.backend.kind)
-            .lease;
         let taken = self
-            .ledger
-            .claim_publication(&unpublished, Utc::now() + lease)
+            .claim_publication(runs)
             .await
             .map_err(|e| e.to_string())?;
         if !taken {
@@ -70,6 +59,27 @@ impl Worker {
             self.release_publication(runs).await;
         }
         result
+    }
+
+    /// The one publication claim every publisher makes ([`crate::ledger::Ledger::claim_publication`])
+    /// for the unpublished runs among `runs`, for one lease.
+    async fn claim_publication(
+        &self,
+        runs: &[RunRecord],
+    ) -> Result<bool, crate::ledger::LedgerError> {
+        let unpublished: Vec<RunRecord> = runs
+            .iter()
+            .filter(|r| r.published_at.is_none())
+            .cloned()
+            .collect();
+        let lease = self
+            .config
+            .server
+            .lease_policy(&self.config.backend.kind)
+            .lease;
+        self.ledger
+            .claim_publication(&unpublished, Utc::now() + lease)
+            .await
     }
 
     /// Give back the publication of the runs this delivery made (`ran`) among `runs`: it
@@ -191,21 +201,7 @@ impl Worker {
             // Out, not to be announced, or held by a live delivery.
             return;
         }
-        let owed: Vec<RunRecord> = runs
-            .iter()
-            .filter(|r| r.published_at.is_none())
-            .cloned()
-            .collect();
-        let lease = self
-            .config
-            .server
-            .lease_policy(&self.config.backend.kind)
-            .lease;
-        match self
-            .ledger
-            .claim_publication(&owed, Utc::now() + lease)
-            .await
-        {
+        match self.claim_publication(&runs).await {
             Ok(true) => match self.publish_and_mark(phase, &mut runs).await {
                 Ok(_) => report.published += 1,
                 Err(e) => {

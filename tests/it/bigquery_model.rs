@@ -252,7 +252,9 @@ async fn transient_errors_and_conflicts_on_every_kind_of_job_change_nothing() {
     // (503), every 5th run and its answer lost (500: the retry's requestId finds the job),
     // run scripts refused (403 rateLimitExceeded) and one run with its answer lost (the
     // retried insert finds the job: 409), look-ups throttled (403 jobRateLimitExceeded), and
-    // the first claim MERGE failing with a serialisation conflict.
+    // with claims on BigQuery's table, the first claim MERGE failing with a serialisation
+    // conflict (with claims in Firestore no standalone mutating DML is left to conflict:
+    // run scripts are transactions, whose conflicts the parallel backfill test meets).
     let (clean, faulty) = clean_and_faulty(&host, &days, |ds| {
         json!([
             { "dataset": ds, "endpoint": "query", "every": 3, "status": 503, "reason": "backendError" },
@@ -270,7 +272,9 @@ async fn transient_errors_and_conflicts_on_every_kind_of_job_change_nothing() {
     assert!(stat(&s, "faults_injected") >= 10, "{s}");
     assert!(stat(&s, "request_id_reused") >= 1, "{s}");
     assert!(stat(&s, "duplicate_job_ids") >= 1, "{s}");
-    assert!(stat(&s, "serialize_errors") >= 1, "{s}");
+    if env_coordination() == "bigquery" {
+        assert!(stat(&s, "serialize_errors") >= 1, "{s}");
+    }
 
     let faulty_ledger = ledger(&faulty, &days).await;
     for (p, day, h) in &faulty_ledger {

@@ -196,17 +196,18 @@ impl BigQuery {
 }
 
 impl BigQuery {
-    /// The latest state of every done run of `phase` in the sweep's window whose event is
-    /// not out and that should announce itself, whatever its lease: [`Ledger::owed_events`]
-    /// filters them by the ledger's leases, the Firestore coordination by its own.
+    /// The latest run of each processor and date of `phase` in the sweep's window, when it
+    /// is done, its event is not out and it should announce itself — whatever its lease:
+    /// [`Ledger::owed_events`] filters them by the ledger's leases, the Firestore
+    /// coordination by its own. A superseded run is never owed (its date's latest run is the
+    /// one to announce), so however many of them pile up, none hides a live one.
     pub async fn unannounced(&self, phase: &str) -> Result<Vec<RunRecord>, LedgerError> {
-        let mut runs = self
+        let runs = self
             .runs(
                 // `data_date >= @since`: a constant comparison on the partitioning column,
                 // so only the window's partitions are read and billed
                 // (https://cloud.google.com/bigquery/docs/querying-partitioned-tables).
-                "pipeline = @pipeline AND phase = @phase AND data_date >= @since \
-                 AND status IN ('success', 'no_data') AND NOT skip_downstream_trigger",
+                "pipeline = @pipeline AND phase = @phase AND data_date >= @since",
                 vec![
                     param("pipeline", "STRING", Some(self.pipeline.to_string())),
                     param("phase", "STRING", Some(phase.to_string())),
@@ -218,8 +219,14 @@ impl BigQuery {
                 ],
             )
             .await?;
-        runs.retain(|r| r.published_at.is_none());
-        Ok(runs)
+        // By date, newest run first within a date: the first of each processor and date is
+        // its latest.
+        let mut seen = std::collections::HashSet::new();
+        Ok(runs
+            .into_iter()
+            .filter(|r| seen.insert((r.processor.clone(), r.data_date)))
+            .filter(RunRecord::owes_event)
+            .collect())
     }
 }
 
