@@ -30,6 +30,28 @@ pub struct Attempt {
     /// Not computed per attempt (`status` shows whether the latest run is stale).
     pub stale: Option<bool>,
     pub rows_affected: Option<i64>,
+    /// What became of the attempt's completion event.
+    pub event: Event,
+}
+
+/// An attempt's completion event, as the outbox sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum Event {
+    /// Out (`published_at`).
+    Published,
+    /// Never to be sent: the message said skip (a backfill).
+    Skipped,
+    /// Not done (running, failed, blocked): nothing to announce.
+    None,
+    /// Done and not out: the holder, a redelivery or the sweep will publish it.
+    Owed,
+    /// Done and not out, and never will be: a newer run of its processor and date (named)
+    /// announces the date instead. The sweep does not read it.
+    Superseded(String),
+    /// Done and not out: the phase's event waits for these processors' latest runs, which
+    /// are not done.
+    Waiting(Vec<String>),
 }
 
 impl Attempt {
@@ -49,7 +71,38 @@ impl Attempt {
             production_ready: run.production_ready,
             stale: None,
             rows_affected: run.rows_affected,
+            event: Event::None,
         }
+    }
+}
+
+/// What became of each attempt's event: `attempts` are every run of a phase's processors
+/// for one date; `latest` the latest run of each processor (`None`: never run).
+fn events(attempts: &mut [Attempt], latest: &[(String, Option<(String, RunStatus)>)]) {
+    let waiting: Vec<String> = latest
+        .iter()
+        .filter(|(_, l)| !l.as_ref().is_some_and(|(_, s)| s.is_done()))
+        .map(|(p, _)| p.clone())
+        .collect();
+    for a in attempts {
+        let newest = latest
+            .iter()
+            .find(|(p, _)| *p == a.processor)
+            .and_then(|(_, l)| l.as_ref())
+            .map(|(id, _)| id.as_str());
+        a.event = if a.published_at.is_some() {
+            Event::Published
+        } else if !a.status.is_done() {
+            Event::None
+        } else if a.skip_downstream_trigger {
+            Event::Skipped
+        } else if let Some(newest) = newest.filter(|n| *n != a.run_id) {
+            Event::Superseded(newest.to_string())
+        } else if !waiting.is_empty() {
+            Event::Waiting(waiting.clone())
+        } else {
+            Event::Owed
+        };
     }
 }
 
@@ -86,12 +139,16 @@ impl History {
     ) -> Result<History, LedgerError> {
         let mut attempts = Vec::new();
         let mut processors = Vec::new();
+        let mut latest = Vec::new();
         for p in &phase.processors {
             let runs = ledger.history(&p.name, date).await?;
             processors.push(summarise(&p.name, &runs, now));
+            let newest = runs.iter().max_by_key(|r| r.started_at);
+            latest.push((p.name.clone(), newest.map(|r| (r.run_id.clone(), r.status))));
             attempts.extend(runs.into_iter().map(Attempt::of));
         }
         attempts.sort_by_key(|a| a.started_at);
+        events(&mut attempts, &latest);
         Ok(History {
             phase: phase.name.clone(),
             data_date: date,
@@ -126,10 +183,13 @@ impl History {
         };
         let opt = |v: Option<String>| v.unwrap_or_else(|| "—".to_string());
         for (i, a) in self.attempts.iter().enumerate() {
-            let published = match (a.published_at, a.skip_downstream_trigger) {
-                (Some(t), _) => time(Some(t)),
-                (None, true) => "skipped".to_string(),
-                (None, false) => "no".to_string(),
+            let published = match (&a.event, a.published_at) {
+                (_, Some(t)) => time(Some(t)),
+                (Event::Skipped, _) => "skipped".to_string(),
+                (Event::Owed, _) => "owed".to_string(),
+                (Event::Superseded(_), _) => "superseded".to_string(),
+                (Event::Waiting(_), _) => "waiting".to_string(),
+                _ => "—".to_string(),
             };
             table.add_row([
                 (i + 1).to_string(),
@@ -167,9 +227,23 @@ impl History {
 
     /// `#1-3: reason`: consecutive attempts with the same reason share a line.
     fn render_reasons(&self, out: &mut String) {
+        let explained: Vec<Option<String>> = self
+            .attempts
+            .iter()
+            .map(|a| match &a.event {
+                Event::Superseded(by) => Some(format!(
+                    "event never sent: superseded by run {by}, which announces the date"
+                )),
+                Event::Waiting(on) => Some(format!(
+                    "event waits for the phase's other processors: {}",
+                    on.join(", ")
+                )),
+                _ => a.reason.clone(),
+            })
+            .collect();
         let mut groups: Vec<(usize, usize, &str)> = Vec::new();
-        for (i, a) in self.attempts.iter().enumerate() {
-            let Some(r) = a.reason.as_deref() else {
+        for (i, r) in explained.iter().enumerate() {
+            let Some(r) = r.as_deref() else {
                 continue;
             };
             match groups.last_mut() {

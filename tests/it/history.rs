@@ -99,3 +99,44 @@ async fn a_blocked_then_repaired_date_lists_every_attempt_in_order() {
         "{table}"
     );
 }
+
+/// Issue 24: an event that will never be sent says so. A done run superseded by a newer run
+/// of its processor and date is not owed (the newer run announces the date, and the sweep
+/// does not read it): `history` names the run that supersedes it; the newer one is owed.
+#[tokio::test]
+async fn a_superseded_run_shows_its_event_will_never_be_sent_and_by_whom() {
+    use phasegate::ledger::{RunRecord, RunStatus, TriggerKind};
+    let env = TestEnv::new("soft").await;
+    let day = d("2024-01-01");
+    let start = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let mut old = RunRecord::start("summary", "analytics", day, TriggerKind::Cli, None, false);
+    old.started_at = start;
+    old.finish(RunStatus::Success, Some(2), None);
+    env.app.ledger().record(&old).await.unwrap();
+    let mut newer = RunRecord::start("summary", "analytics", day, TriggerKind::Cli, None, false);
+    newer.started_at = start + chrono::Duration::minutes(1);
+    newer.finish(RunStatus::Success, Some(2), None);
+    env.app.ledger().record(&newer).await.unwrap();
+
+    let text = history(&env, "table");
+    assert!(text.contains("superseded"), "{text}");
+    assert!(
+        text.contains(&format!("superseded by run {}", newer.run_id)),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(&history(&env, "json")).unwrap();
+    let events: Vec<&Value> = json["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["event"])
+        .collect();
+    assert_eq!(
+        events,
+        [
+            &json!({ "state": "superseded", "detail": newer.run_id }),
+            &json!({ "state": "owed" })
+        ],
+        "{json}"
+    );
+}
