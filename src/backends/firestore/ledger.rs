@@ -356,12 +356,15 @@ impl Ledger for Coordinated {
         runs: &[RunRecord],
         until: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
+        let secs = claims::secs_until(Some(until));
+        if let Some(taken) = self.claim_own_publication(runs, secs).await? {
+            return Ok(taken);
+        }
         let keys: Vec<(String, NaiveDate)> = runs
             .iter()
             .map(|r| (r.processor.clone(), r.data_date))
             .collect();
         let (docs, now) = self.docs_of(&keys).await?;
-        let secs = claims::secs_until(Some(until));
         let mut writes = Vec::with_capacity(runs.len());
         let mut own = Vec::with_capacity(runs.len());
         for (run, doc) in runs.iter().zip(&docs) {
@@ -541,6 +544,44 @@ impl Ledger for Coordinated {
 }
 
 impl Coordinated {
+    /// The holder's own publication (every run's document last written by this process):
+    /// one commit guarded by the versions it wrote, no read — unchanged since, the
+    /// documents still name its runs, unpublished. `None` when a run is not this process's.
+    async fn claim_own_publication(
+        &self,
+        runs: &[RunRecord],
+        secs: i64,
+    ) -> Result<Option<bool>, LedgerError> {
+        let Some(held) = runs
+            .iter()
+            .map(|r| self.held(&r.run_id))
+            .collect::<Option<Vec<Held>>>()
+        else {
+            return Ok(None);
+        };
+        let writes: Vec<Write> = runs
+            .iter()
+            .zip(&held)
+            .map(|(run, h)| Write {
+                name: h.doc.clone(),
+                fields: claims::publication_fields(&run.run_id, secs),
+                server_time: vec!["pub_renewed_at"],
+                expect: Expect::At(h.update_time.clone()),
+            })
+            .collect();
+        match self.store.commit(&writes).await {
+            Ok(times) => {
+                for ((run, w), t) in runs.iter().zip(&writes).zip(times) {
+                    self.remember(&run.run_id, &w.name, &t);
+                }
+                Ok(Some(true))
+            }
+            // Someone wrote since (a publication taken over): decided on a fresh read.
+            Err(FirestoreError::Precondition(_)) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// The run finished (its outcome row is in the ledger): end its lease and, if it will
     /// announce itself, hand it the publication. A failure here is logged: the run lease
     /// then runs out on its own.
