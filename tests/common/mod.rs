@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cloud_run;
+pub mod firestore_faults;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

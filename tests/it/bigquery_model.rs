@@ -44,7 +44,19 @@ async fn env_with(backend_lines: &str, sections: &str) -> TestEnv {
 /// [`env_with`] with the bus's redelivery backoff (the fixture's is 1 ms; Pub/Sub's
 /// minimum is 10 s).
 async fn env_with_backoff(backend_lines: &str, sections: &str, backoff_ms: u64) -> TestEnv {
-    env_of(PIPELINE, backend_lines, sections, backoff_ms).await
+    env_on(
+        &crate::common::coordination_lines(),
+        backend_lines,
+        sections,
+        backoff_ms,
+    )
+    .await
+}
+
+/// [`env_with_backoff`] with the `[backend]` lines that choose the coordination store.
+async fn env_on(coord: &str, backend_lines: &str, sections: &str, backoff_ms: u64) -> TestEnv {
+    let backend_lines = format!("{coord}{backend_lines}");
+    env_of(PIPELINE, &backend_lines, sections, backoff_ms).await
 }
 
 /// `pipeline` (the shared fixture, or a variant of it) on a fresh dataset of the model.
@@ -66,8 +78,7 @@ async fn env_of(pipeline: &str, backend_lines: &str, sections: &str, backoff_ms:
         "[pipeline]",
         &format!(
             "[backend]\nkind = \"bigquery\"\nproject = {project:?}\ndataset = {dataset:?}\n\
-             emulator_host = {host:?}\n{coord}{backend_lines}\n{sections}\n[pipeline]",
-            coord = crate::common::coordination_lines()
+             emulator_host = {host:?}\n{backend_lines}\n{sections}\n[pipeline]"
         ),
         1,
     );
@@ -660,7 +671,7 @@ async fn a_processor_whose_bytes_limit_is_too_small_fails_once_with_bytes_billed
         &format!("{summary}maximum_bytes_billed = 10485760\n"),
         1,
     );
-    let env = env_of(&pipeline, "", "", 1).await;
+    let env = env_of(&pipeline, &crate::common::coordination_lines(), "", 1).await;
     env.season(&[day]).await;
     let ds = dataset(&env);
     let Store::BigQuery(bq) = &env.app.store else {
@@ -749,4 +760,48 @@ async fn a_claim_the_ledger_could_not_record_is_given_back_and_the_redelivery_ru
 
 fn env_coordination() -> String {
     std::env::var("PHASEGATE_TEST_COORDINATION").unwrap_or_else(|_| "firestore".into())
+}
+
+/// Issue 26, the coordination store's transient errors (Firestore documents `UNAVAILABLE`
+/// and friends as "retry with backoff"; its emulator never fails): the claim's commit applied
+/// but its answer lost, the publication's commit refused, a read refused. The client retries;
+/// a retried claim whose first attempt applied finds itself the holder. Same ledger, outputs
+/// and events as without faults: one run per processor and date, no failed row.
+#[tokio::test]
+async fn transient_firestore_errors_on_claims_and_publications_change_nothing() {
+    use crate::common::firestore_faults::{Fault, FirestoreFaults};
+    if model().await.is_none() || env_coordination() != "firestore" {
+        return;
+    }
+    let upstream = std::env::var("FIRESTORE_EMULATOR_HOST").expect("FIRESTORE_EMULATOR_HOST");
+    let fault = |method, nth, after| Fault { method, nth, after };
+    let proxy = FirestoreFaults::start(
+        upstream,
+        vec![
+            fault("commit", 1, true),
+            fault("commit", 3, false),
+            fault("commit", 6, true),
+            fault("batchGet", 2, false),
+            fault("batchGet", 5, false),
+        ],
+    )
+    .await;
+    let coord = format!(
+        "coordination = \"firestore\"\nfirestore_emulator_host = {:?}\n",
+        proxy.host
+    );
+    let env = env_on(&coord, "", "", 1).await;
+    let days = dates("2024-01-01", 2);
+    env.season(&days).await;
+    for day in &days {
+        env.trigger(*day, false).await;
+    }
+    assert!(proxy.injected() >= 5, "{} faults", proxy.injected());
+    for p in ["ingest", "summary", "features", "preds"] {
+        for day in &days {
+            let h = env.app.ledger().history(p, *day).await.expect("history");
+            assert_eq!(statuses(&h), [RunStatus::Success], "{p} {day}: {h:#?}");
+        }
+    }
+    assert_eq!(env.published_to("test-predictions-done"), 2);
 }
