@@ -136,12 +136,12 @@ pub async fn build_with(config: Config, deliveries: Deliveries) -> Result<App, S
             let path = &config.backend.sqlite_path;
             let sync = config.backend.sqlite_synchronous;
             Store::Sqlite(
-                Sqlite::open_with(path, &config.pipeline.name, sync).map_err(|e| {
-                    StartupError::Sqlite {
+                Sqlite::open_with(path, &config.pipeline.name, sync)
+                    .map_err(|e| StartupError::Sqlite {
                         path: path.display().to_string(),
                         message: e.to_string(),
-                    }
-                })?,
+                    })?
+                    .with_owed_window(config.backend.owed_events_window_days),
             )
         }
         BackendKind::Bigquery => Store::BigQuery(gcp::connect_bigquery(&config).await?),

@@ -110,9 +110,9 @@ pub struct BackendConfig {
     /// without charge). Env `PHASEGATE_BIGQUERY_MAXIMUM_BYTES_BILLED`.
     #[serde(default)]
     pub maximum_bytes_billed: Option<u64>,
-    /// BigQuery: how many days back (from today, UTC) the outbox sweep looks for owed
-    /// events, so its query reads only those partitions of the date-partitioned ledger
-    /// instead of the whole ledger every minute on every instance. An owed event of an
+    /// How many days back (from today, UTC) the outbox sweep looks for owed events: on
+    /// BigQuery its query reads only those partitions of the date-partitioned ledger instead
+    /// of the whole ledger every minute on every instance; on SQLite the same bound. An owed event of an
     /// older date (a backfill whose delivery died after its commit) is published by that
     /// message's redelivery instead. Default 35.
     #[serde(default = "default_owed_events_window_days")]
@@ -214,8 +214,11 @@ impl BackendConfig {
     }
 }
 
+/// Days back the outbox sweep reads owed events, unless configured.
+pub const DEFAULT_OWED_EVENTS_WINDOW_DAYS: u32 = 35;
+
 fn default_owed_events_window_days() -> u32 {
-    35
+    DEFAULT_OWED_EVENTS_WINDOW_DAYS
 }
 
 fn default_sqlite_path() -> PathBuf {

@@ -22,7 +22,9 @@ use serde::Deserialize;
 use names::{check_ident, check_table, check_topic};
 
 pub use auth::{AuthConfig, AuthMode};
-pub use backend::{BackendConfig, BackendKind, Coordination, Synchronous};
+pub use backend::{
+    BackendConfig, BackendKind, Coordination, DEFAULT_OWED_EVENTS_WINDOW_DAYS, Synchronous,
+};
 pub use bus::{BusConfig, BusKind};
 pub use processor::{
     Checks, DEFAULT_WINDOW_DAYS_PER_OCCURRENCE, EntityCompleteness, HistoricalGaps, Mode, Output,

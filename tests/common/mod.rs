@@ -168,7 +168,12 @@ impl TestEnv {
         let db = dir.path().join("test.db");
         let (backend_section, text) = match backend() {
             Backend::Sqlite => (
-                format!("[backend]\nsqlite_path = {:?}\n", db.display().to_string()),
+                // Fixture dates are in 2024: the sweep's date window opened wide (its
+                // default is tested in relay.rs).
+                format!(
+                    "[backend]\nsqlite_path = {:?}\nowed_events_window_days = 36500\n",
+                    db.display().to_string()
+                ),
                 text.to_string(),
             ),
             Backend::BigQuery => {

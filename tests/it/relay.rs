@@ -251,3 +251,32 @@ async fn superseded_owed_runs_cannot_hide_a_live_owed_event_from_the_sweep() {
     );
     assert!(published_at(&env, "ingest", live_day).await);
 }
+
+/// The sweep reads owed events of the window's dates only (`backend.owed_events_window_days`,
+/// 35 by default) on SQLite as on BigQuery: an older owed event is its message's
+/// redelivery's to publish, and a ledger of years is not read on every sweep.
+#[tokio::test]
+async fn the_sqlite_sweep_reads_only_the_dates_of_its_window() {
+    use phasegate::backends::sqlite::Sqlite;
+    use phasegate::ledger::{Ledger, RunRecord, RunStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Sqlite::open(&dir.path().join("window.db"), "test")
+        .unwrap()
+        .with_owed_window(35);
+    db.ensure_schema().await.unwrap();
+    let today = Utc::now().date_naive();
+    let recent = today - chrono::Days::new(1);
+    for day in [recent, today - chrono::Days::new(40)] {
+        let mut run = RunRecord::start("ingest", "raw", day, TriggerKind::Cli, None, false);
+        run.finish(RunStatus::Success, Some(2), None);
+        db.record(&run).await.unwrap();
+    }
+    let owed: Vec<NaiveDate> = db
+        .owed_events("raw", 500)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.data_date)
+        .collect();
+    assert_eq!(owed, [recent]);
+}

@@ -372,10 +372,12 @@ impl Ledger for Sqlite {
     async fn owed_events(&self, phase: &str, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let (pipeline, phase) = (self.pipeline.clone(), phase.to_string());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let since = (Utc::now().date_naive() - chrono::Days::new(u64::from(self.owed_window_days)))
+            .to_string();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {LEDGER_COLUMNS} FROM processor_run_history AS h
-                 WHERE pipeline = ?1 AND phase = ?2 AND published_at IS NULL
+                 WHERE pipeline = ?1 AND phase = ?2 AND data_date >= ?5 AND published_at IS NULL
                    AND skip_downstream_trigger = 0 AND status IN ('success', 'no_data')
                    AND (lease_until IS NULL OR lease_until < ?3)
                    AND NOT EXISTS (
@@ -394,7 +396,8 @@ impl Ledger for Sqlite {
                  ORDER BY data_date, started_at LIMIT ?4"
             ))?;
             let now = ts(&Utc::now());
-            let rows = stmt.query_map(params![pipeline, phase, now, limit], record_from_row)?;
+            let rows =
+                stmt.query_map(params![pipeline, phase, now, limit, since], record_from_row)?;
             rows.collect()
         })
         .await

@@ -34,6 +34,8 @@ pub struct Sqlite {
     pipeline: Arc<str>,
     /// Claimed runs whose holders live in this process ([`crate::ledger::Ledger::holding`]).
     holders: ledger::Holders,
+    /// Days back the outbox sweep reads owed events (`backend.owed_events_window_days`).
+    owed_window_days: u32,
 }
 
 const LEDGER_DDL: &str = "
@@ -160,7 +162,16 @@ impl Sqlite {
             conns: Connections::open(path, synchronous)?,
             pipeline: Arc::from(pipeline),
             holders: ledger::Holders::default(),
+            owed_window_days: crate::config::DEFAULT_OWED_EVENTS_WINDOW_DAYS,
         })
+    }
+
+    /// Let the outbox sweep read owed events of the last `days` days only
+    /// (`backend.owed_events_window_days`): an older owed event is published by its
+    /// message's redelivery, and a ledger of years is not read every minute.
+    pub fn with_owed_window(mut self, days: u32) -> Sqlite {
+        self.owed_window_days = days;
+        self
     }
 
     /// Refuse a schema in which a table or trigger rolls back the whole transaction
