@@ -34,20 +34,35 @@ impl BigQuery {
         )
     }
 
-    /// True when the claims row names run `id`: the check every script makes before it
-    /// writes for a run. When claims live in another store
-    /// ([`BigQuery::with_claims_elsewhere`], which checked before the script was sent), what
-    /// the ledger can still tell: that no row has ended the run (a release, a takeover).
-    /// Never a constant: bqemulator folds `IF(TRUE, 0, ERROR(…))` and raises.
+    /// `Some(<the claims row names run id>)`; `None` when claims live in another store
+    /// ([`BigQuery::with_claims_elsewhere`], which checked before the script was sent).
+    fn holder_check(&self, processor: &str, date: NaiveDate, id: &str) -> Option<String> {
+        (!self.claims_elsewhere).then(|| {
+            format!(
+                "{} = {}",
+                self.holder_sql(processor, date),
+                script::string(Some(id))
+            )
+        })
+    }
+
+    /// The check a script makes before it writes for run `id`: the claims row names it —
+    /// or, with claims elsewhere, what the ledger can still tell: no row has ended the run
+    /// (a release, a takeover). Never a constant: bqemulator folds `IF(TRUE, 0, ERROR(…))`
+    /// and raises.
     pub(super) fn holds(&self, processor: &str, date: NaiveDate, id: &str) -> String {
-        if self.claims_elsewhere {
-            return self.still_running_sql(id, processor, date);
+        self.holder_check(processor, date, id)
+            .unwrap_or_else(|| self.still_running_sql(id, processor, date))
+    }
+
+    /// The claims row names run `id` (with claims elsewhere: nothing to check there) and no
+    /// row has ended the run.
+    pub(super) fn holds_and_running(&self, processor: &str, date: NaiveDate, id: &str) -> String {
+        let running = self.still_running_sql(id, processor, date);
+        match self.holder_check(processor, date, id) {
+            Some(holder) => format!("{holder} AND {running}"),
+            None => running,
         }
-        format!(
-            "{} = {}",
-            self.holder_sql(processor, date),
-            script::string(Some(id))
-        )
     }
 
     /// The run the claims row names (the smallest id if a first-claim race left two rows),
@@ -84,12 +99,11 @@ impl BigQuery {
     fn insert_if_holder(&self, r: &RunRecord, overrides: &[(&str, String)]) -> String {
         format!(
             "INSERT INTO {l} ({cols}, recorded_at) {row} FROM (SELECT 1) \
-             WHERE {holds} AND {running}",
+             WHERE {holds}",
             l = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns(),
             row = script::ledger_row_select(r, &self.pipeline, overrides),
-            holds = self.holds(&r.processor, r.data_date, &r.run_id),
-            running = self.still_running_sql(&r.run_id, &r.processor, r.data_date),
+            holds = self.holds_and_running(&r.processor, r.data_date, &r.run_id),
         )
     }
 
@@ -134,14 +148,17 @@ impl BigQuery {
              SELECT {exprs}, CURRENT_TIMESTAMP() FROM (
                SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS k
                FROM {l} WHERE pipeline = {pl} AND data_date = {dd} AND run_id = {seen})
-             WHERE k = 1 AND status = 'running' AND finished_at IS NULL AND {holds}",
+             WHERE k = 1 AND status = 'running' AND finished_at IS NULL{holds}",
             l = self.table(LEDGER_TABLE),
             cols = Self::ledger_columns(),
             exprs = exprs.join(", "),
             pl = script::string(Some(&self.pipeline)),
             seen = script::string(Some(seen)),
             dd = script::date(r.data_date),
-            holds = self.holds(&r.processor, r.data_date, &r.run_id),
+            holds = self
+                .holder_check(&r.processor, r.data_date, &r.run_id)
+                .map(|h| format!(" AND {h}"))
+                .unwrap_or_default(),
         )
     }
 

@@ -158,9 +158,8 @@ impl BigQuery {
         // ended, `Ledger::complete`; this check catches a release committed before the
         // transaction's snapshot, and a takeover). The outcome row and COMMIT follow.
         steps.push(format!(
-            "SELECT IF({holds} AND {running}, 0, ERROR('{lost}'))",
-            holds = self.holds(&template.processor, d, &template.run_id),
-            running = self.still_running_sql(&template.run_id, &template.processor, d),
+            "SELECT IF({holds}, 0, ERROR('{lost}'))",
+            holds = self.holds_and_running(&template.processor, d, &template.run_id),
             lost = script::CLAIM_LOST
         ));
         steps.push(format!(

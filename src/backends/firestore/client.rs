@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
@@ -260,23 +261,22 @@ impl Firestore {
     /// `phasegate_store_call_duration_seconds{store="firestore"}` (the coordination time).
     async fn call(&self, method: &'static str, body: &Value) -> Result<Value, FirestoreError> {
         let _t = crate::metrics::StoreTimer::start("firestore", method);
-        let mut delays = [50u64, 100, 200, 400, 800, 1600]
-            .into_iter()
-            .map(Duration::from_millis);
-        loop {
-            match self.call_once(method, body).await {
-                Err(Attempt::Transient(e)) => match delays.next() {
-                    Some(delay) => {
-                        tracing::debug!(method, error = %e, "firestore: transient error, retrying");
-                        let jitter = rand::random_range(0..=delay.as_millis() as u64 / 2);
-                        tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
-                    }
-                    None => return Err(FirestoreError::Other(e)),
-                },
-                Err(Attempt::Final(e)) => return Err(e),
-                Ok(v) => return Ok(v),
-            }
-        }
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_max_times(6);
+        (|| self.call_once(method, body))
+            .retry(backoff)
+            .when(|e| matches!(e, Attempt::Transient(_)))
+            .notify(
+                |e, _| tracing::debug!(method, error = ?e, "firestore: transient error, retrying"),
+            )
+            .await
+            .map_err(|e| match e {
+                Attempt::Transient(message) => FirestoreError::Other(message),
+                Attempt::Final(e) => e,
+            })
     }
 
     async fn call_once(&self, method: &str, body: &Value) -> Result<Value, Attempt> {
@@ -310,6 +310,7 @@ impl Firestore {
     }
 }
 
+#[derive(Debug)]
 enum Attempt {
     Transient(String),
     Final(FirestoreError),

@@ -50,7 +50,8 @@ const SEEN_KEPT: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct Held {
-    doc: String,
+    processor: String,
+    date: NaiveDate,
     update_time: String,
     /// When this process last wrote it: entries older than any lease are dropped.
     at: std::time::Instant,
@@ -103,7 +104,9 @@ impl Coordinated {
         ))
     }
 
-    fn remember(&self, run_id: &str, doc: &str, update_time: &str) {
+    /// Remember the update time this process wrote (or read) of the document of run `key`.
+    fn remember(&self, key: Key<'_>, update_time: &str) {
+        let (run_id, processor, date) = key;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if held.len() > HELD_KEPT {
             held.retain(|_, h| h.at.elapsed() < HELD_FOR);
@@ -111,7 +114,8 @@ impl Coordinated {
         held.insert(
             run_id.to_string(),
             Held {
-                doc: doc.to_string(),
+                processor: processor.to_string(),
+                date,
                 update_time: update_time.to_string(),
                 at: std::time::Instant::now(),
             },
@@ -207,16 +211,15 @@ impl Coordinated {
             }
             Err(e) => return Err(err(e)),
         };
-        self.remember(&run.run_id, &name, &update_time);
+        self.remember(key(run), &update_time);
         Ok(Claim::Won)
     }
 
     /// End `run`'s lease without announcing it (a claim whose ledger row could not be
     /// written, a benchmark's release). False when another run holds the document now.
     pub async fn give_back(&self, run: &RunRecord) -> Result<bool, LedgerError> {
-        let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
         let given = self
-            .update_held(key, claims::finished_fields(run, 0), vec![])
+            .update_held(key(run), claims::finished_fields(run, 0), vec![])
             .await;
         self.forget(&run.run_id);
         given
@@ -241,7 +244,7 @@ impl Coordinated {
     /// False when another run holds the document now.
     async fn update_held(
         &self,
-        run: (&str, &str, NaiveDate),
+        run: Key<'_>,
         fields: serde_json::Map<String, serde_json::Value>,
         server_time: Vec<&'static str>,
     ) -> Result<bool, LedgerError> {
@@ -264,7 +267,7 @@ impl Coordinated {
             match self.store.commit(&[write]).await {
                 Ok(times) => {
                     let t = times.into_iter().next().unwrap_or_default();
-                    self.remember(run_id, &doc, &t);
+                    self.remember(run, &t);
                     return Ok(true);
                 }
                 Err(FirestoreError::Precondition(_)) => {
@@ -335,16 +338,13 @@ impl Ledger for Coordinated {
         let Some(held) = self.held(run_id) else {
             return Ok(false);
         };
-        let Some((processor, date)) = parse_doc_key(&held.doc) else {
-            return Ok(false);
-        };
         let secs = if until <= Utc::now() {
             0
         } else {
             claims::secs_until(Some(until))
         };
         self.update_held(
-            (run_id, &processor, date),
+            (run_id, &held.processor, held.date),
             claims::publication_fields(run_id, secs),
             vec!["pub_renewed_at"],
         )
@@ -374,6 +374,7 @@ impl Ledger for Coordinated {
             // sweep or a redelivery, here or elsewhere — makes it lose. Others' runs: by the
             // update time just read, their lease seen run out.
             let held = self.held(&run.run_id);
+            own.push(held.is_some());
             let write = match doc {
                 Some(doc) if doc.publication_claimable(run, held.is_some(), now) => Write {
                     name,
@@ -397,16 +398,15 @@ impl Ledger for Coordinated {
                     }
                 }
             };
-            own.push(self.held(&run.run_id).is_some());
             writes.push(write);
         }
         match self.store.commit(&writes).await {
             Ok(times) => {
                 // Only the caller's own runs stay remembered: a publication taken from
                 // someone else must not make their stale claim look like this caller's.
-                for (((run, w), t), own) in runs.iter().zip(&writes).zip(times).zip(own) {
+                for ((run, t), own) in runs.iter().zip(times).zip(own) {
                     if own {
-                        self.remember(&run.run_id, &w.name, &t);
+                        self.remember(key(run), &t);
                     }
                 }
                 Ok(true)
@@ -515,7 +515,7 @@ impl Ledger for Coordinated {
             .iter()
             .map(|run| {
                 self.held(&run.run_id).map(|h| Write {
-                    name: h.doc,
+                    name: self.doc_name(&h.processor, h.date),
                     fields: claims::published_fields(at),
                     server_time: vec![],
                     expect: Expect::At(h.update_time),
@@ -527,15 +527,13 @@ impl Ledger for Coordinated {
             None => false,
         };
         for run in runs {
-            if !together {
-                let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
-                if !self
-                    .update_held(key, claims::published_fields(at), vec![])
+            if !together
+                && !self
+                    .update_held(key(run), claims::published_fields(at), vec![])
                     .await?
-                {
-                    tracing::warn!(run_id = %run.run_id,
-                        "published, but a newer run holds its claim document now");
-                }
+            {
+                tracing::warn!(run_id = %run.run_id,
+                    "published, but a newer run holds its claim document now");
             }
             self.forget(&run.run_id);
         }
@@ -563,7 +561,7 @@ impl Coordinated {
             .iter()
             .zip(&held)
             .map(|(run, h)| Write {
-                name: h.doc.clone(),
+                name: self.doc_name(&h.processor, h.date),
                 fields: claims::publication_fields(&run.run_id, secs),
                 server_time: vec!["pub_renewed_at"],
                 expect: Expect::At(h.update_time.clone()),
@@ -571,8 +569,8 @@ impl Coordinated {
             .collect();
         match self.store.commit(&writes).await {
             Ok(times) => {
-                for ((run, w), t) in runs.iter().zip(&writes).zip(times) {
-                    self.remember(&run.run_id, &w.name, &t);
+                for (run, t) in runs.iter().zip(times) {
+                    self.remember(key(run), &t);
                 }
                 Ok(Some(true))
             }
@@ -591,14 +589,13 @@ impl Coordinated {
         } else {
             0
         };
-        let key = (run.run_id.as_str(), run.processor.as_str(), run.data_date);
         let server_time = if publish > 0 {
             vec!["pub_renewed_at"]
         } else {
             vec![]
         };
         match self
-            .update_held(key, claims::finished_fields(run, publish), server_time)
+            .update_held(key(run), claims::finished_fields(run, publish), server_time)
             .await
         {
             Ok(true) => {}
@@ -613,12 +610,11 @@ impl Coordinated {
     }
 }
 
-/// `(processor, date)` of a claim document's name (`…/claims/{processor}@{date}`).
-fn parse_doc_key(name: &str) -> Option<(String, NaiveDate)> {
-    let id = name.rsplit('/').next()?;
-    let (processor, date) = id.rsplit_once('@')?;
-    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-    Some((processor.replace("%2F", "/"), date))
+/// A run as its claim document knows it: id, processor, date.
+type Key<'a> = (&'a str, &'a str, NaiveDate);
+
+fn key(run: &RunRecord) -> Key<'_> {
+    (&run.run_id, &run.processor, run.data_date)
 }
 
 /// What a lost claim reports as the latest run: the document's holder, with its lease. The
@@ -628,17 +624,4 @@ fn winner(run: &RunRecord, doc: &ClaimDoc) -> RunRecord {
     latest.run_id = doc.holder.clone();
     latest.lease_until = doc.lease_end();
     latest
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_documents_name_gives_back_its_processor_and_date() {
-        let (p, d) = super::parse_doc_key(
-            "projects/x/databases/y/documents/pipelines/nba/claims/player_cache@2025-01-02",
-        )
-        .expect("parsed");
-        assert_eq!(p, "player_cache");
-        assert_eq!(d.to_string(), "2025-01-02");
-    }
 }
